@@ -1,0 +1,123 @@
+"""Generate the README's results tables and the figures from the committed results/*.json files.
+
+    python bench/report.py           # rewrite the generated blocks of README.md and the figures in results/
+    python bench/report.py --check   # exit 1 when README.md disagrees with results/ (the test suite runs this)
+
+A generated block sits between '<!-- BEGIN name -->' and '<!-- END name -->' in README.md; nothing in it is typed
+by hand.
+"""
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "results"
+
+BN_VARIANTS = [  # (file stem, label): the order of the table's rows
+    ("prior_recipe", "prior work's recipe: CS, no balancing, Adam 1e-3 constant"),
+    ("running", "baseline: teacher in eval mode (running statistics)"),
+    ("cs", "CS"),
+    ("cs_reject", "CS + rejection (NormShift-KD, default)"),
+    ("cs_reweight", "CS + reweighting"),
+    ("cs_reject_alpha2", "CS + rejection, 1/f^2 noise (`--noise-alpha 2`)"),
+]
+
+
+def load(folder):
+    return {p.stem: json.loads(p.read_text()) for p in sorted((RESULTS / folder).glob("*.json"))}
+
+
+def pct(x):
+    return f"{100 * x:.1f}"
+
+
+def bn_variants_block():
+    runs = load("bn_variants")
+    if not runs:
+        return "_No results yet: run `python bench/bn_variants.py`._"
+    any_run = next(iter(runs.values()))
+    lines = [
+        f"Shared ResNet-20 teacher (test accuracy {pct(any_run['teacher/acc'])}% as measured by the run) -> ResNet-20 "
+        f"student, CIFAR-10, {any_run['samples_seen']:,} noise samples each (batch {any_run['args']['batch_size']}), "
+        f"seed {any_run['args']['seed']}. Accuracy on the {any_run['eval/num_images']:,} test images with the student's "
+        f"running statistics (eval mode) and with each test batch's statistics (batch {any_run['eval/batch_size']}). "
+        "Noise-label entropy: the teacher's argmax histogram on raw noise, H / log K; accepted: on the batches the "
+        "student trained on. Measured on " + any_run["provenance"]["device"] + ".",
+        "",
+        "| variant | acc, running stats | acc, test-batch stats | noise-label entropy | accepted entropy "
+        "| largest class (raw / accepted) | acceptance | student samples/s | sampler time |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for stem, label in BN_VARIANTS:
+        if stem not in runs:
+            lines.append(f"| {label} | not run yet | | | | | | | |")
+            continue
+        r = runs[stem]
+        lines.append(
+            f"| {label} | {pct(r['eval/acc_running'])} | {pct(r['eval/acc_batchstats'])} "
+            f"| {r['noise/label_entropy']:.3f} | {r['noise/accepted_label_entropy']:.3f} "
+            f"| {pct(r['noise/label_max_share'])}% / {pct(r['noise/accepted_max_share'])}% "
+            f"| {r['noise/acceptance_rate']:.2f} | {r['samples_per_s']:.0f} | {pct(r['sampler_time_frac'])}% |")
+    lines += ["", "![learning curves](results/bn_variants.png)"]
+    return "\n".join(lines)
+
+
+def bn_variants_figure(path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    runs = load("bn_variants")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for stem, label in BN_VARIANTS:
+        if stem not in runs:
+            continue
+        curve = runs[stem]["curve"]
+        x = [row["samples_seen"] / 1000 for row in curve]
+        for ax, key in zip(axes, ("eval/acc_running", "eval/acc_batchstats")):
+            ax.plot(x, [100 * row[key] for row in curve], marker="o", ms=3, label=label)
+    for ax, title in zip(axes, ("student in eval mode (running statistics)", "test-batch statistics")):
+        ax.set_title(title)
+        ax.set_xlabel("noise samples seen (thousands)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("CIFAR-10 test accuracy (%)")
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+BLOCKS = {"bn_variants": bn_variants_block}
+FIGURES = {"bn_variants.png": bn_variants_figure}
+
+
+def render(readme):
+    for name, block in BLOCKS.items():
+        pattern = re.compile(rf"(<!-- BEGIN {name} -->\n).*?(\n<!-- END {name} -->)", re.S)
+        if not pattern.search(readme):
+            raise ValueError(f"README.md has no generated block '{name}'")
+        readme = pattern.sub(lambda m: m.group(1) + block() + m.group(2), readme)
+    return readme
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--check", action="store_true", help="only check that README.md is up to date")
+    args = p.parse_args()
+    readme_path = REPO / "README.md"
+    current = readme_path.read_text()
+    fresh = render(current)
+    if args.check:
+        if fresh != current:
+            sys.exit("README.md is out of date with results/: run python bench/report.py")
+        print("README.md matches results/")
+        return
+    readme_path.write_text(fresh)
+    for name, draw in FIGURES.items():
+        draw(RESULTS / name)
+    print("wrote README.md and", ", ".join(FIGURES))
+
+
+if __name__ == "__main__":
+    main()

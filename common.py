@@ -1,0 +1,416 @@
+"""Shared boilerplate for the NormShift-KD scripts: nothing in here is under study.
+
+Models, checkpoints, the uint8 dataset cache, Gaussian noise, the two evaluation protocols, run folders and logging.
+Every method (current-statistics inference, rejection sampling, batch alignment, ...) lives in its own script, so that
+one file read top to bottom teaches one method. See ../shared/docs/methods.md for the design.
+"""
+import copy
+import hashlib
+import json
+import math
+import os
+import platform
+import subprocess
+import time
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torchvision.models.resnet import BasicBlock as TVBasicBlock
+from torchvision.models.resnet import ResNet as TVResNet
+
+REPO = Path(__file__).resolve().parent
+
+# Per-channel input normalization of the datasets (images as x / 255). The shared akamaster teachers were trained
+# with the ImageNet values instead; every checkpoint carries the (mean, std) it was trained with.
+DATASET_STATS = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "svhn": ((0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)),
+}
+IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "svhn": 10}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Models
+# ----------------------------------------------------------------------------------------------------------------------
+def norm_layer(norm, channels):
+    """The 2-d normalization layer for a CNN: bn, gn (8 groups, as in the GN paper's small-net setting),
+    ln (GroupNorm with one group = LayerNorm over (C, H, W) of each sample) or none."""
+    if norm == "bn":
+        return nn.BatchNorm2d(channels)
+    if norm == "gn":
+        return nn.GroupNorm(math.gcd(8, channels), channels)
+    if norm == "ln":
+        return nn.GroupNorm(1, channels)
+    if norm == "none":
+        return nn.Identity()
+    raise ValueError(f"unknown norm {norm!r}; choose from bn, gn, ln, none")
+
+
+class ShortcutA(nn.Module):
+    """He et al.'s option A shortcut: subsample by 2 and zero-pad the new channels; no parameters."""
+
+    def __init__(self, pad):
+        super().__init__()
+        self.pad = pad
+
+    def forward(self, x):
+        return F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.pad, self.pad))
+
+
+class CifarBlock(nn.Module):
+    def __init__(self, cin, cout, stride, norm):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = norm_layer(norm, cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = norm_layer(norm, cout)
+        self.shortcut = ShortcutA(cout // 4) if stride != 1 or cin != cout else nn.Identity()
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class CifarResNet(nn.Module):
+    """The CIFAR ResNets of He et al. (2016) with the parameter names of akamaster/pytorch_resnet_cifar10, so that
+    the shared checkpoints load as they are (../shared/teachers/README.md)."""
+
+    def __init__(self, depth, num_classes=10, norm="bn"):
+        super().__init__()
+        if (depth - 2) % 6:
+            raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
+        n = (depth - 2) // 6
+        self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
+        self.bn1 = norm_layer(norm, 16)
+        cin, stages = 16, []
+        for cout, stride in ((16, 1), (32, 2), (64, 2)):
+            blocks = []
+            for i in range(n):
+                blocks.append(CifarBlock(cin, cout, stride if i == 0 else 1, norm))
+                cin = cout
+            stages.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3 = stages
+        self.linear = nn.Linear(64, num_classes)
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_normal_(m.weight)
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.linear(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+def cifar_torchvision_resnet(layers, num_classes, norm):
+    """ResNet-18/34 from torchvision's blocks with the CIFAR stem (3x3 conv, stride 1, no max-pool), as used by the
+    prior work's teacher/student pair."""
+    model = TVResNet(TVBasicBlock, layers, num_classes=num_classes, norm_layer=partial(norm_layer, norm))
+    model.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+    nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
+    model.maxpool = nn.Identity()
+    return model
+
+
+class ViTBlock(nn.Module):
+    def __init__(self, dim, heads, mlp_ratio):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim), nn.GELU(), nn.Linear(mlp_ratio * dim, dim))
+
+    def forward(self, x):
+        h = self.norm1(x)
+        x = x + self.attn(h, h, h, need_weights=False)[0]
+        return x + self.mlp(self.norm2(x))
+
+
+class ViT(nn.Module):
+    """A pre-norm Vision Transformer for small images: patch embedding, class token, learned positions, LayerNorm."""
+
+    def __init__(self, num_classes=10, image_size=32, patch_size=4, dim=128, depth=6, heads=4, mlp_ratio=4):
+        super().__init__()
+        if image_size % patch_size:
+            raise ValueError(f"image size {image_size} is not a multiple of patch size {patch_size}")
+        self.patch_embed = nn.Conv2d(3, dim, patch_size, patch_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.randn(1, (image_size // patch_size) ** 2 + 1, dim) * 0.02)
+        self.blocks = nn.Sequential(*[ViTBlock(dim, heads, mlp_ratio) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x):
+        x = self.patch_embed(x).flatten(2).transpose(1, 2)  # (N, L, D)
+        x = torch.cat([self.cls_token.expand(len(x), -1, -1), x], dim=1) + self.pos_embed
+        return self.head(self.norm(self.blocks(x))[:, 0])
+
+
+CIFAR_RESNET_DEPTHS = {"resnet20": 20, "resnet32": 32, "resnet44": 44, "resnet56": 56, "resnet110": 110}
+TV_RESNET_LAYERS = {"resnet18": [2, 2, 2, 2], "resnet34": [3, 4, 6, 3]}
+MODEL_NAMES = sorted(CIFAR_RESNET_DEPTHS) + sorted(TV_RESNET_LAYERS) + ["vit_tiny"]
+
+
+def build_model(name, num_classes=10, norm=None):
+    """Build a model by name. norm: bn/gn/ln/none for the CNNs (default bn); vit_tiny always uses LayerNorm.
+    vit_tiny here is a small ViT for 32x32 inputs: patch 4 (64 tokens + class token), width 128, depth 6, 4 heads
+    (about 1.2M parameters, so that a checkpoint stays under 5 MB)."""
+    if name in CIFAR_RESNET_DEPTHS:
+        return CifarResNet(CIFAR_RESNET_DEPTHS[name], num_classes, norm or "bn")
+    if name in TV_RESNET_LAYERS:
+        return cifar_torchvision_resnet(TV_RESNET_LAYERS[name], num_classes, norm or "bn")
+    if name == "vit_tiny":
+        if norm not in (None, "ln"):
+            raise ValueError(f"vit_tiny uses LayerNorm only; got norm={norm!r}")
+        return ViT(num_classes)
+    raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODEL_NAMES)}")
+
+
+def has_batchnorm(model):
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Checkpoints
+# ----------------------------------------------------------------------------------------------------------------------
+def sha256_of(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_checkpoint(path, **payload):
+    """Write atomically (a crash mid-write never leaves a half checkpoint behind). Only tensors, numbers, strings,
+    lists and dicts go in, so that the file loads with weights_only=True."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path):
+    # weights_only=True: a checkpoint from the internet must never be able to run code on load.
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_state_strict(model, state, source):
+    """load_state_dict with an error that lists every missing, unexpected and mis-shaped key."""
+    own = model.state_dict()
+    # BatchNorm checkpoints older than PyTorch 0.4.1 have no num_batches_tracked; torch fills it in on load.
+    missing = sorted(k for k in set(own) - set(state) if not k.endswith("num_batches_tracked"))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in sorted(set(own) & set(state)) if state[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        raise ValueError(
+            f"checkpoint {source} does not match the model ({type(model).__name__}):\n"
+            f"  missing keys ({len(missing)}): {missing[:20]}\n  unexpected keys ({len(unexpected)}): {unexpected[:20]}\n"
+            f"  shape mismatches ({len(shapes)}): {shapes[:20]}")
+    model.load_state_dict(state)
+
+
+def load_teacher(name, ckpt, num_classes=None):
+    """Load a teacher: our own checkpoints (train_teacher.py) or the akamaster format ({state_dict, best_prec1}, keys
+    prefixed with 'module.'). Returns (model in eval mode, info) where info has mean, std, norm, test_acc, sha256."""
+    ckpt = Path(ckpt)
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"teacher checkpoint {ckpt} does not exist")
+    blob = load_checkpoint(ckpt)
+    if "model" in blob:  # ours
+        if blob.get("arch", name) != name:
+            raise ValueError(f"checkpoint {ckpt} holds a {blob['arch']}, not a {name}")
+        state, norm = blob["model"], blob.get("norm", "bn")
+        mean, std, acc = tuple(blob["mean"]), tuple(blob["std"]), blob.get("test_acc")
+        num_classes = num_classes or blob.get("num_classes", 10)
+    elif "state_dict" in blob:  # akamaster/pytorch_resnet_cifar10
+        state = {k.removeprefix("module."): v for k, v in blob["state_dict"].items()}
+        norm, (mean, std) = "bn", IMAGENET_STATS
+        acc = float(blob["best_prec1"]) / 100 if "best_prec1" in blob else None
+        num_classes = num_classes or state["linear.weight"].shape[0]
+    else:
+        raise ValueError(f"{ckpt}: neither our format (key 'model') nor akamaster's (key 'state_dict'); "
+                         f"top-level keys: {sorted(blob)[:10]}")
+    model = build_model(name, num_classes, norm)
+    load_state_strict(model, state, ckpt)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    info = {"mean": mean, "std": std, "norm": norm, "test_acc": acc, "sha256": sha256_of(ckpt), "path": str(ckpt)}
+    return model.eval(), info
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Data: a uint8 cache <data-dir>/<name>_{train,test}.npz (x: uint8 NHWC, y: int labels), downloaded only when missing
+# ----------------------------------------------------------------------------------------------------------------------
+def _download(name, split, root):
+    import torchvision.datasets as tvd
+    train = split == "train"
+    if name == "cifar10":
+        ds = tvd.CIFAR10(root, train=train, download=True)
+        return ds.data, np.asarray(ds.targets)
+    if name == "cifar100":
+        ds = tvd.CIFAR100(root, train=train, download=True)
+        return ds.data, np.asarray(ds.targets)
+    if name == "svhn":
+        ds = tvd.SVHN(root, split=split, download=True)
+        return ds.data.transpose(0, 2, 3, 1), np.asarray(ds.labels)  # SVHN comes as NCHW
+    raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(NUM_CLASSES)}")
+
+
+def load_split(name, split, data_dir="./data"):
+    """Return (x uint8 [N, H, W, 3], y int64 [N]) as tensors, from the cache or, when missing, a torchvision download
+    that then writes the cache."""
+    if name not in NUM_CLASSES:
+        raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(NUM_CLASSES)}")
+    cache = Path(data_dir) / f"{name}_{split}.npz"
+    if not cache.is_file():
+        try:
+            x, y = _download(name, split, Path(data_dir) / "torchvision")
+        except Exception as e:  # offline, blocked, corrupt: say which file would have made the download unnecessary
+            raise FileNotFoundError(
+                f"{cache} is missing and downloading {name} failed ({type(e).__name__}: {e}). Offline, put an .npz "
+                f"there with x: uint8 [N, H, W, 3] and y: integer labels (the layout of ../shared/data), or pass "
+                f"--data-dir pointing at a folder that has it.") from e
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(cache, x=np.ascontiguousarray(x, dtype=np.uint8), y=y.astype(np.int64))
+    with np.load(cache) as f:
+        x, y = f["x"], f["y"]
+    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] != 3 or len(x) != len(y):
+        raise ValueError(f"{cache}: expected x uint8 [N, H, W, 3] and y [N], got x {x.dtype} {x.shape}, y {y.shape}")
+    return torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))
+
+
+def normalize(x_uint8, mean, std):
+    """uint8 NHWC -> float NCHW, standardized with the model's own input normalization."""
+    x = x_uint8.permute(0, 3, 1, 2).float().div_(255)
+    m = torch.tensor(mean, device=x.device).view(1, -1, 1, 1)
+    s = torch.tensor(std, device=x.device).view(1, -1, 1, 1)
+    return (x - m) / s
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Noise: standard Gaussian, optionally with a 1/f^alpha power spectrum (methods.md section 9), from its own generator
+# ----------------------------------------------------------------------------------------------------------------------
+def spectrum_filter(height, width, alpha):
+    """Amplitude filter A(f) = f^(-alpha/2) (power ~ 1/f^alpha), scaled so that each output pixel has unit variance.
+    For x = ifft2(fft2(w) * A) with white w, Var(x_ij) = mean(A^2), the same for every pixel (the process is
+    stationary), so dividing A by sqrt(mean(A^2)) standardizes every pixel exactly. The DC term gets the amplitude of
+    the lowest non-zero frequency instead of infinity."""
+    fy = torch.fft.fftfreq(height).abs().view(-1, 1)
+    fx = torch.fft.fftfreq(width).abs().view(1, -1)
+    f = torch.sqrt(fy ** 2 + fx ** 2).clamp_min(1.0 / max(height, width))
+    amp = f ** (-alpha / 2)
+    return amp / amp.pow(2).mean().sqrt()
+
+
+def sample_noise(n, shape, generator, alpha=0.0, device="cpu"):
+    """n samples of N(0, I) with the given (C, H, W) shape; alpha > 0 gives each channel a 1/f^alpha power spectrum
+    with unit per-pixel variance: still a zero-mean Gaussian, with no data and no generator network behind it."""
+    z = torch.randn((n, *shape), generator=generator, device=generator.device).to(device)
+    if alpha == 0:
+        return z
+    amp = spectrum_filter(shape[-2], shape[-1], alpha).to(z.device)
+    return torch.fft.ifft2(torch.fft.fft2(z) * amp).real
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Evaluation (methods.md section 5): two protocols, neither touches the model's state
+# ----------------------------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def evaluate(model, x_uint8, y, mean, std, batch_size=256, bn_stats="running", device="cpu", amp=False):
+    """Top-1 accuracy on (x_uint8, y).
+    bn_stats='running': eval mode, each BatchNorm uses its running statistics (what a deployed model does).
+    bn_stats='batch': each BatchNorm uses the statistics of the current test batch (the prior work's protocol; the
+    number depends on batch_size). Done on a copy, so the model's running statistics are never touched."""
+    if bn_stats not in ("running", "batch"):
+        raise ValueError(f"bn_stats must be 'running' or 'batch', got {bn_stats!r}")
+    net = model
+    if bn_stats == "batch":
+        net = copy.deepcopy(model).eval()
+        for m in net.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.train()
+    was_training = net.training
+    if bn_stats == "running":
+        net.eval()
+    correct = 0
+    with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=amp):
+        for i in range(0, len(y), batch_size):
+            xb = normalize(x_uint8[i:i + batch_size].to(device), mean, std)
+            correct += (net(xb).argmax(1) == y[i:i + batch_size].to(device)).sum().item()
+    if bn_stats == "running":
+        net.train(was_training)
+    return correct / len(y)
+
+
+def label_stats(counts):
+    """Summary of a label histogram: normalized entropy H/log K, largest class share, classes never seen."""
+    counts = torch.as_tensor(counts, dtype=torch.float64)
+    p = counts / counts.sum().clamp_min(1)
+    entropy = -(p[p > 0] * p[p > 0].log()).sum().item()
+    return {"entropy": entropy / math.log(len(p)), "max_share": p.max().item(),
+            "missing": int((counts == 0).sum().item())}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Run folders, logging, provenance
+# ----------------------------------------------------------------------------------------------------------------------
+def make_run_dir(out_dir, dataset, script, teacher, seed):
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    run_dir = Path(out_dir) / f"{dataset}__{script}__{teacher}__s{seed}__{stamp}"
+    suffix = 1
+    while run_dir.exists():  # two runs in the same second must not share a folder
+        run_dir = Path(out_dir) / f"{dataset}__{script}__{teacher}__s{seed}__{stamp}-{suffix}"
+        suffix += 1
+    run_dir.mkdir(parents=True)
+    return run_dir
+
+
+class MetricsLog:
+    """metrics.jsonl, one JSON object per line with a 'step' key. On resume, lines written after the checkpoint's step
+    are dropped, so that the log matches the state the run continues from."""
+
+    def __init__(self, path, resume_step=None):
+        self.path = Path(path)
+        if resume_step is not None and self.path.exists():
+            rows = self.read(self.path)
+            self.path.write_text("".join(json.dumps(r) + "\n" for r in rows if r["step"] <= resume_step))
+        elif resume_step is None:
+            self.path.write_text("")
+
+    def log(self, step, **metrics):
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"step": step, **metrics}) + "\n")
+
+    @staticmethod
+    def read(path):
+        return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def provenance(device, wall_time_s):
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                                timeout=10).stdout.strip() or "unknown"
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                                    capture_output=True, text=True, timeout=10).stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = "unknown", None
+    dev = torch.cuda.get_device_name(0) if str(device).startswith("cuda") else platform.processor() or "cpu"
+    return {"git_commit": commit, "git_dirty": dirty, "torch": torch.__version__, "python": platform.python_version(),
+            "device": f"{device} ({dev}, {torch.get_num_threads()} threads)", "wall_time_s": round(wall_time_s, 1),
+            "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def write_json(path, obj):
+    Path(path).write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def default_device():
+    return "cuda" if torch.cuda.is_available() else "cpu"

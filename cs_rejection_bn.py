@@ -1,0 +1,369 @@
+"""NormShift-KD for BatchNorm teachers: current-statistics (CS) inference + rejection sampling, Gaussian noise only.
+
+The student never sees an image while it learns. Each step draws z ~ N(0, I) in the teacher's normalized input space,
+runs the teacher with every BatchNorm normalizing by the statistics of the current noise batch (CS; in eval mode a BN
+teacher puts all noise into two or three classes), rejects samples of over-predicted classes so that the accepted
+batch has a near-uniform teacher label marginal, and minimizes KL(softmax(T(z)/tau) || softmax(S(z)/tau)) * tau^2.
+Real test images are used only to evaluate. Design and prior-work numbers: ../shared/docs/methods.md, sections 0-3, 5, 9.
+
+    python cs_rejection_bn.py                      # shipped ResNet-20 teacher -> ResNet-20, CIFAR-10, 256k noise samples
+    python cs_rejection_bn.py --teacher resnet20 --teacher-ckpt ../shared/teachers/akamaster_resnet20-12fca82f.th \
+        --data-dir ../shared/data
+    python cs_rejection_bn.py --teacher resnet34 --student resnet18 --dataset cifar10   # paper scale: use a GPU
+
+Results (README, generated from results/): see the table "CS + rejection on CIFAR-10".
+This is an independent implementation built from the paper's public abstract; every choice the abstract does not fix
+is ours, named in a comment and exposed as a flag.
+"""
+import argparse
+import contextlib
+import json
+import math
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+import common
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    # --- what to distil
+    p.add_argument("--teacher", default="resnet20", choices=common.MODEL_NAMES, help="teacher architecture")
+    p.add_argument("--teacher-ckpt", default=None,
+                   help="teacher checkpoint (ours or akamaster's); default teachers/<teacher>_<dataset>_bn.pt")
+    p.add_argument("--student", default="resnet20", choices=common.MODEL_NAMES, help="student architecture, from scratch")
+    p.add_argument("--student-norm", default="bn", choices=["bn", "gn", "ln", "none"], help="student normalization")
+    p.add_argument("--dataset", default="cifar10", choices=sorted(common.NUM_CLASSES), help="evaluation data")
+    p.add_argument("--data-dir", default="./data", help="folder of the <dataset>_test.npz cache (downloaded if missing)")
+    # --- the method
+    p.add_argument("--teacher-bn", default="cs", choices=["cs", "running"],
+                   help="teacher BatchNorm statistics: cs = current noise batch, running = eval mode (the baseline)")
+    p.add_argument("--balance", default="reject", choices=["none", "reject", "reweight"],
+                   help="fix the teacher's label imbalance on noise by rejection, by loss reweighting, or not at all")
+    p.add_argument("--pool-factor", type=float, default=2.0,
+                   help="reject: each pool has pool-factor * batch-size samples; the CS teacher sees the whole pool")
+    p.add_argument("--max-pools", type=int, default=8, help="reject: at most this many pools per step, then fill up")
+    p.add_argument("--marginal-momentum", type=float, default=0.9, help="EMA momentum of the label-marginal estimate")
+    p.add_argument("--accept-floor", type=float, default=0.1,
+                   help="classes with p(y) < floor / K are negligible: they do not set the acceptance level c")
+    p.add_argument("--noise-alpha", type=float, default=0.0,
+                   help="noise power spectrum ~ 1/f^alpha per channel, unit variance per pixel; 0 = white (the paper)")
+    p.add_argument("--tau", type=float, default=1.0, help="distillation temperature")
+    # --- optimization
+    p.add_argument("--steps", type=int, default=1000, help="student updates; noise samples seen = steps * batch-size")
+    p.add_argument("--batch-size", type=int, default=256, help="noise samples per student update")
+    p.add_argument("--optimizer", default="adam", choices=["adam", "sgd"], help="student optimizer")
+    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
+    p.add_argument("--weight-decay", type=float, default=0.0, help="weight decay")
+    p.add_argument("--momentum", type=float, default=0.9, help="sgd: Nesterov momentum")
+    p.add_argument("--schedule", default="cosine", choices=["constant", "cosine"], help="learning-rate schedule")
+    p.add_argument("--warmup-steps", type=int, default=50, help="linear warm-up steps (cosine schedule)")
+    # --- bookkeeping
+    p.add_argument("--seed", type=int, default=0, help="seed of student init, noise and acceptance coins")
+    p.add_argument("--eval-every", type=int, default=125, help="evaluate on the test split every this many steps")
+    p.add_argument("--eval-batch-size", type=int, default=256, help="test batch size (sets acc_batchstats)")
+    p.add_argument("--eval-subset", type=int, default=0, help="evaluate on the first N test images (0 = all)")
+    p.add_argument("--ckpt-every", type=int, default=100, help="save a resumable checkpoint every this many steps")
+    p.add_argument("--out-dir", default="runs", help="run folders go here")
+    p.add_argument("--resume", default=None, help="run folder to continue; its args.json is used, other flags ignored")
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
+                   help="bf16 autocast + channels_last (2.6x faster on CPUs with AVX-512 bf16)")
+    p.add_argument("--device", default=common.default_device(), help="cpu or cuda")
+    return p.parse_args(argv)
+
+
+# ======================================================================================================================
+# ALGO LOGIC: current-statistics inference, the rejection sampler, the loss
+# ======================================================================================================================
+@contextlib.contextmanager
+def current_statistics(model):
+    """Inside this context every BatchNorm of `model` normalizes with the mean and (biased) variance of the current
+    batch, per channel over (N, H, W), as in training mode - but its running buffers are neither read nor written, so
+    the teacher comes out bit-identical (the prior work put the teacher in train mode and overwrote them)."""
+    patched = []
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            # An instance attribute shadows the class's forward; deleting it restores the original exactly.
+            m.forward = lambda x, m=m: F.batch_norm(x, None, None, m.weight, m.bias, training=True, eps=m.eps)
+            patched.append(m)
+    try:
+        yield model
+    finally:
+        for m in patched:
+            del m.forward
+
+
+@torch.no_grad()
+def teacher_forward(teacher, z, bn_mode):
+    """Teacher logits on a noise batch; with bn_mode='cs' the batch's own statistics define them (methods.md sec. 2)."""
+    ctx = current_statistics(teacher) if bn_mode == "cs" else contextlib.nullcontext()
+    with ctx:
+        return teacher(z).float()
+
+
+class RejectionSampler:
+    """Accept sample i with probability min(1, c / p(y_i)), where p is a running estimate of the teacher's argmax
+    label marginal on noise and c the smallest non-negligible p(y): the accepted labels approach a uniform marginal
+    over the classes the teacher predicts at all (methods.md section 3). Classes it never predicts cannot be fixed."""
+
+    def __init__(self, num_classes, momentum, floor, generator):
+        self.k, self.momentum, self.floor, self.gen = num_classes, momentum, floor, generator
+        self.marginal = None  # estimated p(y) of the teacher's argmax on noise
+
+    def update(self, labels):
+        hist = torch.bincount(labels, minlength=self.k).double() / len(labels)
+        self.marginal = hist if self.marginal is None else self.momentum * self.marginal + (1 - self.momentum) * hist
+
+    def level(self):
+        """c = min p(y) over non-negligible classes (p(y) >= floor / K)."""
+        p = self.marginal
+        return p[p >= self.floor / self.k].min()
+
+    def accept_prob(self, labels):
+        p = self.marginal[labels]
+        return (self.level() / p.clamp_min(1e-12)).clamp(max=1.0)
+
+    def accept(self, labels):
+        """Boolean mask of accepted samples; labels on the CPU."""
+        return torch.rand(len(labels), generator=self.gen, dtype=torch.float64) < self.accept_prob(labels)
+
+    def state_dict(self):
+        return {"marginal": self.marginal, "generator": self.gen.get_state()}
+
+    def load_state_dict(self, state):
+        self.marginal = state["marginal"]
+        self.gen.set_state(state["generator"])
+
+
+def draw_batch(args, teacher, sampler, noise_gen, shape, stats):
+    """One training batch of noise, the teacher's targets and per-sample loss weights, by --balance.
+    Updates `stats` (label histograms, teacher samples, sampler time) in place."""
+    B, dev = args.batch_size, args.device
+    noise = lambda n: common.sample_noise(n, shape, noise_gen, args.noise_alpha, dev)
+    if args.balance != "reject":
+        z = noise(B)
+        t = teacher_forward(teacher, z, args.teacher_bn)
+        labels = t.argmax(1).cpu()
+        t_sampler = time.perf_counter()
+        sampler.update(labels)
+        weights = None
+        if args.balance == "reweight":  # same teacher compute as 'none'; weight 1/p(y), normalized to mean 1
+            w = 1.0 / sampler.marginal[labels].clamp_min(1e-12)
+            weights = (w / w.mean()).float().to(dev)
+        stats["sampler_s"] += time.perf_counter() - t_sampler
+        _record(stats, labels, labels, t, B)
+        return z, t, weights
+    # Rejection: draw pools of M = r * B; the CS teacher runs once per pool and the pool's statistics define the
+    # targets. Keep drawing until B samples are accepted, at most --max-pools pools, then fill up with rejected ones.
+    M = max(B, int(round(args.pool_factor * B)))
+    acc_z, acc_t, rej_z, rej_t, n_acc = [], [], [], [], 0
+    for _ in range(args.max_pools):
+        z = noise(M)
+        t = teacher_forward(teacher, z, args.teacher_bn)
+        labels = t.argmax(1).cpu()
+        t_sampler = time.perf_counter()
+        sampler.update(labels)
+        keep = sampler.accept(labels).to(dev)
+        acc_z.append(z[keep]), acc_t.append(t[keep]), rej_z.append(z[~keep]), rej_t.append(t[~keep])
+        n_acc += int(keep.sum())
+        stats["sampler_s"] += time.perf_counter() - t_sampler
+        stats["teacher_samples"] += M
+        stats["raw_counts"] += torch.bincount(labels, minlength=sampler.k)
+        stats["raw_soft"] += F.softmax(t, 1).sum(0).cpu().double()
+        if n_acc >= B:
+            break
+    t_sampler = time.perf_counter()
+    z, t = torch.cat(acc_z)[:B], torch.cat(acc_t)[:B]
+    if len(z) < B:  # never loop forever (a class the teacher never predicts can push acceptance very low)
+        stats["shortfall"] += B - len(z)
+        z = torch.cat([z, torch.cat(rej_z)[:B - len(z)]])
+        t = torch.cat([t, torch.cat(rej_t)[:B - len(t)]])
+    stats["acc_counts"] += torch.bincount(t.argmax(1).cpu(), minlength=sampler.k)
+    stats["sampler_s"] += time.perf_counter() - t_sampler
+    return z, t, None
+
+
+def _record(stats, raw_labels, used_labels, t, n):
+    stats["teacher_samples"] += n
+    stats["raw_counts"] += torch.bincount(raw_labels, minlength=len(stats["raw_counts"]))
+    stats["acc_counts"] += torch.bincount(used_labels, minlength=len(stats["acc_counts"]))
+    stats["raw_soft"] += F.softmax(t, 1).sum(0).cpu().double()
+
+
+def kd_loss(student_logits, teacher_logits, tau, weights=None):
+    """KL(softmax(t / tau) || softmax(s / tau)) * tau^2 per sample, averaged (optionally weighted)."""
+    kl = F.kl_div(F.log_softmax(student_logits.float() / tau, 1), F.log_softmax(teacher_logits / tau, 1),
+                  log_target=True, reduction="none").sum(1) * tau ** 2
+    return (kl * weights).mean() if weights is not None else kl.mean()
+
+
+def noise_summary(stats):
+    """The teacher's labels on raw noise and on the batches the student trained on (methods.md section 3)."""
+    raw, acc = common.label_stats(stats["raw_counts"]), common.label_stats(stats["acc_counts"])
+    soft = stats["raw_soft"] / stats["raw_soft"].sum()
+    return {"noise/label_entropy": raw["entropy"], "noise/label_max_share": raw["max_share"],
+            "noise/label_missing": raw["missing"], "noise/soft_entropy": -(soft * soft.log()).sum().item() / math.log(len(soft)),
+            "noise/accepted_label_entropy": acc["entropy"], "noise/accepted_max_share": acc["max_share"],
+            "noise/acceptance_rate": stats["student_samples"] / max(1, stats["teacher_samples"]),
+            "noise/label_hist": stats["raw_counts"].tolist(), "noise/accepted_hist": stats["acc_counts"].tolist()}
+
+
+# ======================================================================================================================
+# Boilerplate: run folder, teacher and student, loop, evaluation, checkpoints (TRY NOT TO MODIFY)
+# ======================================================================================================================
+def resolve_teacher_ckpt(args):
+    if args.teacher_ckpt:
+        return args.teacher_ckpt
+    path = common.REPO / "teachers" / f"{args.teacher}_{args.dataset}_bn.pt"
+    if not path.is_file():
+        sys.exit(f"no checkpoint for teacher {args.teacher} on {args.dataset} at {path}. Train one with\n"
+                 f"  python train_teacher.py --model {args.teacher} --norm bn --dataset {args.dataset} "
+                 f"--data-dir {args.data_dir} --out {path}\n"
+                 f"(use a GPU for resnet18/34/56+), or pass --teacher-ckpt with your own.")
+    return str(path)
+
+
+def lr_at(args, step):
+    if args.schedule == "constant":
+        return args.lr
+    if step < args.warmup_steps:
+        return args.lr * (step + 1) / args.warmup_steps
+    progress = (step - args.warmup_steps) / max(1, args.steps - args.warmup_steps)
+    return args.lr * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    resume_dir = Path(args.resume) if args.resume else None
+    if resume_dir:
+        args = argparse.Namespace(**{**json.loads((resume_dir / "args.json").read_text()), "resume": str(resume_dir)})
+    if args.teacher_bn == "running" and args.balance == "reject":
+        print("note: rejection on an eval-mode teacher only balances the few classes it predicts")
+
+    # --- seeding: one visible block; noise and acceptance coins have generators of their own
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    noise_gen = torch.Generator(args.device).manual_seed(args.seed)
+    coin_gen = torch.Generator().manual_seed(args.seed + 1)
+
+    # --- data (test split only: evaluation), teacher, student
+    x_test, y_test = common.load_split(args.dataset, "test", args.data_dir)
+    if args.eval_subset:
+        x_test, y_test = x_test[:args.eval_subset], y_test[:args.eval_subset]
+    num_classes = common.NUM_CLASSES[args.dataset]
+    teacher, tinfo = common.load_teacher(args.teacher, resolve_teacher_ckpt(args), num_classes)
+    if not common.has_batchnorm(teacher):
+        sys.exit(f"teacher {args.teacher} ({tinfo['norm']}) has no BatchNorm: CS does nothing; use batch_align_ln_gn.py")
+    student = common.build_model(args.student, num_classes, args.student_norm)
+    teacher, student = teacher.to(args.device), student.to(args.device)
+    if args.bf16:
+        teacher, student = teacher.to(memory_format=torch.channels_last), student.to(memory_format=torch.channels_last)
+    mean, std = tinfo["mean"], tinfo["std"]  # the noise lives in the teacher's normalized input space
+    shape = (3, *x_test.shape[1:3])
+    evaluate = lambda model, bn: common.evaluate(model, x_test, y_test, mean, std, args.eval_batch_size, bn,
+                                                 args.device, args.bf16)
+    teacher_acc = evaluate(teacher, "running")
+
+    opt = (torch.optim.Adam(student.parameters(), lr=args.lr, weight_decay=args.weight_decay) if args.optimizer == "adam"
+           else torch.optim.SGD(student.parameters(), lr=args.lr, momentum=args.momentum, nesterov=True,
+                                weight_decay=args.weight_decay))
+    sampler = RejectionSampler(num_classes, args.marginal_momentum, args.accept_floor, coin_gen)
+    stats = {"raw_counts": torch.zeros(num_classes, dtype=torch.long), "acc_counts": torch.zeros(num_classes, dtype=torch.long),
+             "raw_soft": torch.zeros(num_classes, dtype=torch.float64), "teacher_samples": 0, "student_samples": 0,
+             "shortfall": 0, "sampler_s": 0.0, "train_s": 0.0}
+    step, curve = 0, []
+
+    # --- run folder, or the one we resume
+    if resume_dir:
+        run_dir = resume_dir
+        ck = common.load_checkpoint(run_dir / "checkpoint.pt")
+        student.load_state_dict(ck["student"])
+        opt.load_state_dict(ck["optimizer"])
+        noise_gen.set_state(ck["noise_gen"])
+        sampler.load_state_dict(ck["sampler"])
+        step, stats, curve = ck["step"], ck["stats"], ck["curve"]
+        print(f"resumed {run_dir} at step {step}")
+    else:
+        run_dir = common.make_run_dir(args.out_dir, args.dataset, Path(__file__).stem, args.teacher, args.seed)
+        common.write_json(run_dir / "args.json", vars(args))
+    log = common.MetricsLog(run_dir / "metrics.jsonl", resume_step=step if resume_dir else None)
+    print(f"run folder {run_dir}\nteacher {args.teacher} ({tinfo['path']}): test acc {teacher_acc:.4f} "
+          f"(recorded {tinfo['test_acc']}), teacher BN: {args.teacher_bn}, balance: {args.balance}")
+
+    def save():
+        common.save_checkpoint(run_dir / "checkpoint.pt", student=student.state_dict(), optimizer=opt.state_dict(),
+                               noise_gen=noise_gen.get_state(), sampler=sampler.state_dict(), step=step,
+                               stats=stats, curve=curve, args=vars(args))
+
+    def evaluation():
+        row = {"samples_seen": stats["student_samples"], "eval/acc_running": evaluate(student, "running"),
+               "eval/acc_batchstats": evaluate(student, "batch"), **noise_summary(stats)}
+        row = {k: v for k, v in row.items() if not k.endswith("_hist")}
+        curve.append({"step": step, **row})
+        log.log(step, **row)
+        return row
+
+    t_start = time.time()
+    bar = tqdm(total=args.steps, initial=step, desc="noise KD", dynamic_ncols=True)
+    while step < args.steps:
+        t_step = time.perf_counter()
+        for g in opt.param_groups:
+            g["lr"] = lr_at(args, step)
+        z, t_logits, weights = draw_batch(args, teacher, sampler, noise_gen, shape, stats)
+        if args.bf16:
+            z = z.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(torch.device(args.device).type, dtype=torch.bfloat16, enabled=args.bf16):
+            s_logits = student(z)
+        loss = kd_loss(s_logits, t_logits, args.tau, weights)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"distillation loss is {loss.item()} at step {step} (teacher logits finite: "
+                                     f"{bool(torch.isfinite(t_logits).all())}); lower --lr or check the teacher")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        stats["student_samples"] += len(z)
+        stats["train_s"] += time.perf_counter() - t_step
+        if step % 10 == 0 or step == args.steps:
+            row = {"train/loss": loss.item(), "train/lr": lr_at(args, step - 1),
+                   "train/samples_per_s": stats["student_samples"] / stats["train_s"],
+                   "train/acceptance_rate": stats["student_samples"] / max(1, stats["teacher_samples"]),
+                   "train/sampler_time_frac": stats["sampler_s"] / stats["train_s"]}
+            log.log(step, **row)
+            bar.set_postfix(loss=f"{row['train/loss']:.3f}", acc_rate=f"{row['train/acceptance_rate']:.2f}",
+                            sps=f"{row['train/samples_per_s']:.0f}")
+        bar.update(1)
+        if step % args.eval_every == 0 or step == args.steps:
+            row = evaluation()
+            tqdm.write(f"step {step}: acc running {row['eval/acc_running']:.4f}, test-batch stats "
+                       f"{row['eval/acc_batchstats']:.4f}, noise label entropy {row['noise/label_entropy']:.3f}")
+        if step % args.ckpt_every == 0 or step == args.steps:
+            save()
+    bar.close()
+
+    final = curve[-1] if curve and curve[-1]["step"] == step else evaluation()
+    results = {"teacher/acc": teacher_acc, "teacher/acc_recorded": tinfo["test_acc"], "teacher/sha256": tinfo["sha256"],
+               "teacher/ckpt": tinfo["path"], **final, **noise_summary(stats), "eval/batch_size": args.eval_batch_size,
+               "eval/num_images": len(y_test), "samples_seen": stats["student_samples"],
+               "teacher_samples": stats["teacher_samples"], "shortfall": stats["shortfall"],
+               "samples_per_s": stats["student_samples"] / max(stats["train_s"], 1e-9),
+               "teacher_samples_per_s": stats["teacher_samples"] / max(stats["train_s"], 1e-9),
+               "sampler_time_frac": stats["sampler_s"] / max(stats["train_s"], 1e-9), "curve": curve,
+               "args": vars(args), "provenance": common.provenance(args.device, time.time() - t_start)}
+    common.write_json(run_dir / "results.json", results)
+    print(f"done: acc running {results['eval/acc_running']:.4f}, test-batch stats {results['eval/acc_batchstats']:.4f} "
+          f"(batch {args.eval_batch_size}), {results['samples_per_s']:.0f} samples/s -> {run_dir / 'results.json'}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

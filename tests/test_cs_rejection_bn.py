@@ -1,0 +1,208 @@
+"""cs_rejection_bn.py: CS inference, the rejection sampler, and whole runs on generated data."""
+import json
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import common
+import cs_rejection_bn as kd
+from conftest import save_teacher
+
+
+def tiny_args(data, teacher, out, *extra):
+    return ["--data-dir", str(data), "--teacher-ckpt", str(teacher), "--out-dir", str(out), "--steps", "6",
+            "--batch-size", "16", "--eval-every", "3", "--ckpt-every", "2", "--eval-batch-size", "32", *extra]
+
+
+def without_timing(results):
+    """The metrics of a run, less what depends on the machine's speed and the clock."""
+    drop = ("samples_per_s", "teacher_samples_per_s", "sampler_time_frac", "provenance", "args")
+    return {k: v for k, v in results.items() if k not in drop}
+
+
+# --- CS inference --------------------------------------------------------------------------------------------------
+def test_cs_forward_equals_a_hand_computation_with_batch_statistics():
+    torch.manual_seed(0)
+    bn = nn.BatchNorm2d(4)
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 2), bn.bias.uniform_(-1, 1), bn.running_mean.fill_(3.0), bn.running_var.fill_(9.0)
+    bn.eval()
+    x = torch.randn(8, 4, 5, 5) * 2 + 1
+    mean = x.mean(dim=(0, 2, 3), keepdim=True)
+    var = x.var(dim=(0, 2, 3), unbiased=False, keepdim=True)  # BN normalizes with the biased variance
+    hand = (x - mean) / torch.sqrt(var + bn.eps) * bn.weight.view(1, -1, 1, 1) + bn.bias.view(1, -1, 1, 1)
+    with kd.current_statistics(bn):
+        assert torch.allclose(bn(x), hand, atol=1e-5)
+    running = (x - 3.0) / torch.sqrt(torch.tensor(9.0) + bn.eps) * bn.weight.view(1, -1, 1, 1) + bn.bias.view(1, -1, 1, 1)
+    assert torch.allclose(bn(x), running, atol=1e-5)  # outside the context: eval mode again
+
+
+def test_cs_depends_on_the_batch_and_leaves_every_buffer_bit_identical(tiny_teacher):
+    teacher, _ = common.load_teacher("resnet20", tiny_teacher)
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    z = torch.randn(16, 3, 32, 32)
+    eval_out = teacher(z)
+    full = kd.teacher_forward(teacher, z, "cs")
+    half = kd.teacher_forward(teacher, z[:8], "cs")
+    assert not torch.allclose(full[:8], half, atol=1e-4)  # sample i's logits depend on the rest of the batch
+    assert not torch.allclose(full, eval_out, atol=1e-3)
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
+    assert torch.equal(teacher(z), eval_out) and not teacher.training  # the patch is gone after the context
+
+
+# --- the rejection sampler -----------------------------------------------------------------------------------------
+def test_rejection_turns_a_skewed_label_stream_into_a_near_uniform_accepted_histogram():
+    k, gen = 10, torch.Generator().manual_seed(0)
+    p = torch.tensor([0.30, 0.20, 0.12, 0.08, 0.08, 0.06, 0.05, 0.05, 0.04, 0.02])
+    sampler = kd.RejectionSampler(k, momentum=0.9, floor=0.1, generator=torch.Generator().manual_seed(1))
+    raw, acc = torch.zeros(k), torch.zeros(k)
+    for _ in range(200):
+        labels = torch.multinomial(p, 512, replacement=True, generator=gen)
+        sampler.update(labels)
+        keep = sampler.accept(labels)
+        raw += torch.bincount(labels, minlength=k)
+        acc += torch.bincount(labels[keep], minlength=k)
+    assert common.label_stats(raw)["entropy"] < 0.92
+    assert common.label_stats(acc)["entropy"] > 0.995 and acc.max() / acc.sum() < 0.115
+    # the acceptance rate is sum_y min(p(y), c) with c = the smallest p(y) = 0.02: 10 classes * 0.02
+    assert acc.sum() / raw.sum() == pytest.approx(0.2, abs=0.02)
+
+
+def test_negligible_classes_do_not_set_the_acceptance_level():
+    sampler = kd.RejectionSampler(4, momentum=0.0, floor=0.1, generator=torch.Generator())
+    sampler.update(torch.tensor([0] * 600 + [1] * 300 + [2] * 99 + [3] * 1))  # class 3 at 0.1% < 0.1 / 4
+    assert sampler.level().item() == pytest.approx(0.099)
+    assert torch.allclose(sampler.accept_prob(torch.tensor([0, 1, 2, 3])).float(),
+                          torch.tensor([0.099 / 0.6, 0.099 / 0.3, 1.0, 1.0]))
+
+
+class ConstantTeacher(nn.Module):
+    """Predicts class 0 for 97% of samples and class 1 for the rest; classes 2..9 never. No BatchNorm."""
+
+    def forward(self, z):
+        logits = torch.zeros(len(z), 10)
+        logits[:, 0] = 5.0
+        logits[(z.flatten(1)[:, 0] > 1.9), 1] = 10.0  # P(N(0,1) > 1.9) ~ 3%
+        return logits
+
+
+def test_rejection_terminates_and_reports_when_classes_are_never_predicted():
+    args = kd.parse_args(["--batch-size", "64", "--pool-factor", "1", "--max-pools", "3", "--device", "cpu"])
+    sampler = kd.RejectionSampler(10, 0.9, 0.1, torch.Generator().manual_seed(0))
+    stats = {"raw_counts": torch.zeros(10, dtype=torch.long), "acc_counts": torch.zeros(10, dtype=torch.long),
+             "raw_soft": torch.zeros(10, dtype=torch.float64), "teacher_samples": 0, "student_samples": 0,
+             "shortfall": 0, "sampler_s": 0.0}
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        z, t, w = kd.draw_batch(args, ConstantTeacher(), sampler, gen, (3, 4, 4), stats)
+        assert len(z) == len(t) == 64 and w is None
+        stats["student_samples"] += 64
+    assert stats["teacher_samples"] == 5 * 3 * 64  # every step used all its pools, and no more
+    assert stats["shortfall"] > 0
+    summary = kd.noise_summary(stats)
+    assert summary["noise/label_missing"] == 8
+    assert summary["noise/accepted_max_share"] < summary["noise/label_max_share"]  # class 1 got promoted
+
+
+def test_reweighting_weights_rare_classes_up_with_mean_one():
+    args = kd.parse_args(["--batch-size", "256", "--balance", "reweight", "--device", "cpu"])
+    sampler = kd.RejectionSampler(10, 0.0, 0.1, torch.Generator())
+    stats = {"raw_counts": torch.zeros(10, dtype=torch.long), "acc_counts": torch.zeros(10, dtype=torch.long),
+             "raw_soft": torch.zeros(10, dtype=torch.float64), "teacher_samples": 0, "shortfall": 0, "sampler_s": 0.0}
+    z, t, w = kd.draw_batch(args, ConstantTeacher(), sampler, torch.Generator().manual_seed(0), (3, 4, 4), stats)
+    labels = t.argmax(1)
+    assert w.mean().item() == pytest.approx(1.0) and w[labels == 1].min() > 10 * w[labels == 0].max()
+
+
+def test_kd_loss_is_zero_for_equal_logits_and_scales_with_tau_squared():
+    t = torch.randn(8, 10)
+    assert kd.kd_loss(t, t, 1.0).item() == pytest.approx(0, abs=1e-6)
+    s = torch.randn(8, 10)
+    kl = F.kl_div(F.log_softmax(s / 4, 1), F.softmax(t / 4, 1), reduction="batchmean")
+    assert kd.kd_loss(s, t, 4.0).item() == pytest.approx(16 * kl.item(), rel=1e-5)
+
+
+# --- whole runs on generated data ----------------------------------------------------------------------------------
+def test_run_trains_the_student_and_leaves_the_teacher_bit_identical(tiny_data, tiny_teacher, tmp_path, monkeypatch):
+    loaded = {}
+    real_load = common.load_teacher
+
+    def spy(*a, **kw):
+        loaded["model"], info = real_load(*a, **kw)
+        return loaded["model"], info
+    monkeypatch.setattr(common, "load_teacher", spy)
+    res = kd.main(tiny_args(tiny_data, tiny_teacher, tmp_path))
+    fresh, _ = real_load("resnet20", tiny_teacher)
+    after = loaded["model"].float().to(memory_format=torch.contiguous_format).state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in fresh.state_dict().items())
+
+    run = next(tmp_path.glob("cifar10__cs_rejection_bn__resnet20__s0__*"))
+    student = common.load_checkpoint(run / "checkpoint.pt")["student"]
+    torch.manual_seed(0)
+    init = common.build_model("resnet20").state_dict()
+    assert any(not torch.equal(init[k], v) for k, v in student.items())
+    for key in ("teacher/acc", "eval/acc_running", "eval/acc_batchstats", "noise/label_entropy",
+                "noise/accepted_label_entropy", "samples_seen", "samples_per_s", "provenance"):
+        assert key in res
+    assert res["samples_seen"] == 6 * 16 and res["teacher_samples"] >= 6 * 32
+    assert [row["step"] for row in res["curve"]] == [3, 6]
+    assert json.loads((run / "results.json").read_text())["eval/acc_running"] == res["eval/acc_running"]
+    rows = common.MetricsLog.read(run / "metrics.jsonl")
+    assert any("train/loss" in r for r in rows) and any("eval/acc_batchstats" in r for r in rows)
+
+
+@pytest.mark.parametrize("extra", [[], ["--balance", "none", "--teacher-bn", "running", "--no-bf16"]])
+def test_same_seed_gives_identical_metrics(tiny_data, tiny_teacher, tmp_path, extra):
+    a = kd.main(tiny_args(tiny_data, tiny_teacher, tmp_path / "a", *extra))
+    b = kd.main(tiny_args(tiny_data, tiny_teacher, tmp_path / "b", *extra))
+    assert without_timing(a) == without_timing(b)
+    c = kd.main(tiny_args(tiny_data, tiny_teacher, tmp_path / "c", "--seed", "1", *extra))
+    assert without_timing(c)["curve"] != without_timing(a)["curve"]
+
+
+def test_resume_after_an_interruption_gives_the_same_final_metrics(tiny_data, tiny_teacher, tmp_path, monkeypatch):
+    whole = kd.main(tiny_args(tiny_data, tiny_teacher, tmp_path / "whole"))
+    real_save, saves = common.save_checkpoint, []
+
+    def crash_after_second_save(*a, **kw):
+        real_save(*a, **kw)
+        saves.append(1)
+        if len(saves) == 2:  # checkpoint at step 4 written, then the process "dies"
+            raise KeyboardInterrupt
+    monkeypatch.setattr(common, "save_checkpoint", crash_after_second_save)
+    with pytest.raises(KeyboardInterrupt):
+        kd.main(tiny_args(tiny_data, tiny_teacher, tmp_path / "cut"))
+    monkeypatch.setattr(common, "save_checkpoint", real_save)
+    run = next((tmp_path / "cut").iterdir())
+    assert common.load_checkpoint(run / "checkpoint.pt")["step"] == 4
+    resumed = kd.main(["--resume", str(run)])
+    assert without_timing(resumed) == without_timing(whole)
+    assert [r["step"] for r in common.MetricsLog.read(run / "metrics.jsonl") if "eval/acc_running" in r] == [3, 6]
+
+
+def test_nan_loss_is_a_clear_error(tiny_data, tmp_path):
+    model = common.build_model("resnet20")
+    with torch.no_grad():
+        model.linear.weight.fill_(float("nan"))
+    bad = save_teacher(tmp_path / "nan.pt", model)
+    with pytest.raises(FloatingPointError, match="loss is nan at step 0.*teacher logits finite: False"):
+        kd.main(tiny_args(tiny_data, bad, tmp_path))
+
+
+def test_missing_teacher_says_which_command_makes_one(tiny_data, tmp_path):
+    with pytest.raises(SystemExit, match="python train_teacher.py --model resnet34 --norm bn --dataset cifar10"):
+        kd.main(["--teacher", "resnet34", "--student", "resnet18", "--data-dir", str(tiny_data), "--out-dir", str(tmp_path)])
+
+
+def test_teacher_without_batchnorm_is_refused(tiny_data, tmp_path):
+    gn = save_teacher(tmp_path / "gn.pt", common.build_model("resnet20", norm="gn"), norm="gn")
+    with pytest.raises(SystemExit, match="no BatchNorm"):
+        kd.main(tiny_args(tiny_data, gn, tmp_path))
+
+
+def test_unknown_student_is_an_argument_error(capsys):
+    with pytest.raises(SystemExit):
+        kd.parse_args(["--student", "resnet21"])
+    assert "invalid choice: 'resnet21'" in capsys.readouterr().err

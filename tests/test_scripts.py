@@ -1,0 +1,54 @@
+"""Every script: --help works; train_teacher.py trains, records and resumes on generated data."""
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import common
+import train_teacher
+from conftest import REPO
+
+SCRIPTS = sorted(p.name for p in REPO.glob("*.py") if p.name != "common.py")
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_help_of_every_script(script):
+    out = subprocess.run([sys.executable, script, "--help"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "usage:" in out.stdout and "--seed" in out.stdout
+
+
+def test_train_teacher_writes_a_loadable_checkpoint_with_its_recorded_accuracy(tiny_data, tmp_path):
+    out = tmp_path / "t.pt"
+    res = train_teacher.main(["--data-dir", str(tiny_data), "--epochs", "2", "--batch-size", "16", "--out", str(out)])
+    model, info = common.load_teacher("resnet20", out)
+    x, y = common.load_split("cifar10", "test", tiny_data)
+    assert info["test_acc"] == res["test_acc"] == common.evaluate(model, x, y, info["mean"], info["std"], 500)
+    assert info["mean"] == common.DATASET_STATS["cifar10"][0] and info["sha256"] == res["sha256"]
+    blob = common.load_checkpoint(out)
+    assert blob["arch"] == "resnet20" and blob["norm"] == "bn" and len(blob["history"]) == 2
+    assert "train_teacher.py" in blob["command"] and not out.with_suffix(".partial").exists()
+
+
+def test_train_teacher_resume_continues_where_it_stopped(tiny_data, tmp_path, monkeypatch):
+    args = ["--data-dir", str(tiny_data), "--epochs", "2", "--batch-size", "16", "--no-bf16"]
+    whole = train_teacher.main(args + ["--out", str(tmp_path / "whole.pt")])
+    # Interrupt a second, identical run during its second epoch's evaluation: epoch 1 is saved in <out>.partial.
+    real_eval, calls = common.evaluate, []
+
+    def die_on_second(*a, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_eval(*a, **kw)
+    monkeypatch.setattr(common, "evaluate", die_on_second)
+    cut = tmp_path / "cut.pt"
+    with pytest.raises(KeyboardInterrupt):
+        train_teacher.main(args + ["--out", str(cut)])
+    monkeypatch.setattr(common, "evaluate", real_eval)
+    assert common.load_checkpoint(cut.with_suffix(".partial"))["epoch"] == 1 and not cut.exists()
+    resumed = train_teacher.main(args + ["--out", str(cut), "--resume"])
+    a, b = common.load_checkpoint(tmp_path / "whole.pt"), common.load_checkpoint(cut)
+    assert resumed["test_acc"] == whole["test_acc"]
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
