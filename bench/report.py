@@ -69,6 +69,8 @@ def bn_variants_figure(path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     runs = load("bn_variants")
+    if not runs:
+        return
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     for stem, label in BN_VARIANTS:
         if stem not in runs:
@@ -94,10 +96,10 @@ FIGURES = {"bn_variants.png": bn_variants_figure}
 
 def render(readme):
     for name, block in BLOCKS.items():
-        pattern = re.compile(rf"(<!-- BEGIN {name} -->\n).*?(\n<!-- END {name} -->)", re.S)
+        pattern = re.compile(rf"(<!-- BEGIN {name} -->\n)(?:.*?\n)?(<!-- END {name} -->)", re.S)
         if not pattern.search(readme):
             raise ValueError(f"README.md has no generated block '{name}'")
-        readme = pattern.sub(lambda m: m.group(1) + block() + m.group(2), readme)
+        readme = pattern.sub(lambda m: m.group(1) + block() + "\n" + m.group(2), readme)
     return readme
 
 
