@@ -217,9 +217,10 @@ def load_state_strict(model, state, source):
     model.load_state_dict(state)
 
 
-def load_teacher(name, ckpt, num_classes=None):
+def load_teacher(name, ckpt, num_classes=None, dataset=None):
     """Load a teacher: our own checkpoints (train_teacher.py) or the akamaster format ({state_dict, best_prec1}, keys
-    prefixed with 'module.'). Returns (model in eval mode, info) where info has mean, std, norm, test_acc, sha256."""
+    prefixed with 'module.'). Returns (model in eval mode, info) where info has mean, std, norm, test_acc, sha256.
+    With `dataset` given, a checkpoint that records another training dataset is refused."""
     ckpt = Path(ckpt)
     if not ckpt.is_file():
         raise FileNotFoundError(f"teacher checkpoint {ckpt} does not exist")
@@ -227,6 +228,8 @@ def load_teacher(name, ckpt, num_classes=None):
     if "model" in blob:  # ours
         if blob.get("arch", name) != name:
             raise ValueError(f"checkpoint {ckpt} holds a {blob['arch']}, not a {name}")
+        if dataset and blob.get("dataset", dataset) != dataset:
+            raise ValueError(f"checkpoint {ckpt} was trained on {blob['dataset']}, not {dataset}")
         state, norm = blob["model"], blob.get("norm", "bn")
         mean, std, acc = tuple(blob["mean"]), tuple(blob["std"]), blob.get("test_acc")
         num_classes = num_classes or blob.get("num_classes", 10)
@@ -398,7 +401,7 @@ def provenance(device, wall_time_s):
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
                                 timeout=10).stdout.strip() or "unknown"
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+        dirty = bool(subprocess.run(["git", "status", "--porcelain"], cwd=REPO,
                                     capture_output=True, text=True, timeout=10).stdout.strip())
     except (OSError, subprocess.SubprocessError):
         commit, dirty = "unknown", None
@@ -410,6 +413,13 @@ def provenance(device, wall_time_s):
 
 def write_json(path, obj):
     Path(path).write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def bf16_supported(device):
+    """Whether bf16 autocast is fast here: a CUDA GPU with bf16, or a CPU with native bf16 (AVX-512 bf16 / AMX)."""
+    if str(device).startswith("cuda"):
+        return torch.cuda.is_bf16_supported()
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def default_device():

@@ -40,7 +40,8 @@ def parse_args(argv=None):
     p.add_argument("--teacher-ckpt", default=None,
                    help="teacher checkpoint (ours or akamaster's); default teachers/<teacher>_<dataset>_bn.pt")
     p.add_argument("--student", default="resnet20", choices=common.MODEL_NAMES, help="student architecture, from scratch")
-    p.add_argument("--student-norm", default="bn", choices=["bn", "gn", "ln", "none"], help="student normalization")
+    p.add_argument("--student-norm", default=None, choices=["bn", "gn", "ln", "none"],
+                   help="student normalization (default: bn for CNNs, ln for vit_tiny)")
     p.add_argument("--dataset", default="cifar10", choices=sorted(common.NUM_CLASSES), help="evaluation data")
     p.add_argument("--data-dir", default="./data", help="folder of the <dataset>_test.npz cache (downloaded if missing)")
     # --- the method
@@ -74,10 +75,18 @@ def parse_args(argv=None):
     p.add_argument("--ckpt-every", type=int, default=100, help="save a resumable checkpoint every this many steps")
     p.add_argument("--out-dir", default="runs", help="run folders go here")
     p.add_argument("--resume", default=None, help="run folder to continue; its args.json is used, other flags ignored")
-    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
-                   help="bf16 autocast + channels_last (2.6x faster on CPUs with AVX-512 bf16)")
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                   help="bf16 autocast + channels_last (default: on where the device supports bf16)")
     p.add_argument("--device", default=common.default_device(), help="cpu or cuda")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.bf16 is None:
+        args.bf16 = common.bf16_supported(args.device)
+    for flag in ("steps", "batch_size", "eval_every", "ckpt_every", "max_pools"):
+        if getattr(args, flag) < 1 or (flag == "batch_size" and args.batch_size < 2):
+            p.error(f"--{flag.replace('_', '-')} must be at least {2 if flag == 'batch_size' else 1}")
+    if args.pool_factor < 1 or args.tau <= 0 or not 0 <= args.accept_floor <= 1:
+        p.error("need --pool-factor >= 1, --tau > 0 and 0 <= --accept-floor <= 1")
+    return args
 
 
 # ======================================================================================================================
@@ -147,7 +156,8 @@ def draw_batch(args, teacher, sampler, noise_gen, shape, stats):
     """One training batch of noise, the teacher's targets and per-sample loss weights, by --balance.
     Updates `stats` (label histograms, teacher samples, sampler time) in place."""
     B, dev = args.batch_size, args.device
-    noise = lambda n: common.sample_noise(n, shape, noise_gen, args.noise_alpha, dev)
+    fmt = torch.channels_last if args.bf16 else torch.contiguous_format
+    noise = lambda n: common.sample_noise(n, shape, noise_gen, args.noise_alpha, dev).contiguous(memory_format=fmt)
     if args.balance != "reject":
         z = noise(B)
         t = teacher_forward(teacher, z, args.teacher_bn)
@@ -159,6 +169,7 @@ def draw_batch(args, teacher, sampler, noise_gen, shape, stats):
             w = 1.0 / sampler.marginal[labels].clamp_min(1e-12)
             weights = (w / w.mean()).float().to(dev)
         stats["sampler_s"] += time.perf_counter() - t_sampler
+        stats["accepted"] += B
         _record(stats, labels, labels, t, B)
         return z, t, weights
     # Rejection: draw pools of M = r * B; the CS teacher runs once per pool and the pool's statistics define the
@@ -174,6 +185,7 @@ def draw_batch(args, teacher, sampler, noise_gen, shape, stats):
         keep = sampler.accept(labels).to(dev)
         acc_z.append(z[keep]), acc_t.append(t[keep]), rej_z.append(z[~keep]), rej_t.append(t[~keep])
         n_acc += int(keep.sum())
+        stats["accepted"] += int(keep.sum())
         stats["sampler_s"] += time.perf_counter() - t_sampler
         stats["teacher_samples"] += M
         stats["raw_counts"] += torch.bincount(labels, minlength=sampler.k)
@@ -189,6 +201,13 @@ def draw_batch(args, teacher, sampler, noise_gen, shape, stats):
     stats["acc_counts"] += torch.bincount(t.argmax(1).cpu(), minlength=sampler.k)
     stats["sampler_s"] += time.perf_counter() - t_sampler
     return z, t, None
+
+
+def new_stats(num_classes):
+    """Counters of a run: teacher labels on raw noise and on the batches used, samples, sampler and step time."""
+    return {"raw_counts": torch.zeros(num_classes, dtype=torch.long), "acc_counts": torch.zeros(num_classes, dtype=torch.long),
+            "raw_soft": torch.zeros(num_classes, dtype=torch.float64), "teacher_samples": 0, "student_samples": 0,
+            "accepted": 0, "shortfall": 0, "sampler_s": 0.0, "train_s": 0.0, "last_loss": None}
 
 
 def _record(stats, raw_labels, used_labels, t, n):
@@ -212,7 +231,7 @@ def noise_summary(stats):
     return {"noise/label_entropy": raw["entropy"], "noise/label_max_share": raw["max_share"],
             "noise/label_missing": raw["missing"], "noise/soft_entropy": -(soft * soft.log()).sum().item() / math.log(len(soft)),
             "noise/accepted_label_entropy": acc["entropy"], "noise/accepted_max_share": acc["max_share"],
-            "noise/acceptance_rate": stats["student_samples"] / max(1, stats["teacher_samples"]),
+            "noise/acceptance_rate": stats["accepted"] / max(1, stats["teacher_samples"]),
             "noise/label_hist": stats["raw_counts"].tolist(), "noise/accepted_hist": stats["acc_counts"].tolist()}
 
 
@@ -252,17 +271,19 @@ def main(argv=None):
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
-    noise_gen = torch.Generator(args.device).manual_seed(args.seed)
-    coin_gen = torch.Generator().manual_seed(args.seed + 1)
+    # Offset seeds: a generator seeded like the global RNG would replay the student's initialization as noise.
+    noise_gen = torch.Generator(args.device).manual_seed(args.seed + 1_000)
+    coin_gen = torch.Generator().manual_seed(args.seed + 2_000)
 
     # --- data (test split only: evaluation), teacher, student
     x_test, y_test = common.load_split(args.dataset, "test", args.data_dir)
     if args.eval_subset:
         x_test, y_test = x_test[:args.eval_subset], y_test[:args.eval_subset]
     num_classes = common.NUM_CLASSES[args.dataset]
-    teacher, tinfo = common.load_teacher(args.teacher, resolve_teacher_ckpt(args), num_classes)
+    teacher, tinfo = common.load_teacher(args.teacher, resolve_teacher_ckpt(args), num_classes, args.dataset)
     if not common.has_batchnorm(teacher):
         sys.exit(f"teacher {args.teacher} ({tinfo['norm']}) has no BatchNorm: CS does nothing; use batch_align_ln_gn.py")
+    torch.manual_seed(args.seed)  # the student's initialization depends on the seed alone, not on the teacher
     student = common.build_model(args.student, num_classes, args.student_norm)
     teacher, student = teacher.to(args.device), student.to(args.device)
     if args.bf16:
@@ -271,15 +292,14 @@ def main(argv=None):
     shape = (3, *x_test.shape[1:3])
     evaluate = lambda model, bn: common.evaluate(model, x_test, y_test, mean, std, args.eval_batch_size, bn,
                                                  args.device, args.bf16)
-    teacher_acc = evaluate(teacher, "running")
+    # The teacher's accuracy in fp32 eval mode, as train_teacher.py records it: the number this run starts from.
+    teacher_acc = common.evaluate(teacher, x_test, y_test, mean, std, args.eval_batch_size, "running", args.device)
 
     opt = (torch.optim.Adam(student.parameters(), lr=args.lr, weight_decay=args.weight_decay) if args.optimizer == "adam"
            else torch.optim.SGD(student.parameters(), lr=args.lr, momentum=args.momentum, nesterov=True,
                                 weight_decay=args.weight_decay))
     sampler = RejectionSampler(num_classes, args.marginal_momentum, args.accept_floor, coin_gen)
-    stats = {"raw_counts": torch.zeros(num_classes, dtype=torch.long), "acc_counts": torch.zeros(num_classes, dtype=torch.long),
-             "raw_soft": torch.zeros(num_classes, dtype=torch.float64), "teacher_samples": 0, "student_samples": 0,
-             "shortfall": 0, "sampler_s": 0.0, "train_s": 0.0}
+    stats = new_stats(num_classes)
     step, curve = 0, []
 
     # --- run folder, or the one we resume
@@ -318,11 +338,9 @@ def main(argv=None):
         t_step = time.perf_counter()
         for g in opt.param_groups:
             g["lr"] = lr_at(args, step)
-        z, t_logits, weights = draw_batch(args, teacher, sampler, noise_gen, shape, stats)
-        if args.bf16:
-            z = z.contiguous(memory_format=torch.channels_last)
         with torch.autocast(torch.device(args.device).type, dtype=torch.bfloat16, enabled=args.bf16):
-            s_logits = student(z)
+            z, t_logits, weights = draw_batch(args, teacher, sampler, noise_gen, shape, stats)
+            s_logits = student(z.contiguous(memory_format=torch.channels_last) if args.bf16 else z)
         loss = kd_loss(s_logits, t_logits, args.tau, weights)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"distillation loss is {loss.item()} at step {step} (teacher logits finite: "
@@ -332,11 +350,12 @@ def main(argv=None):
         opt.step()
         step += 1
         stats["student_samples"] += len(z)
+        stats["last_loss"] = loss.item()
         stats["train_s"] += time.perf_counter() - t_step
         if step % 10 == 0 or step == args.steps:
             row = {"train/loss": loss.item(), "train/lr": lr_at(args, step - 1),
                    "train/samples_per_s": stats["student_samples"] / stats["train_s"],
-                   "train/acceptance_rate": stats["student_samples"] / max(1, stats["teacher_samples"]),
+                   "train/acceptance_rate": stats["accepted"] / max(1, stats["teacher_samples"]),
                    "train/sampler_time_frac": stats["sampler_s"] / stats["train_s"]}
             log.log(step, **row)
             bar.set_postfix(loss=f"{row['train/loss']:.3f}", acc_rate=f"{row['train/acceptance_rate']:.2f}",
@@ -352,7 +371,8 @@ def main(argv=None):
 
     final = curve[-1] if curve and curve[-1]["step"] == step else evaluation()
     results = {"teacher/acc": teacher_acc, "teacher/acc_recorded": tinfo["test_acc"], "teacher/sha256": tinfo["sha256"],
-               "teacher/ckpt": tinfo["path"], **final, **noise_summary(stats), "eval/batch_size": args.eval_batch_size,
+               "teacher/ckpt": tinfo["path"], **final, **noise_summary(stats), "train/final_loss": stats["last_loss"],
+               "eval/batch_size": args.eval_batch_size,
                "eval/num_images": len(y_test), "samples_seen": stats["student_samples"],
                "teacher_samples": stats["teacher_samples"], "shortfall": stats["shortfall"],
                "samples_per_s": stats["student_samples"] / max(stats["train_s"], 1e-9),

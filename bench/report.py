@@ -38,6 +38,10 @@ def bn_variants_block():
     if not runs:
         return "_No results yet: run `python bench/bn_variants.py`._"
     any_run = next(iter(runs.values()))
+    # One table, one setting: the budget, seed, teacher and test batch size must be the same in every row.
+    same = lambda r: (r["samples_seen"], r["args"]["seed"], r["teacher/sha256"], r["eval/batch_size"], r["eval/num_images"])
+    if len({same(r) for r in runs.values()}) != 1:
+        raise ValueError(f"results/bn_variants mixes settings: { {k: same(r) for k, r in runs.items()} }")
     lines = [
         f"Shared ResNet-20 teacher (test accuracy {pct(any_run['teacher/acc'])}% as measured by the run) -> ResNet-20 "
         f"student, CIFAR-10, {any_run['samples_seen']:,} noise samples each (batch {any_run['args']['batch_size']}), "
@@ -90,7 +94,36 @@ def bn_variants_figure(path):
     plt.close(fig)
 
 
-BLOCKS = {"bn_variants": bn_variants_block}
+def throughput_block():
+    path = RESULTS / "throughput.json"
+    if not path.exists():
+        return "_No results yet: run `python bench/throughput.py`._"
+    r = json.loads(path.read_text())
+    return "\n".join([
+        f"`python bench/throughput.py`, ResNet-20 -> ResNet-20, batch {r['batch_size']}, median of {r['repeats']} steps, "
+        f"on {r['provenance']['device']}:",
+        "",
+        "| | fp32 | bf16 autocast + channels_last |",
+        "|---|---:|---:|",
+        f"| KD step (CS teacher forward, student forward + backward, Adam), samples/s "
+        f"| {r['kd_step_samples_per_s_fp32']:.0f} | {r['kd_step_samples_per_s_bf16']:.0f} |",
+        f"| rejection sampler's own cost at equal teacher compute, share of a KD step "
+        f"| {pct(r['sampler_overhead_frac_of_step_fp32'])}% | {pct(r['sampler_overhead_frac_of_step_bf16'])}% |",
+    ])
+
+
+def teachers_block():
+    manifest = json.loads((REPO / "teachers" / "manifest.json").read_text())
+    lines = ["| file | arch / norm | dataset | test acc (fp32, eval mode) | seed | training time | sha256 |",
+             "|---|---|---|---:|---:|---:|---|"]
+    for name, t in sorted(manifest.items()):
+        lines.append(f"| `teachers/{name}` | {t['arch']} / {t['norm']} | {t['dataset']} | {pct(t['test_acc'])}% "
+                     f"| {t['seed']} | {t['train_time_s'] / 60:.0f} min | `{t['sha256'][:16]}...` |")
+    lines += ["", "Made by: " + "; ".join(f"`{t['command']}`" for t in manifest.values())]
+    return "\n".join(lines)
+
+
+BLOCKS = {"bn_variants": bn_variants_block, "throughput": throughput_block, "teachers": teachers_block}
 FIGURES = {"bn_variants.png": bn_variants_figure}
 
 

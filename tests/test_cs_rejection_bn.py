@@ -13,7 +13,21 @@ from conftest import save_teacher
 
 def tiny_args(data, teacher, out, *extra):
     return ["--data-dir", str(data), "--teacher-ckpt", str(teacher), "--out-dir", str(out), "--steps", "6",
-            "--batch-size", "16", "--eval-every", "3", "--ckpt-every", "2", "--eval-batch-size", "32", *extra]
+            "--batch-size", "16", "--eval-every", "3", "--ckpt-every", "2", "--eval-batch-size", "32",
+            "--warmup-steps", "0", "--lr", "1e-2", *extra]
+
+
+def final_state(run_root):
+    """The student's and the optimizer's tensors in the final checkpoint of the one run under run_root."""
+    ck = common.load_checkpoint(next(run_root.iterdir()) / "checkpoint.pt")
+    flat = dict(ck["student"])
+    for i, state in ck["optimizer"]["state"].items():
+        flat.update({f"opt.{i}.{k}": v for k, v in state.items()})
+    return flat
+
+
+def assert_same_tensors(a, b):
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def without_timing(results):
@@ -91,9 +105,7 @@ class ConstantTeacher(nn.Module):
 def test_rejection_terminates_and_reports_when_classes_are_never_predicted():
     args = kd.parse_args(["--batch-size", "64", "--pool-factor", "1", "--max-pools", "3", "--device", "cpu"])
     sampler = kd.RejectionSampler(10, 0.9, 0.1, torch.Generator().manual_seed(0))
-    stats = {"raw_counts": torch.zeros(10, dtype=torch.long), "acc_counts": torch.zeros(10, dtype=torch.long),
-             "raw_soft": torch.zeros(10, dtype=torch.float64), "teacher_samples": 0, "student_samples": 0,
-             "shortfall": 0, "sampler_s": 0.0}
+    stats = kd.new_stats(10)
     gen = torch.Generator().manual_seed(0)
     for _ in range(5):
         z, t, w = kd.draw_batch(args, ConstantTeacher(), sampler, gen, (3, 4, 4), stats)
@@ -109,8 +121,7 @@ def test_rejection_terminates_and_reports_when_classes_are_never_predicted():
 def test_reweighting_weights_rare_classes_up_with_mean_one():
     args = kd.parse_args(["--batch-size", "256", "--balance", "reweight", "--device", "cpu"])
     sampler = kd.RejectionSampler(10, 0.0, 0.1, torch.Generator())
-    stats = {"raw_counts": torch.zeros(10, dtype=torch.long), "acc_counts": torch.zeros(10, dtype=torch.long),
-             "raw_soft": torch.zeros(10, dtype=torch.float64), "teacher_samples": 0, "shortfall": 0, "sampler_s": 0.0}
+    stats = kd.new_stats(10)
     z, t, w = kd.draw_batch(args, ConstantTeacher(), sampler, torch.Generator().manual_seed(0), (3, 4, 4), stats)
     labels = t.argmax(1)
     assert w.mean().item() == pytest.approx(1.0) and w[labels == 1].min() > 10 * w[labels == 0].max()
@@ -141,8 +152,12 @@ def test_run_trains_the_student_and_leaves_the_teacher_bit_identical(tiny_data, 
     run = next(tmp_path.glob("cifar10__cs_rejection_bn__resnet20__s0__*"))
     student = common.load_checkpoint(run / "checkpoint.pt")["student"]
     torch.manual_seed(0)
-    init = common.build_model("resnet20").state_dict()
-    assert any(not torch.equal(init[k], v) for k, v in student.items())
+    init = dict(common.build_model("resnet20").named_parameters())
+    assert all(not torch.equal(init[k], student[k]) for k in init)  # every parameter tensor moved
+    # Control: with lr 0 the same comparison finds the initialization again, so the check above can fail.
+    kd.main(tiny_args(tiny_data, tiny_teacher, tmp_path / "frozen", "--lr", "0"))
+    frozen = final_state(tmp_path / "frozen")
+    assert all(torch.equal(init[k], frozen[k]) for k in init)
     for key in ("teacher/acc", "eval/acc_running", "eval/acc_batchstats", "noise/label_entropy",
                 "noise/accepted_label_entropy", "samples_seen", "samples_per_s", "provenance"):
         assert key in res
@@ -158,6 +173,7 @@ def test_same_seed_gives_identical_metrics(tiny_data, tiny_teacher, tmp_path, ex
     a = kd.main(tiny_args(tiny_data, tiny_teacher, tmp_path / "a", *extra))
     b = kd.main(tiny_args(tiny_data, tiny_teacher, tmp_path / "b", *extra))
     assert without_timing(a) == without_timing(b)
+    assert_same_tensors(final_state(tmp_path / "a"), final_state(tmp_path / "b"))
     c = kd.main(tiny_args(tiny_data, tiny_teacher, tmp_path / "c", "--seed", "1", *extra))
     assert without_timing(c)["curve"] != without_timing(a)["curve"]
 
@@ -179,6 +195,7 @@ def test_resume_after_an_interruption_gives_the_same_final_metrics(tiny_data, ti
     assert common.load_checkpoint(run / "checkpoint.pt")["step"] == 4
     resumed = kd.main(["--resume", str(run)])
     assert without_timing(resumed) == without_timing(whole)
+    assert_same_tensors(final_state(tmp_path / "cut"), final_state(tmp_path / "whole"))
     assert [r["step"] for r in common.MetricsLog.read(run / "metrics.jsonl") if "eval/acc_running" in r] == [3, 6]
 
 
@@ -206,3 +223,18 @@ def test_unknown_student_is_an_argument_error(capsys):
     with pytest.raises(SystemExit):
         kd.parse_args(["--student", "resnet21"])
     assert "invalid choice: 'resnet21'" in capsys.readouterr().err
+
+
+def test_teacher_trained_on_another_dataset_is_refused(tiny_data, tiny_teacher, tmp_path):
+    blob = common.load_checkpoint(tiny_teacher)
+    common.save_checkpoint(tmp_path / "svhn.pt", **{**blob, "dataset": "svhn"})
+    with pytest.raises(ValueError, match="trained on svhn, not cifar10"):
+        kd.main(tiny_args(tiny_data, tmp_path / "svhn.pt", tmp_path))
+
+
+@pytest.mark.parametrize("flags", [["--eval-every", "0"], ["--max-pools", "0"], ["--batch-size", "1"],
+                                   ["--tau", "0"], ["--pool-factor", "0.5"], ["--accept-floor", "2"]])
+def test_bad_flag_values_are_argument_errors(flags, capsys):
+    with pytest.raises(SystemExit):
+        kd.parse_args(flags)
+    assert "error:" in capsys.readouterr().err

@@ -1,0 +1,30 @@
+"""The shipped teachers: checksum, recorded accuracy reproduced, and the default command finds them."""
+import json
+
+import pytest
+
+import common
+from conftest import REPO, SHARED
+
+MANIFEST = json.loads((REPO / "teachers" / "manifest.json").read_text())
+
+
+@pytest.mark.parametrize("name", sorted(MANIFEST))
+def test_shipped_teacher_matches_its_manifest_and_reproduces_its_accuracy(name):
+    entry, path = MANIFEST[name], REPO / "teachers" / name
+    assert common.sha256_of(path) == entry["sha256"]
+    assert path.stat().st_size < 2 * 1024 ** 2
+    model, info = common.load_teacher(entry["arch"], path)
+    assert info["test_acc"] == entry["test_acc"] and info["norm"] == entry["norm"]
+    data = SHARED / "data"
+    if not (data / f"{entry['dataset']}_test.npz").is_file():
+        pytest.skip(f"no {entry['dataset']} test split in {data}")
+    x, y = common.load_split(entry["dataset"], "test", data)
+    assert common.evaluate(model, x, y, info["mean"], info["std"], batch_size=500) == pytest.approx(entry["test_acc"], abs=1e-4)
+
+
+def test_the_default_command_uses_the_shipped_resnet20():
+    import cs_rejection_bn
+    args = cs_rejection_bn.parse_args([])
+    assert cs_rejection_bn.resolve_teacher_ckpt(args) == str(REPO / "teachers" / "resnet20_cifar10_bn.pt")
+    assert "resnet20_cifar10_bn.pt" in MANIFEST
