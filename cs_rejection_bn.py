@@ -170,7 +170,8 @@ def draw_batch(args, teacher, sampler, noise_gen, shape, stats):
             weights = (w / w.mean()).float().to(dev)
         stats["sampler_s"] += time.perf_counter() - t_sampler
         stats["accepted"] += B
-        _record(stats, labels, labels, t, B)
+        stats["acc_counts"] += torch.bincount(labels, minlength=sampler.k)
+        _record_raw(stats, labels, t)
         return z, t, weights
     # Rejection: draw pools of M = r * B; the CS teacher runs once per pool and the pool's statistics define the
     # targets. Keep drawing until B samples are accepted, at most --max-pools pools, then fill up with rejected ones.
@@ -187,9 +188,7 @@ def draw_batch(args, teacher, sampler, noise_gen, shape, stats):
         n_acc += int(keep.sum())
         stats["accepted"] += int(keep.sum())
         stats["sampler_s"] += time.perf_counter() - t_sampler
-        stats["teacher_samples"] += M
-        stats["raw_counts"] += torch.bincount(labels, minlength=sampler.k)
-        stats["raw_soft"] += F.softmax(t, 1).sum(0).cpu().double()
+        _record_raw(stats, labels, t)
         if n_acc >= B:
             break
     t_sampler = time.perf_counter()
@@ -210,10 +209,10 @@ def new_stats(num_classes):
             "accepted": 0, "shortfall": 0, "sampler_s": 0.0, "train_s": 0.0, "last_loss": None}
 
 
-def _record(stats, raw_labels, used_labels, t, n):
-    stats["teacher_samples"] += n
-    stats["raw_counts"] += torch.bincount(raw_labels, minlength=len(stats["raw_counts"]))
-    stats["acc_counts"] += torch.bincount(used_labels, minlength=len(stats["acc_counts"]))
+def _record_raw(stats, labels, t):
+    """The teacher's argmax labels and mean probabilities on every noise sample it saw."""
+    stats["teacher_samples"] += len(labels)
+    stats["raw_counts"] += torch.bincount(labels, minlength=len(stats["raw_counts"]))
     stats["raw_soft"] += F.softmax(t, 1).sum(0).cpu().double()
 
 
@@ -227,9 +226,11 @@ def kd_loss(student_logits, teacher_logits, tau, weights=None):
 def noise_summary(stats):
     """The teacher's labels on raw noise and on the batches the student trained on (methods.md section 3)."""
     raw, acc = common.label_stats(stats["raw_counts"]), common.label_stats(stats["acc_counts"])
-    soft = stats["raw_soft"] / stats["raw_soft"].sum()
+    soft = stats["raw_soft"] / stats["raw_soft"].sum()  # the soft marginal: mean teacher probability per class
+    soft_entropy = -(soft[soft > 0] * soft[soft > 0].log()).sum().item() / math.log(len(soft))
     return {"noise/label_entropy": raw["entropy"], "noise/label_max_share": raw["max_share"],
-            "noise/label_missing": raw["missing"], "noise/soft_entropy": -(soft * soft.log()).sum().item() / math.log(len(soft)),
+            "noise/label_missing": raw["missing"], "noise/soft_entropy": soft_entropy,
+            "noise/soft_max_share": soft.max().item(),
             "noise/accepted_label_entropy": acc["entropy"], "noise/accepted_max_share": acc["max_share"],
             "noise/acceptance_rate": stats["accepted"] / max(1, stats["teacher_samples"]),
             "noise/label_hist": stats["raw_counts"].tolist(), "noise/accepted_hist": stats["acc_counts"].tolist()}
