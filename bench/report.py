@@ -119,7 +119,8 @@ def teachers_block():
     for name, t in sorted(manifest.items()):
         lines.append(f"| `teachers/{name}` | {t['arch']} / {t['norm']} | {t['dataset']} | {pct(t['test_acc'])}% "
                      f"| {t['seed']} | {t['train_time_s'] / 60:.0f} min | `{t['sha256'][:16]}...` |")
-    lines += ["", "Made by: " + "; ".join(f"`{t['command']}`" for t in manifest.values())]
+    for name, t in sorted(manifest.items()):
+        lines += ["", f"`{name}`: `{t['command']}`" + (f" ({t['note']})" if t.get("note") else "")]
     return "\n".join(lines)
 
 
