@@ -1,0 +1,261 @@
+"""BatchNorm ablation: which BatchNorm layers of a teacher need current statistics for noise distillation to work,
+and which part of them (the batch mean, the batch variance, the affine parameters).
+
+For every configuration ("point") of the teacher's BN layers this script measures, with no retraining:
+  - the teacher's accuracy on real test images in that configuration (CS layers use each test batch's statistics),
+  - the teacher's label histogram on Gaussian noise: normalized entropy H / log K, largest class share,
+and, for the points named in --distill-k, a short noise distillation into a fresh student (the plain CS loop of
+cs_rejection_bn.py, --balance none) with the student's accuracy and its agreement with the teacher on test images.
+
+Sweeps (methods.md section 6): first-k (BN layers 1..k in forward order on running statistics, the rest CS; k = 0 is
+full CS, k = L eval mode), last-k, stage (one stage at a time on running statistics), components (all layers with CS
+mean only, CS variance only, or both; with and without the affine parameters). Not here yet: the retraining arm
+(GroupNorm in place of BatchNorm in the first k stages, then train_teacher.py), which needs a GPU.
+
+    python bn_ablation.py --data-dir ../shared/data --teacher-ckpt ../shared/teachers/akamaster_resnet20-12fca82f.th
+
+Results: README section "BatchNorm ablation", generated from results/bn_ablation/. Independent implementation built
+from the paper's public abstract; the sweep design is ours.
+"""
+import argparse
+import contextlib
+import json
+import math
+import random
+import sys
+import time
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+import common
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--teacher", default="resnet20", choices=common.MODEL_NAMES, help="teacher architecture")
+    p.add_argument("--teacher-ckpt", default=None, help="teacher checkpoint; default teachers/<teacher>_<dataset>_bn.pt")
+    p.add_argument("--student", default="resnet20", choices=common.MODEL_NAMES, help="student architecture")
+    p.add_argument("--dataset", default="cifar10", choices=sorted(common.NUM_CLASSES), help="evaluation data")
+    p.add_argument("--data-dir", default="./data", help="folder of the <dataset>_test.npz cache")
+    p.add_argument("--sweep", nargs="+", default=["first-k", "last-k", "stage", "components"],
+                   choices=["first-k", "last-k", "stage", "components"], help="which sweeps to run")
+    p.add_argument("--k-list", type=int, nargs="*", default=None, help="k values of first-k / last-k (default 0..L)")
+    p.add_argument("--distill-k", type=int, nargs="*", default=[0, 1, 3, 7],
+                   help="first-k / last-k points that also get a student (every stage / components point does not)")
+    p.add_argument("--distill-points", nargs="*", default=["cs-mean", "cs-var"],
+                   help="stage / components points (by name) that also get a student")
+    p.add_argument("--diag-samples", type=int, default=2048, help="noise samples for the teacher's label histogram")
+    p.add_argument("--steps", type=int, default=500, help="student steps per distilled point")
+    p.add_argument("--batch-size", type=int, default=256, help="noise batch (the teacher's CS batch)")
+    p.add_argument("--lr", type=float, default=2e-3, help="peak Adam learning rate (cosine decay, 50 warm-up steps)")
+    p.add_argument("--eval-batch-size", type=int, default=256, help="test batch size (CS layers use its statistics)")
+    p.add_argument("--eval-subset", type=int, default=0, help="evaluate on the first N test images (0 = all)")
+    p.add_argument("--seed", type=int, default=0, help="seed of student init and noise (the same for every point)")
+    p.add_argument("--out-dir", default="runs", help="run folders go here")
+    p.add_argument("--resume", default=None, help="run folder to continue: finished points are kept")
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                   help="bf16 autocast + channels_last (default: on where the device supports bf16)")
+    p.add_argument("--device", default=common.default_device(), help="cpu or cuda")
+    args = p.parse_args(argv)
+    if args.bf16 is None:
+        args.bf16 = common.bf16_supported(args.device)
+    return args
+
+
+# ======================================================================================================================
+# ALGO LOGIC: a per-layer BatchNorm switch, the sweeps, the diagnostics
+# ======================================================================================================================
+CS = {"mean": "cs", "var": "cs", "affine": True}
+RUNNING = {"mean": "running", "var": "running", "affine": True}
+
+
+def configured_bn(m, x, mean, var, affine):
+    """BatchNorm with the mean and the variance each taken from the current batch ("cs") or the running buffers,
+    with or without the affine parameters. Never writes the buffers (the teacher must come out unchanged)."""
+    xf = x.float()  # statistics in fp32 even under bf16 autocast
+    if "cs" in (mean, var):
+        batch_mean, batch_var = xf.mean((0, 2, 3)), xf.var((0, 2, 3), unbiased=False)  # BN's biased variance
+    mu = batch_mean if mean == "cs" else m.running_mean
+    sigma2 = batch_var if var == "cs" else m.running_var
+    y = (xf - mu.view(1, -1, 1, 1)) * torch.rsqrt(sigma2 + m.eps).view(1, -1, 1, 1)
+    if affine:
+        y = y * m.weight.view(1, -1, 1, 1) + m.bias.view(1, -1, 1, 1)
+    return y.to(x.dtype)
+
+
+def bn_layers(model):
+    """(name, module) of every BatchNorm, in forward order for the models of common.py (registration order)."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+@contextlib.contextmanager
+def bn_config(model, configs):
+    """Inside this context BN layer i follows configs[i] (a dict of configured_bn's keyword arguments)."""
+    layers = [m for _, m in bn_layers(model)]
+    if len(configs) != len(layers):
+        raise ValueError(f"{len(configs)} configurations for {len(layers)} BatchNorm layers")
+    for m, c in zip(layers, configs):
+        m.forward = partial(configured_bn, m, **c)  # an instance attribute shadows the class's forward
+    try:
+        yield model
+    finally:
+        for m in layers:
+            del m.forward
+
+
+def sweep_points(sweep, names, k_list=None):
+    """The points of one sweep: a list of (point name, k or None, per-layer configs). names: BN layer names."""
+    L = len(names)
+    ks = range(L + 1) if k_list is None else [k for k in k_list if 0 <= k <= L]
+    if sweep == "first-k":
+        return [(f"first-{k}", k, [RUNNING if i < k else CS for i in range(L)]) for k in ks]
+    if sweep == "last-k":
+        return [(f"last-{k}", k, [RUNNING if i >= L - k else CS for i in range(L)]) for k in ks]
+    if sweep == "stage":  # a stage = the first component of the layer's name: bn1 (the stem), layer1, layer2, ...
+        stages = list(dict.fromkeys("stem" if "." not in n else n.split(".")[0] for n in names))
+        stage_of = ["stem" if "." not in n else n.split(".")[0] for n in names]
+        return [(f"stage-{s}", None, [RUNNING if stage_of[i] == s else CS for i in range(L)]) for s in stages]
+    if sweep == "components":
+        points = []
+        for affine in (True, False):
+            for label, mean, var in (("cs-mean", "cs", "running"), ("cs-var", "running", "cs"), ("cs-both", "cs", "cs")):
+                cfg = {"mean": mean, "var": var, "affine": affine}
+                points.append((label + ("" if affine else "-no-affine"), None, [cfg] * L))
+        return points
+    raise ValueError(f"unknown sweep {sweep!r}")
+
+
+@torch.no_grad()
+def noise_labels(teacher, configs, args, generator, shape, num_classes):
+    """The teacher's argmax histogram on args.diag_samples noise samples, in CS batches of args.batch_size."""
+    counts = torch.zeros(num_classes, dtype=torch.long)
+    with bn_config(teacher, configs), torch.autocast(torch.device(args.device).type, torch.bfloat16, enabled=args.bf16):
+        for _ in range(math.ceil(args.diag_samples / args.batch_size)):
+            z = common.sample_noise(args.batch_size, shape, generator, device=args.device)
+            counts += torch.bincount(teacher(z).argmax(1).cpu(), minlength=num_classes)
+    return counts
+
+
+# ======================================================================================================================
+# Boilerplate: a short noise-KD loop (duplicated from cs_rejection_bn.py, --balance none), evaluation, bookkeeping
+# ======================================================================================================================
+def distill(teacher, configs, args, shape, num_classes, desc):
+    """A fresh student distilled from the teacher in this BN configuration; the same seed and noise for every point."""
+    torch.manual_seed(args.seed)
+    student = common.build_model(args.student, num_classes).to(args.device)
+    fmt = torch.channels_last if args.bf16 else torch.contiguous_format
+    student = student.to(memory_format=fmt)
+    gen = torch.Generator(args.device).manual_seed(args.seed + 1_000)
+    opt = torch.optim.Adam(student.parameters(), lr=args.lr)
+    warmup = min(50, args.steps // 10)
+    for step in tqdm(range(args.steps), desc=desc, leave=False, dynamic_ncols=True):
+        lr = args.lr * ((step + 1) / warmup if step < warmup else
+                        0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, args.steps - warmup))))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        z = common.sample_noise(args.batch_size, shape, gen, device=args.device).contiguous(memory_format=fmt)
+        with torch.autocast(torch.device(args.device).type, torch.bfloat16, enabled=args.bf16):
+            with torch.no_grad(), bn_config(teacher, configs):
+                t = teacher(z).float()
+            s = student(z).float()
+        loss = F.kl_div(F.log_softmax(s, 1), F.log_softmax(t, 1), log_target=True, reduction="batchmean")
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{desc}: distillation loss is {loss.item()} at step {step}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return student
+
+
+def resolve_teacher_ckpt(args):
+    if args.teacher_ckpt:
+        return args.teacher_ckpt
+    path = common.REPO / "teachers" / f"{args.teacher}_{args.dataset}_bn.pt"
+    if not path.is_file():
+        sys.exit(f"no checkpoint for teacher {args.teacher} on {args.dataset} at {path}. Train one with\n"
+                 f"  python train_teacher.py --model {args.teacher} --norm bn --dataset {args.dataset} "
+                 f"--data-dir {args.data_dir} --out {path}\n(or pass --teacher-ckpt with your own).")
+    return str(path)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    resume_dir = Path(args.resume) if args.resume else None
+    if resume_dir:
+        args = argparse.Namespace(**{**json.loads((resume_dir / "args.json").read_text()), "resume": str(resume_dir)})
+
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+
+    x_test, y_test = common.load_split(args.dataset, "test", args.data_dir)
+    if args.eval_subset:
+        x_test, y_test = x_test[:args.eval_subset], y_test[:args.eval_subset]
+    num_classes, shape = common.NUM_CLASSES[args.dataset], (3, *x_test.shape[1:3])
+    teacher, tinfo = common.load_teacher(args.teacher, resolve_teacher_ckpt(args), num_classes, args.dataset)
+    names = [n for n, _ in bn_layers(teacher)]
+    if not names:
+        sys.exit(f"teacher {args.teacher} has no BatchNorm layer to ablate")
+    teacher = teacher.to(args.device)
+    if args.bf16:
+        teacher = teacher.to(memory_format=torch.channels_last)
+    mean, std = tinfo["mean"], tinfo["std"]
+    evaluate = lambda model, y, bn="running": common.evaluate(model, x_test, y, mean, std, args.eval_batch_size, bn,
+                                                              args.device, args.bf16)
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    with torch.no_grad():  # the teacher's own (eval-mode) answers on the test images: the agreement reference
+        teacher_preds = torch.cat([teacher(common.normalize(x_test[i:i + 500].to(args.device), mean, std)).argmax(1).cpu()
+                                   for i in range(0, len(y_test), 500)])
+
+    run_dir = resume_dir or common.make_run_dir(args.out_dir, args.dataset, Path(__file__).stem, args.teacher, args.seed)
+    if not resume_dir:
+        common.write_json(run_dir / "args.json", vars(args))
+    done = {}
+    if resume_dir and (run_dir / "metrics.jsonl").exists():
+        done = {r["point"]: {k: v for k, v in r.items() if k != "step"}
+                for r in common.MetricsLog.read(run_dir / "metrics.jsonl")}
+    log = common.MetricsLog(run_dir / "metrics.jsonl", resume_step=len(done) if resume_dir else None)
+    print(f"run folder {run_dir}\nteacher {args.teacher} ({tinfo['path']}), {len(names)} BatchNorm layers")
+
+    t0, rows = time.time(), []
+    for sweep in args.sweep:
+        for point, k, configs in sweep_points(sweep, names, args.k_list):
+            key = f"{sweep}/{point}"
+            if key in done:
+                rows.append(done[key])
+                continue
+            with bn_config(teacher, configs):
+                teacher_acc = evaluate(teacher, y_test)  # CS layers: statistics of each test batch
+            gen = torch.Generator(args.device).manual_seed(args.seed + 3_000)  # the same noise for every point
+            labels = common.label_stats(noise_labels(teacher, configs, args, gen, shape, num_classes))
+            row = {"point": key, "sweep": sweep, "k": k, "teacher/acc": teacher_acc,
+                   "noise/label_entropy": labels["entropy"], "noise/label_max_share": labels["max_share"],
+                   "noise/label_missing": labels["missing"]}
+            wants_student = (k in args.distill_k) if k is not None else (point in args.distill_points)
+            if wants_student:
+                student = distill(teacher, configs, args, shape, num_classes, key)
+                row.update({"eval/acc_running": evaluate(student, y_test), "eval/acc_batchstats": evaluate(student, y_test, "batch"),
+                            "eval/agreement_running": evaluate(student, teacher_preds),
+                            "eval/agreement_batchstats": evaluate(student, teacher_preds, "batch")})
+            rows.append(row)
+            log.log(len(rows), **row)
+            tqdm.write(" ".join(f"{k_}={v:.4f}" if isinstance(v, float) else f"{k_}={v}" for k_, v in row.items()))
+
+    if any(not torch.equal(before[k], v) for k, v in teacher.state_dict().items()):
+        raise RuntimeError("the teacher changed during the sweep")  # cannot happen with configured_bn; guarded anyway
+    results = {"teacher/acc_recorded": tinfo["test_acc"], "teacher/sha256": tinfo["sha256"], "teacher/ckpt": tinfo["path"],
+               "bn_layers": names, "points": rows, "samples_per_point": args.steps * args.batch_size,
+               "eval/num_images": len(y_test), "args": vars(args), "provenance": common.provenance(args.device, time.time() - t0)}
+    common.write_json(run_dir / "results.json", results)
+    print(f"done: {len(rows)} points -> {run_dir / 'results.json'}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""bn_ablation.py: the per-layer BatchNorm switch against hand computation, the sweeps' end points, a tiny sweep."""
+import pytest
+import torch
+import torch.nn as nn
+
+import bn_ablation as ab
+import common
+from conftest import save_teacher
+
+
+def bn_with_stats():
+    torch.manual_seed(0)
+    bn = nn.BatchNorm2d(3)
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 2), bn.bias.uniform_(-1, 1)
+        bn.running_mean.copy_(torch.tensor([1.0, -2.0, 0.5])), bn.running_var.copy_(torch.tensor([4.0, 0.25, 9.0]))
+    return bn.eval()
+
+
+@pytest.mark.parametrize("mean,var,affine", [(m, v, a) for m in ("cs", "running") for v in ("cs", "running")
+                                             for a in (True, False)])
+def test_each_component_comes_from_where_the_switch_says(mean, var, affine):
+    bn, x = bn_with_stats(), torch.randn(6, 3, 4, 4) * 3 + 1
+    mu = x.mean((0, 2, 3)) if mean == "cs" else bn.running_mean
+    sigma2 = x.var((0, 2, 3), unbiased=False) if var == "cs" else bn.running_var
+    hand = (x - mu.view(1, -1, 1, 1)) / torch.sqrt(sigma2.view(1, -1, 1, 1) + bn.eps)
+    if affine:
+        hand = hand * bn.weight.view(1, -1, 1, 1) + bn.bias.view(1, -1, 1, 1)
+    with ab.bn_config(bn, [{"mean": mean, "var": var, "affine": affine}]):
+        out = bn(x)
+    assert torch.allclose(out, hand, atol=1e-5)
+
+
+def test_running_equals_eval_mode_and_cs_equals_train_mode_batch_norm():
+    bn, x = bn_with_stats(), torch.randn(6, 3, 4, 4)
+    with ab.bn_config(bn, [ab.RUNNING]):
+        assert torch.allclose(bn(x), nn.BatchNorm2d.forward(bn, x), atol=1e-5)  # the class's own eval-mode forward
+    buffers = [b.clone() for b in bn.buffers()]
+    with ab.bn_config(bn, [ab.CS]):
+        cs = bn(x)
+    train_copy = bn_with_stats().train()
+    assert torch.allclose(cs, train_copy(x), atol=1e-5)
+    assert all(torch.equal(a, b) for a, b in zip(buffers, bn.buffers()))  # ours never writes the buffers
+
+
+def test_k0_is_full_cs_and_kL_is_eval_mode_on_a_whole_teacher(tiny_teacher):
+    teacher, _ = common.load_teacher("resnet20", tiny_teacher)
+    names = [n for n, _ in ab.bn_layers(teacher)]
+    assert len(names) == 19 and names[0] == "bn1" and names[-1] == "layer3.2.bn2"
+    points = {name: cfg for name, _, cfg in ab.sweep_points("first-k", names)}
+    assert len(points) == 20
+    z = torch.randn(16, 3, 32, 32)
+    with torch.no_grad():
+        eval_out = teacher(z)
+        with ab.bn_config(teacher, points["first-19"]):
+            assert torch.allclose(teacher(z), eval_out, atol=1e-4)
+        with ab.bn_config(teacher, points["first-0"]):
+            cs = teacher(z)
+        train_copy = common.load_teacher("resnet20", tiny_teacher)[0].train()
+        assert torch.allclose(cs, train_copy(z), atol=1e-3)
+    assert torch.allclose(teacher(z), eval_out)  # the switch is gone after the context
+
+
+def test_sweeps_put_running_statistics_where_they_say():
+    names = ["bn1", "layer1.0.bn1", "layer1.0.bn2", "layer2.0.bn1", "layer2.0.bn2"]
+    mode = lambda cfgs: "".join("R" if c["mean"] == "running" else "C" for c in cfgs)
+    first = {n: mode(c) for n, _, c in ab.sweep_points("first-k", names)}
+    last = {n: mode(c) for n, _, c in ab.sweep_points("last-k", names, k_list=[0, 2, 9])}
+    stage = {n: mode(c) for n, _, c in ab.sweep_points("stage", names)}
+    assert first["first-2"] == "RRCCC" and last == {"last-0": "CCCCC", "last-2": "CCCRR"}
+    assert stage == {"stage-stem": "RCCCC", "stage-layer1": "CRRCC", "stage-layer2": "CCCRR"}
+    comps = {n: c[0] for n, _, c in ab.sweep_points("components", names)}
+    assert comps["cs-mean"] == {"mean": "cs", "var": "running", "affine": True}
+    assert comps["cs-var-no-affine"] == {"mean": "running", "var": "cs", "affine": False} and len(comps) == 6
+
+
+def test_a_tiny_sweep_runs_end_to_end_and_resumes(tiny_data, tiny_teacher, tmp_path):
+    argv = ["--data-dir", str(tiny_data), "--teacher-ckpt", str(tiny_teacher), "--out-dir", str(tmp_path),
+            "--sweep", "first-k", "components", "--k-list", "0", "19", "--distill-k", "0", "--distill-points", "cs-var",
+            "--diag-samples", "64", "--batch-size", "32", "--steps", "3", "--eval-batch-size", "32"]
+    res = ab.main(argv)
+    rows = {r["point"]: r for r in res["points"]}
+    assert list(rows) == ["first-k/first-0", "first-k/first-19", "components/cs-mean", "components/cs-var",
+                          "components/cs-both", "components/cs-mean-no-affine", "components/cs-var-no-affine",
+                          "components/cs-both-no-affine"]
+    assert "eval/acc_running" in rows["first-k/first-0"] and "eval/agreement_batchstats" in rows["components/cs-var"]
+    assert "eval/acc_running" not in rows["first-k/first-19"]
+    # cs-both with affine is first-0 under another name: the same teacher accuracy and noise labels
+    assert rows["components/cs-both"]["teacher/acc"] == rows["first-k/first-0"]["teacher/acc"]
+    assert rows["components/cs-both"]["noise/label_entropy"] == rows["first-k/first-0"]["noise/label_entropy"]
+    run = next(tmp_path.iterdir())
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    (run / "metrics.jsonl").write_text("\n".join(lines[:3]) + "\n")  # as if stopped after three points
+    again = ab.main(["--resume", str(run)])
+    assert again["points"] == res["points"]
