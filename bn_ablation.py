@@ -39,10 +39,11 @@ import common
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--teacher", default="resnet20", choices=common.MODEL_NAMES, help="teacher architecture")
-    p.add_argument("--teacher-ckpt", default=None, help="teacher checkpoint; default teachers/<teacher>_<dataset>_bn.pt")
-    p.add_argument("--student", default="resnet20", choices=common.MODEL_NAMES, help="student architecture")
+    p.add_argument("--teacher-ckpt", default=None,
+                   help="teacher checkpoint (ours or akamaster's); default teachers/<teacher>_<dataset>_bn.pt")
+    p.add_argument("--student", default="resnet20", choices=common.MODEL_NAMES, help="student architecture, from scratch")
     p.add_argument("--dataset", default="cifar10", choices=sorted(common.NUM_CLASSES), help="evaluation data")
-    p.add_argument("--data-dir", default="./data", help="folder of the <dataset>_test.npz cache")
+    p.add_argument("--data-dir", default="./data", help="folder of the <dataset>_test.npz cache (downloaded if missing)")
     p.add_argument("--sweep", nargs="+", default=["first-k", "last-k", "stage", "components"],
                    choices=["first-k", "last-k", "stage", "components"], help="which sweeps to run")
     p.add_argument("--k-list", type=int, nargs="*", default=None, help="k values of first-k / last-k (default 0..L)")
@@ -59,6 +60,7 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0, help="seed of student init and noise (the same for every point)")
     p.add_argument("--out-dir", default="runs", help="run folders go here")
     p.add_argument("--resume", default=None, help="run folder to continue: finished points are kept")
+    p.add_argument("--copy-results-to", default=None, help="also write results.json here (e.g. results/bn_ablation/)")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                    help="bf16 autocast + channels_last (default: on where the device supports bf16)")
     p.add_argument("--device", default=common.default_device(), help="cpu or cuda")
@@ -173,22 +175,13 @@ def distill(teacher, configs, args, shape, num_classes, desc):
     return student
 
 
-def resolve_teacher_ckpt(args):
-    if args.teacher_ckpt:
-        return args.teacher_ckpt
-    path = common.REPO / "teachers" / f"{args.teacher}_{args.dataset}_bn.pt"
-    if not path.is_file():
-        sys.exit(f"no checkpoint for teacher {args.teacher} on {args.dataset} at {path}. Train one with\n"
-                 f"  python train_teacher.py --model {args.teacher} --norm bn --dataset {args.dataset} "
-                 f"--data-dir {args.data_dir} --out {path}\n(or pass --teacher-ckpt with your own).")
-    return str(path)
-
-
 def main(argv=None):
     args = parse_args(argv)
     resume_dir = Path(args.resume) if args.resume else None
     if resume_dir:
         args = argparse.Namespace(**{**json.loads((resume_dir / "args.json").read_text()), "resume": str(resume_dir)})
+    else:  # kept in args.json, so that the results say how they were made even after a resume
+        args.command = "python bn_ablation.py " + " ".join(sys.argv[1:] if argv is None else argv)
 
     random.seed(args.seed)
     np.random.seed(args.seed)
@@ -198,7 +191,8 @@ def main(argv=None):
     if args.eval_subset:
         x_test, y_test = x_test[:args.eval_subset], y_test[:args.eval_subset]
     num_classes, shape = common.NUM_CLASSES[args.dataset], (3, *x_test.shape[1:3])
-    teacher, tinfo = common.load_teacher(args.teacher, resolve_teacher_ckpt(args), num_classes, args.dataset)
+    ckpt = common.teacher_ckpt_or_exit(args.teacher, args.dataset, args.teacher_ckpt, args.data_dir)
+    teacher, tinfo = common.load_teacher(args.teacher, ckpt, num_classes, args.dataset)
     names = [n for n, _ in bn_layers(teacher)]
     if not names:
         sys.exit(f"teacher {args.teacher} has no BatchNorm layer to ablate")
@@ -253,6 +247,9 @@ def main(argv=None):
                "bn_layers": names, "points": rows, "samples_per_point": args.steps * args.batch_size,
                "eval/num_images": len(y_test), "args": vars(args), "provenance": common.provenance(args.device, time.time() - t0)}
     common.write_json(run_dir / "results.json", results)
+    if args.copy_results_to:
+        Path(args.copy_results_to).parent.mkdir(parents=True, exist_ok=True)
+        common.write_json(args.copy_results_to, results)
     print(f"done: {len(rows)} points -> {run_dir / 'results.json'}")
     return results
 

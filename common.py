@@ -217,6 +217,19 @@ def load_state_strict(model, state, source):
     model.load_state_dict(state)
 
 
+def teacher_ckpt_or_exit(name, dataset, ckpt=None, data_dir="./data"):
+    """The checkpoint to use: `ckpt` when given, else the shipped teachers/<name>_<dataset>_bn.pt; when that does
+    not exist, exit with the train_teacher.py command that makes it."""
+    if ckpt:
+        return str(ckpt)
+    path = REPO / "teachers" / f"{name}_{dataset}_bn.pt"
+    if not path.is_file():
+        raise SystemExit(f"no checkpoint for teacher {name} on {dataset} at {path}. Train one with\n"
+                         f"  python train_teacher.py --model {name} --norm bn --dataset {dataset} --data-dir {data_dir} "
+                         f"--out {path}\n(a GPU is advised beyond resnet20), or pass --teacher-ckpt with your own.")
+    return str(path)
+
+
 def load_teacher(name, ckpt, num_classes=None, dataset=None):
     """Load a teacher: our own checkpoints (train_teacher.py) or the akamaster format ({state_dict, best_prec1}, keys
     prefixed with 'module.'). Returns (model in eval mode, info) where info has mean, std, norm, test_acc, sha256.

@@ -239,18 +239,6 @@ def noise_summary(stats):
 # ======================================================================================================================
 # Boilerplate: run folder, teacher and student, loop, evaluation, checkpoints (TRY NOT TO MODIFY)
 # ======================================================================================================================
-def resolve_teacher_ckpt(args):
-    if args.teacher_ckpt:
-        return args.teacher_ckpt
-    path = common.REPO / "teachers" / f"{args.teacher}_{args.dataset}_bn.pt"
-    if not path.is_file():
-        sys.exit(f"no checkpoint for teacher {args.teacher} on {args.dataset} at {path}. Train one with\n"
-                 f"  python train_teacher.py --model {args.teacher} --norm bn --dataset {args.dataset} "
-                 f"--data-dir {args.data_dir} --out {path}\n"
-                 f"(use a GPU for resnet18/34/56+), or pass --teacher-ckpt with your own.")
-    return str(path)
-
-
 def lr_at(args, step):
     if args.schedule == "constant":
         return args.lr
@@ -281,7 +269,8 @@ def main(argv=None):
     if args.eval_subset:
         x_test, y_test = x_test[:args.eval_subset], y_test[:args.eval_subset]
     num_classes = common.NUM_CLASSES[args.dataset]
-    teacher, tinfo = common.load_teacher(args.teacher, resolve_teacher_ckpt(args), num_classes, args.dataset)
+    ckpt = common.teacher_ckpt_or_exit(args.teacher, args.dataset, args.teacher_ckpt, args.data_dir)
+    teacher, tinfo = common.load_teacher(args.teacher, ckpt, num_classes, args.dataset)
     if not common.has_batchnorm(teacher):
         sys.exit(f"teacher {args.teacher} ({tinfo['norm']}) has no BatchNorm: CS does nothing; use batch_align_ln_gn.py")
     torch.manual_seed(args.seed)  # the student's initialization depends on the seed alone, not on the teacher

@@ -94,6 +94,69 @@ def bn_variants_figure(path):
     plt.close(fig)
 
 
+def bn_ablation_results():
+    files = sorted((RESULTS / "bn_ablation").glob("*.json"))
+    return [(p.stem, json.loads(p.read_text())) for p in files]
+
+
+def bn_ablation_block():
+    runs = bn_ablation_results()
+    if not runs:
+        return "_No results yet: run `python bn_ablation.py` (see the command above)._"
+    lines = []
+    for stem, r in runs:
+        a = r["args"]
+        lines += [f"**{stem}**: teacher `{Path(r['teacher/ckpt']).name}`, {len(r['bn_layers'])} BatchNorm layers; "
+                  f"noise labels from {a['diag_samples']:,} samples in CS batches of {a['batch_size']}; teacher "
+                  f"accuracy on {r['eval/num_images']:,} test images, CS layers with test-batch statistics (batch "
+                  f"{a['eval_batch_size']}); students: {r['samples_per_point']:,} noise samples each "
+                  f"(`{a['command']}`). Measured on "
+                  f"{r['provenance']['device']}, {r['provenance']['wall_time_s'] / 60:.0f} min.", "",
+                  "| point | teacher acc | noise-label entropy | largest class | student acc, running / test-batch "
+                  "| agreement with teacher, running / test-batch |", "|---|---:|---:|---:|---:|---:|"]
+        for row in r["points"]:
+            student = (f"{pct(row['eval/acc_running'])} / {pct(row['eval/acc_batchstats'])}"
+                       if "eval/acc_running" in row else "")
+            agree = (f"{pct(row['eval/agreement_running'])} / {pct(row['eval/agreement_batchstats'])}"
+                     if "eval/agreement_running" in row else "")
+            lines.append(f"| {row['point']} | {pct(row['teacher/acc'])} | {row['noise/label_entropy']:.3f} "
+                         f"| {pct(row['noise/label_max_share'])}% | {student} | {agree} |")
+        lines += ["", f"![BN ablation](results/bn_ablation_{stem}.png)", ""]
+    return "\n".join(lines).rstrip()
+
+
+def bn_ablation_figures():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    for stem, r in bn_ablation_results():
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        for sweep in ("first-k", "last-k"):
+            rows = [row for row in r["points"] if row["sweep"] == sweep]
+            if not rows:
+                continue
+            axes[0].plot([row["k"] for row in rows], [row["noise/label_entropy"] for row in rows], marker="o", ms=3,
+                         label=f"{sweep}: noise-label entropy")
+            axes[0].plot([row["k"] for row in rows], [row["teacher/acc"] for row in rows], ls="--",
+                         label=f"{sweep}: teacher acc (real images)")
+            taught = [row for row in rows if "eval/acc_batchstats" in row]
+            axes[1].plot([row["k"] for row in taught], [100 * row["eval/acc_batchstats"] for row in taught],
+                         marker="o", label=f"{sweep}: test-batch stats")
+            axes[1].plot([row["k"] for row in taught], [100 * row["eval/acc_running"] for row in taught],
+                         marker="s", ls=":", label=f"{sweep}: running stats")
+        axes[0].set_xlabel("k = BatchNorm layers on running statistics")
+        axes[0].set_title("teacher")
+        axes[1].set_xlabel("k")
+        axes[1].set_ylabel("student test accuracy (%)")
+        axes[1].set_title(f"student, {r['samples_per_point'] // 1000}k noise samples")
+        for ax in axes:
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(RESULTS / f"bn_ablation_{stem}.png", dpi=110)
+        plt.close(fig)
+
+
 def throughput_block():
     path = RESULTS / "throughput.json"
     if not path.exists():
@@ -124,8 +187,9 @@ def teachers_block():
     return "\n".join(lines)
 
 
-BLOCKS = {"bn_variants": bn_variants_block, "throughput": throughput_block, "teachers": teachers_block}
-FIGURES = {"bn_variants.png": bn_variants_figure}
+BLOCKS = {"bn_variants": bn_variants_block, "throughput": throughput_block, "teachers": teachers_block,
+          "bn_ablation": bn_ablation_block}
+FIGURES = {"bn_variants.png": bn_variants_figure, "bn_ablation_*.png": lambda path: bn_ablation_figures()}
 
 
 def render(readme):

@@ -5,7 +5,6 @@ import torch.nn as nn
 
 import bn_ablation as ab
 import common
-from conftest import save_teacher
 
 
 def bn_with_stats():

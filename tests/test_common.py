@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import common
-from conftest import SHARED, save_teacher
+from conftest import SHARED
 
 SHARED_TEACHERS = [("resnet20", "akamaster_resnet20-12fca82f.th", 0.9173),
                    ("resnet56", "akamaster_resnet56-4bfd9763.th", 0.9339)]

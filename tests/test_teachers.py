@@ -26,5 +26,5 @@ def test_shipped_teacher_matches_its_manifest_and_reproduces_its_accuracy(name):
 def test_the_default_command_uses_the_shipped_resnet20():
     import cs_rejection_bn
     args = cs_rejection_bn.parse_args([])
-    assert cs_rejection_bn.resolve_teacher_ckpt(args) == str(REPO / "teachers" / "resnet20_cifar10_bn.pt")
+    assert common.teacher_ckpt_or_exit(args.teacher, args.dataset) == str(REPO / "teachers" / "resnet20_cifar10_bn.pt")
     assert "resnet20_cifar10_bn.pt" in MANIFEST

@@ -1,0 +1,49 @@
+"""The method scripts duplicate their boilerplate on purpose (one file, one method); this keeps the copies in step:
+a flag that two scripts share means the same thing, with the same default and help, unless listed here as meant."""
+import argparse
+import importlib
+import itertools
+
+import pytest
+
+from conftest import REPO
+
+METHOD_SCRIPTS = ["cs_rejection_bn", "bn_ablation"]
+# Flags whose meaning or default differs between scripts by design, and why.
+MEANT_TO_DIFFER = {
+    "--steps": "a whole run vs one distilled point of a sweep",
+    "--batch-size": "the student's batch vs the teacher's CS batch of the diagnostics",
+    "--lr": "the ablation fixes the schedule and names it in the help",
+    "--seed": "the ablation reuses the seed for every point",
+    "--resume": "a run resumes from its checkpoint, a sweep from its finished points",
+    "--eval-batch-size": "the ablation's teacher uses it too",
+}
+
+
+def flags_of(module_name, monkeypatch):
+    """{flag: (default, help)} of a script's parser, captured as parse_args([]) builds it."""
+    captured = {}
+    real_parse = argparse.ArgumentParser.parse_args
+
+    def spy(self, args=None, namespace=None):
+        captured["parser"] = self
+        return real_parse(self, [], namespace)
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", spy)
+    importlib.import_module(module_name).parse_args([])
+    monkeypatch.undo()
+    return {a.option_strings[0]: (a.default, a.help) for a in captured["parser"]._actions if a.dest != "help"}
+
+
+@pytest.mark.parametrize("a,b", list(itertools.combinations(METHOD_SCRIPTS, 2)))
+def test_shared_flags_mean_the_same_in_every_script(a, b, monkeypatch):
+    fa, fb = flags_of(a, monkeypatch), flags_of(b, monkeypatch)
+    shared = (set(fa) & set(fb)) - set(MEANT_TO_DIFFER)
+    assert {"--teacher", "--teacher-ckpt", "--dataset", "--data-dir", "--device", "--bf16"} <= shared
+    drift = {f: (fa[f], fb[f]) for f in sorted(shared) if fa[f] != fb[f]}
+    assert not drift, f"{a} and {b} disagree on {drift}"
+
+
+@pytest.mark.parametrize("script", METHOD_SCRIPTS)
+def test_every_method_script_seeds_in_one_visible_block(script):
+    source = (REPO / f"{script}.py").read_text()
+    assert "random.seed(args.seed)\n    np.random.seed(args.seed)\n    torch.manual_seed(args.seed)\n" in source
