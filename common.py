@@ -410,6 +410,16 @@ class MetricsLog:
         return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
+def cpu_name():
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def provenance(device, wall_time_s):
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
@@ -418,7 +428,7 @@ def provenance(device, wall_time_s):
                                     capture_output=True, text=True, timeout=10).stdout.strip())
     except (OSError, subprocess.SubprocessError):
         commit, dirty = "unknown", None
-    dev = torch.cuda.get_device_name(0) if str(device).startswith("cuda") else platform.processor() or "cpu"
+    dev = torch.cuda.get_device_name(0) if str(device).startswith("cuda") else cpu_name()
     return {"git_commit": commit, "git_dirty": dirty, "torch": torch.__version__, "python": platform.python_version(),
             "device": f"{device} ({dev}, {torch.get_num_threads()} threads)", "wall_time_s": round(wall_time_s, 1),
             "date": time.strftime("%Y-%m-%d %H:%M:%S")}

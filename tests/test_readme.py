@@ -3,6 +3,8 @@ complete and say where it came from."""
 import json
 import sys
 
+import pytest
+
 from conftest import REPO
 
 sys.path.insert(0, str(REPO / "bench"))
@@ -30,3 +32,38 @@ def test_every_committed_result_has_metrics_curve_and_provenance():
         assert r["curve"][-1]["samples_seen"] == r["samples_seen"] == r["args"]["steps"] * r["args"]["batch_size"]
         assert r["provenance"]["git_commit"] != "unknown", path
 
+
+
+def test_what_the_readme_says_about_the_table_holds_in_the_results():
+    runs = {p.stem: json.loads(p.read_text()) for p in (REPO / "results" / "bn_variants").glob("*.json")}
+    if not runs:
+        pytest.skip("no results/bn_variants yet")
+    final = lambda name, key: runs[name][key]
+    # CS spreads the teacher's labels on noise; eval mode collapses them.
+    assert final("running", "noise/label_entropy") < 0.5 < 0.95 < final("cs", "noise/label_entropy")
+    # Rejection: uniform accepted labels, at a bookkeeping cost under 1% of a step.
+    assert final("cs_reject", "noise/accepted_label_entropy") > 0.999
+    assert final("cs_reject", "sampler_time_frac") < 0.01
+    # 1/f^2 noise ahead of every white-noise variant at every evaluation with test-batch statistics,
+    # and from 128k samples on with running statistics.
+    white = [r for name, r in runs.items() if r["args"]["noise_alpha"] == 0 and name != "cs_reject_alpha2"]
+    alpha2 = runs["cs_reject_alpha2"]["curve"]
+    for row in alpha2:
+        at = lambda r: next(c for c in r["curve"] if c["samples_seen"] == row["samples_seen"])
+        assert row["eval/acc_batchstats"] > max(at(r)["eval/acc_batchstats"] for r in white)
+        if row["samples_seen"] >= 128_000:
+            assert row["eval/acc_running"] > max(at(r)["eval/acc_running"] for r in white)
+
+
+def test_what_the_readme_says_about_the_bn_ablation_holds():
+    path = REPO / "results" / "bn_ablation" / "resnet20_teacher_only.json"
+    if not path.exists():
+        pytest.skip("no BN ablation results yet")
+    rows = {r["point"]: r for r in json.loads(path.read_text())["points"]}
+    entropy = lambda p: rows[p]["noise/label_entropy"]
+    assert entropy("first-k/first-18") > 0.9 > 0.5 > entropy("first-k/first-19")  # the last layer alone on CS suffices
+    assert rows["last-k/last-14"]["noise/label_max_share"] > 0.95  # first five layers on CS: one class
+    assert entropy("last-k/last-14") < entropy("first-k/first-19")  # worse than plain eval mode
+    assert max(entropy("components/cs-mean"), entropy("components/cs-var")) < entropy("components/cs-both")
+    assert all(rows[p]["teacher/acc"] < 0.5 for p in ("components/cs-mean-no-affine", "components/cs-var-no-affine",
+                                                       "components/cs-both-no-affine"))
