@@ -67,6 +67,8 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.bf16 is None:
         args.bf16 = common.bf16_supported(args.device)
+    if args.batch_size < 2 or args.diag_samples < 1 or args.steps < 1:
+        p.error("need --batch-size >= 2 (CS needs a batch), --diag-samples >= 1 and --steps >= 1")
     return args
 
 

@@ -370,7 +370,7 @@ def label_stats(counts):
     """Summary of a label histogram: normalized entropy H/log K, largest class share, classes never seen."""
     counts = torch.as_tensor(counts, dtype=torch.float64)
     p = counts / counts.sum().clamp_min(1)
-    entropy = -(p[p > 0] * p[p > 0].log()).sum().item()
+    entropy = -(p[p > 0] * p[p > 0].log()).sum().item() + 0.0  # + 0.0: a one-class histogram gives 0.0, not -0.0
     return {"entropy": entropy / math.log(len(p)), "max_share": p.max().item(),
             "missing": int((counts == 0).sum().item())}
 

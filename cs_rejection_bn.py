@@ -296,6 +296,8 @@ def main(argv=None):
     # --- run folder, or the one we resume
     if resume_dir:
         run_dir = resume_dir
+        if not (run_dir / "checkpoint.pt").is_file():
+            sys.exit(f"{run_dir} has no checkpoint.pt (the run stopped before its first one): start it again")
         ck = common.load_checkpoint(run_dir / "checkpoint.pt")
         student.load_state_dict(ck["student"])
         opt.load_state_dict(ck["optimizer"])

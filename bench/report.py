@@ -34,6 +34,10 @@ def pct(x):
     return f"{100 * x:.1f}"
 
 
+def ent(x):
+    return f"{x + 0.0:.3f}"  # + 0.0 turns the -0.0 of an empty-sum entropy into 0.0
+
+
 def bn_variants_block():
     runs = load("bn_variants")
     if not runs:
@@ -62,7 +66,7 @@ def bn_variants_block():
         r = runs[stem]
         lines.append(
             f"| {label} | {pct(r['eval/acc_running'])} | {pct(r['eval/acc_batchstats'])} "
-            f"| {r['noise/label_entropy']:.3f} | {r['noise/accepted_label_entropy']:.3f} "
+            f"| {ent(r['noise/label_entropy'])} | {ent(r['noise/accepted_label_entropy'])} "
             f"| {pct(r['noise/label_max_share'])}% / {pct(r['noise/accepted_max_share'])}% "
             f"| {r['noise/acceptance_rate']:.2f} | {r['samples_per_s']:.0f} | {pct(r['sampler_time_frac'])}% |")
     lines += ["", "![learning curves](results/bn_variants.png)"]
@@ -120,7 +124,7 @@ def bn_ablation_block():
                   + (" student acc, running / test-batch | agreement with teacher, running / test-batch |" if taught
                      else ""), "|---|---:|---:|---:|" + ("---:|---:|" if taught else "")]
         for row in r["points"]:
-            line = (f"| {row['point']} | {pct(row['teacher/acc'])} | {row['noise/label_entropy']:.3f} "
+            line = (f"| {row['point']} | {pct(row['teacher/acc'])} | {ent(row['noise/label_entropy'])} "
                     f"| {pct(row['noise/label_max_share'])}% |")
             if taught and "eval/acc_running" in row:
                 line += (f" {pct(row['eval/acc_running'])} / {pct(row['eval/acc_batchstats'])} "
@@ -169,6 +173,17 @@ def bn_ablation_figures():
         plt.close(fig)
 
 
+def default_run_block():
+    path = RESULTS / "default_run.json"
+    if not path.exists():
+        return "_Not measured yet._"
+    r = json.loads(path.read_text())
+    return (f"Measured: with the shipped teacher ({pct(r['teacher/acc'])}%), the student reached {pct(r['eval/acc_running'])}% "
+            f"with its running statistics and {pct(r['eval/acc_batchstats'])}% with test-batch statistics (batch "
+            f"{r['eval/batch_size']}) after {r['samples_seen']:,} noise samples, in {r['provenance']['wall_time_s'] / 60:.0f} "
+            f"minutes on {r['provenance']['device']} (`results/default_run.json`).")
+
+
 def throughput_block():
     path = RESULTS / "throughput.json"
     if not path.exists():
@@ -206,7 +221,7 @@ def teachers_block():
 
 
 BLOCKS = {"bn_variants": bn_variants_block, "throughput": throughput_block, "teachers": teachers_block,
-          "bn_ablation": bn_ablation_block}
+          "bn_ablation": bn_ablation_block, "default_run": default_run_block}
 FIGURES = {"bn_variants.png": bn_variants_figure, "bn_ablation_*.png": lambda path: bn_ablation_figures()}
 
 
