@@ -178,7 +178,8 @@ def default_run_block():
     if not path.exists():
         return "_Not measured yet._"
     r = json.loads(path.read_text())
-    return (f"Measured: with the shipped teacher ({pct(r['teacher/acc'])}%), the student reached {pct(r['eval/acc_running'])}% "
+    return (f"Measured (`python cs_rejection_bn.py --data-dir {r['args']['data_dir']}`, the data read from elsewhere, "
+            f"everything else the defaults): with the shipped teacher ({pct(r['teacher/acc'])}%), the student reached {pct(r['eval/acc_running'])}% "
             f"with its running statistics and {pct(r['eval/acc_batchstats'])}% with test-batch statistics (batch "
             f"{r['eval/batch_size']}) after {r['samples_seen']:,} noise samples, in {r['provenance']['wall_time_s'] / 60:.0f} "
             f"minutes on {r['provenance']['device']} (`results/default_run.json`).")
