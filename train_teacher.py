@@ -8,7 +8,7 @@ The checkpoint records arch, norm, input normalization, test accuracy and the co
     python train_teacher.py --model resnet20 --norm bn --dataset cifar10 --data-dir ../shared/data \
         --out teachers/resnet20_cifar10_bn.pt
 
-The shipped teacher teachers/resnet20_cifar10_bn.pt came from that command (see teachers/README.md for its accuracy,
+The shipped teacher teachers/resnet20_cifar10_bn.pt came from that command (teachers/manifest.json has its accuracy,
 seed, sha256 and time).
 """
 import argparse
