@@ -36,6 +36,7 @@ def main():
     p.add_argument("--data-dir", default="./data", help="folder of cifar10_test.npz")
     p.add_argument("--steps", type=int, default=1000, help="student steps of 256 noise samples per variant")
     p.add_argument("--only", nargs="*", default=list(VARIANTS), help="variants to run")
+    p.add_argument("--seed", type=int, default=0, help="seed of every run (another seed: another --out)")
     p.add_argument("--out", default=str(REPO / "results" / "bn_variants"), help="where the results JSONs go")
     args = p.parse_args()
     out = Path(args.out)
@@ -45,7 +46,7 @@ def main():
         if target.exists():
             print(f"{name}: done already ({target})")
             continue
-        run_root = REPO / "runs" / "bench_bn_variants" / name
+        run_root = REPO / "runs" / f"bench_bn_variants_s{args.seed}" / name
         unfinished = [d for d in sorted(run_root.glob("*")) if (d / "checkpoint.pt").exists() and not (d / "results.json").exists()]
         if unfinished:
             argv = ["--resume", str(unfinished[-1])]
@@ -54,7 +55,7 @@ def main():
             # The budget is in noise samples: a variant with another batch size gets the steps that keep it.
             batch = int(flags[flags.index("--batch-size") + 1]) if "--batch-size" in flags else 256
             argv = [*TEACHER, "--data-dir", args.data_dir, "--steps", str(args.steps * 256 // batch),
-                    "--out-dir", str(run_root), *flags]
+                    "--out-dir", str(run_root), "--seed", str(args.seed), *flags]
         print(f"=== {name}: cs_rejection_bn.py {' '.join(argv)}", flush=True)
         cs_rejection_bn.main(argv)
         run = max((d for d in run_root.glob("*") if (d / "results.json").exists()), key=lambda d: d.stat().st_mtime)

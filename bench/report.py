@@ -73,6 +73,24 @@ def bn_variants_block():
     return "\n".join(lines)
 
 
+def seeds_block():
+    seeds = sorted({p.parent.name for p in RESULTS.glob("bn_variants_seed*/*.json")})  # folder names
+    if not seeds:
+        return "_No second seed yet._"
+    base, labels = load("bn_variants"), dict(BN_VARIANTS)
+    lines = ["Final accuracy, running stats / test-batch stats, same setting as the table above, other seeds "
+             "(`python bench/bn_variants.py --data-dir ../shared/data --seed S --only ... --out results/bn_variants_seedS`):",
+             "", "| variant | seed 0 | " + " | ".join(f"seed {s.removeprefix('bn_variants_seed')}" for s in seeds) + " |",
+             "|---|---:|" + "---:|" * len(seeds)]
+    for stem, label in BN_VARIANTS:
+        cells = [load(s).get(stem) for s in seeds]
+        if not any(cells):
+            continue
+        fmt = lambda r: f"{pct(r['eval/acc_running'])} / {pct(r['eval/acc_batchstats'])}" if r else "not run"
+        lines.append(f"| {labels[stem]} | {fmt(base.get(stem))} | " + " | ".join(fmt(c) for c in cells) + " |")
+    return "\n".join(lines)
+
+
 def bn_variants_figure(path):
     import matplotlib
     matplotlib.use("Agg")
@@ -222,7 +240,7 @@ def teachers_block():
 
 
 BLOCKS = {"bn_variants": bn_variants_block, "throughput": throughput_block, "teachers": teachers_block,
-          "bn_ablation": bn_ablation_block, "default_run": default_run_block}
+          "bn_ablation": bn_ablation_block, "default_run": default_run_block, "seeds": seeds_block}
 FIGURES = {"bn_variants.png": bn_variants_figure, "bn_ablation_*.png": lambda path: bn_ablation_figures()}
 
 
