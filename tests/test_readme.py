@@ -67,3 +67,13 @@ def test_what_the_readme_says_about_the_bn_ablation_holds():
     assert max(entropy("components/cs-mean"), entropy("components/cs-var")) < entropy("components/cs-both")
     assert all(rows[p]["teacher/acc"] < 0.5 for p in ("components/cs-mean-no-affine", "components/cs-var-no-affine",
                                                        "components/cs-both-no-affine"))
+
+
+def test_the_second_seed_agrees_with_what_the_readme_says():
+    folder = REPO / "results" / "bn_variants_seed1"
+    if not (folder / "cs_reject_alpha2.json").exists():
+        pytest.skip("no second seed yet")
+    r = {p.stem: json.loads(p.read_text()) for p in folder.glob("*.json")}
+    for key in ("eval/acc_running", "eval/acc_batchstats"):
+        assert r["cs_reject_alpha2"][key] > r["cs_reject"][key] + 0.02  # "well ahead": more than 2 points
+    assert all(x["args"]["seed"] == 1 for x in r.values())
