@@ -227,11 +227,10 @@ def kd_loss(student_logits, teacher_logits, tau, weights=None):
 def noise_summary(stats):
     """The teacher's labels on raw noise and on the batches the student trained on (methods.md section 3)."""
     raw, acc = common.label_stats(stats["raw_counts"]), common.label_stats(stats["acc_counts"])
-    soft = stats["raw_soft"] / stats["raw_soft"].sum()  # the soft marginal: mean teacher probability per class
-    soft_entropy = -(soft[soft > 0] * soft[soft > 0].log()).sum().item() / math.log(len(soft))
+    soft = common.label_stats(stats["raw_soft"])  # the soft marginal: summed teacher probabilities per class
     return {"noise/label_entropy": raw["entropy"], "noise/label_max_share": raw["max_share"],
-            "noise/label_missing": raw["missing"], "noise/soft_entropy": soft_entropy,
-            "noise/soft_max_share": soft.max().item(),
+            "noise/label_missing": raw["missing"], "noise/soft_entropy": soft["entropy"],
+            "noise/soft_max_share": soft["max_share"],
             "noise/accepted_label_entropy": acc["entropy"], "noise/accepted_max_share": acc["max_share"],
             "noise/acceptance_rate": stats["accepted"] / max(1, stats["teacher_samples"]),
             "noise/label_hist": stats["raw_counts"].tolist(), "noise/accepted_hist": stats["acc_counts"].tolist()}
