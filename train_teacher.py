@@ -1,8 +1,9 @@
 """Train a teacher on real labelled data, the one place in this project where a model sees training images.
 
 Any model and normalization of common.build_model, on cifar10 / cifar100 / svhn from the uint8 cache. Standard
-augmentation (random crop with 4-pixel reflect padding, horizontal flip), SGD with Nesterov momentum, label smoothing,
-a linear warm-up and a linear decay to zero (one cycle): a small CNN gets to a good accuracy on a CPU within the hour.
+augmentation (random crop with 4-pixel reflect padding, horizontal flip), SGD with Nesterov momentum (AdamW for ViTs),
+label smoothing, a linear warm-up and a linear decay to zero (one cycle): a small CNN gets to a good accuracy on a CPU
+within the hour.
 The checkpoint records arch, norm, input normalization, test accuracy and the command; its sha256 is printed.
 
     python train_teacher.py --model resnet20 --norm bn --dataset cifar10 --data-dir ../shared/data \
@@ -28,19 +29,22 @@ import common
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", default="resnet20", choices=common.MODEL_NAMES, help="architecture")
-    p.add_argument("--norm", default="bn", choices=["bn", "gn", "ln", "none"], help="normalization layers (CNNs)")
+    p.add_argument("--norm", default="bn", choices=common.NORMS, help="normalization layers (CNNs)")
     p.add_argument("--dataset", default="cifar10", choices=sorted(common.NUM_CLASSES), help="training data")
     p.add_argument("--data-dir", default="./data", help="folder of the <dataset>_{train,test}.npz cache")
     p.add_argument("--epochs", type=int, default=20, help="passes over the training set")
     p.add_argument("--batch-size", type=int, default=256, help="training batch size")
-    p.add_argument("--lr", type=float, default=0.2, help="peak SGD learning rate")
-    p.add_argument("--momentum", type=float, default=0.9, help="Nesterov momentum")
-    p.add_argument("--weight-decay", type=float, default=5e-4, help="L2 weight decay (not on norm parameters or biases)")
+    p.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"],
+                   help="sgd (Nesterov) for CNNs; adamw for ViTs, which SGD trains poorly")
+    p.add_argument("--lr", type=float, default=0.2, help="peak learning rate")
+    p.add_argument("--momentum", type=float, default=0.9, help="sgd: Nesterov momentum")
+    p.add_argument("--weight-decay", type=float, default=5e-4,
+                   help="weight decay (not on norm parameters or biases; decoupled with adamw)")
     p.add_argument("--label-smoothing", type=float, default=0.1, help="label smoothing of the cross-entropy")
     p.add_argument("--warmup-epochs", type=float, default=2.0, help="linear warm-up length before the linear decay")
     p.add_argument("--seed", type=int, default=0, help="seed of initialization, shuffling and augmentation")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
-                   help="bf16 autocast and channels_last (2.5x faster on CPUs with AVX-512 bf16)")
+                   help="bf16 autocast, with channels_last where it is faster (2x or more on CPUs with AVX-512 bf16)")
     p.add_argument("--out", default=None, help="checkpoint path (default teachers/<model>_<dataset>_<norm>.pt)")
     p.add_argument("--resume", action="store_true", help="continue from <out>.partial, saved after every epoch")
     p.add_argument("--device", default=common.default_device(), help="cpu or cuda")
@@ -74,13 +78,14 @@ def main(argv=None):
     mean, std = common.DATASET_STATS[args.dataset]
     num_classes = common.NUM_CLASSES[args.dataset]
     model = common.build_model(args.model, num_classes, args.norm).to(args.device)
-    if args.bf16:
-        model = model.to(memory_format=torch.channels_last)
+    fmt = common.memory_format(model, args.bf16)
+    model = model.to(memory_format=fmt)
 
     decay = [p for n, p in model.named_parameters() if p.ndim > 1]
     no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
-    opt = torch.optim.SGD([{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0}],
-                          lr=args.lr, momentum=args.momentum, nesterov=True)
+    groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0}]
+    opt = (torch.optim.SGD(groups, lr=args.lr, momentum=args.momentum, nesterov=True) if args.optimizer == "sgd"
+           else torch.optim.AdamW(groups, lr=args.lr))
     steps_per_epoch = len(y_train) // args.batch_size  # drop the last partial batch
     if steps_per_epoch == 0:
         sys.exit(f"--batch-size {args.batch_size} is larger than the {len(y_train)} training images")
@@ -106,8 +111,7 @@ def main(argv=None):
                 g["lr"] = lr_at(epoch * steps_per_epoch + i)
             idx = perm[i * args.batch_size:(i + 1) * args.batch_size]
             x = augment(common.normalize(x_train[idx].to(args.device), mean, std), gen)
-            if args.bf16:
-                x = x.contiguous(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=fmt)
             with torch.autocast(torch.device(args.device).type, dtype=torch.bfloat16, enabled=args.bf16):
                 logits = model(x)
             loss = F.cross_entropy(logits.float(), y_train[idx].to(args.device), label_smoothing=args.label_smoothing)
