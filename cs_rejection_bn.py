@@ -41,7 +41,7 @@ def parse_args(argv=None):
     p.add_argument("--teacher-ckpt", default=None,
                    help="teacher checkpoint (ours or akamaster's); default teachers/<teacher>_<dataset>_bn.pt")
     p.add_argument("--student", default="resnet20", choices=common.MODEL_NAMES, help="student architecture, from scratch")
-    p.add_argument("--student-norm", default=None, choices=["bn", "gn", "ln", "none"],
+    p.add_argument("--student-norm", default=None, choices=common.NORMS,
                    help="student normalization (default: bn for CNNs, ln for vit_tiny)")
     p.add_argument("--dataset", default="cifar10", choices=sorted(common.NUM_CLASSES), help="evaluation data")
     p.add_argument("--data-dir", default="./data", help="folder of the <dataset>_test.npz cache (downloaded if missing)")
@@ -153,15 +153,15 @@ class RejectionSampler:
         self.gen.set_state(state["generator"])
 
 
-def draw_batch(args, teacher, sampler, noise_gen, shape, stats):
-    """One training batch of noise, the teacher's targets and per-sample loss weights, by --balance.
+def draw_batch(args, teacher_fn, sampler, noise_gen, shape, stats):
+    """One training batch of noise, the teacher's targets and per-sample loss weights, by --balance. teacher_fn maps a
+    noise batch to the teacher's logits (here the CS forward; batch_align_ln_gn.py passes its aligned teacher).
     Updates `stats` (label histograms, teacher samples, sampler time) in place."""
     B, dev = args.batch_size, args.device
-    fmt = torch.channels_last if args.bf16 else torch.contiguous_format
-    noise = lambda n: common.sample_noise(n, shape, noise_gen, args.noise_alpha, dev).contiguous(memory_format=fmt)
+    noise = lambda n: common.sample_noise(n, shape, noise_gen, args.noise_alpha, dev)
     if args.balance != "reject":
         z = noise(B)
-        t = teacher_forward(teacher, z, args.teacher_bn)
+        t = teacher_fn(z)
         labels = t.argmax(1).cpu()
         t_sampler = time.perf_counter()
         sampler.update(labels)
@@ -180,7 +180,7 @@ def draw_batch(args, teacher, sampler, noise_gen, shape, stats):
     acc_z, acc_t, rej_z, rej_t, n_acc = [], [], [], [], 0
     for _ in range(args.max_pools):
         z = noise(M)
-        t = teacher_forward(teacher, z, args.teacher_bn)
+        t = teacher_fn(z)
         labels = t.argmax(1).cpu()
         t_sampler = time.perf_counter()
         sampler.update(labels)
@@ -276,8 +276,9 @@ def main(argv=None):
     torch.manual_seed(args.seed)  # the student's initialization depends on the seed alone, not on the teacher
     student = common.build_model(args.student, num_classes, args.student_norm)
     teacher, student = teacher.to(args.device), student.to(args.device)
-    if args.bf16:
-        teacher, student = teacher.to(memory_format=torch.channels_last), student.to(memory_format=torch.channels_last)
+    t_fmt, s_fmt = common.memory_format(teacher, args.bf16), common.memory_format(student, args.bf16)
+    teacher, student = teacher.to(memory_format=t_fmt), student.to(memory_format=s_fmt)
+    teacher_fn = lambda z: teacher_forward(teacher, z.contiguous(memory_format=t_fmt), args.teacher_bn)
     mean, std = tinfo["mean"], tinfo["std"]  # the noise lives in the teacher's normalized input space
     shape = (3, *x_test.shape[1:3])
     evaluate = lambda model, bn: common.evaluate(model, x_test, y_test, mean, std, args.eval_batch_size, bn,
@@ -331,8 +332,8 @@ def main(argv=None):
         for g in opt.param_groups:
             g["lr"] = lr_at(args, step)
         with torch.autocast(torch.device(args.device).type, dtype=torch.bfloat16, enabled=args.bf16):
-            z, t_logits, weights = draw_batch(args, teacher, sampler, noise_gen, shape, stats)
-            s_logits = student(z.contiguous(memory_format=torch.channels_last) if args.bf16 else z)
+            z, t_logits, weights = draw_batch(args, teacher_fn, sampler, noise_gen, shape, stats)
+            s_logits = student(z.contiguous(memory_format=s_fmt))
         loss = kd_loss(s_logits, t_logits, args.tau, weights)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"distillation loss is {loss.item()} at step {step} (teacher logits finite: "

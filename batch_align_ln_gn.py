@@ -1,0 +1,334 @@
+"""NormShift-KD for LayerNorm and GroupNorm teachers: batch alignment + rejection sampling, Gaussian noise only.
+
+A per-sample normalizer (GroupNorm, LayerNorm) sees each noise sample alone: whatever the noise has in common survives
+every layer, and the teacher tends to give all noise samples the same answer, so a student has nothing to learn.
+BatchNorm in current-statistics (CS) mode avoids that by standardizing each channel across the batch (methods.md
+section 2). The batch-alignment wrapper gives a per-sample teacher the same coupling (section 4): in front of every
+GroupNorm/LayerNorm it standardizes the layer's input across the batch, with no parameters,
+    x <- (1 - a) x + a (x - mean_B x) / sqrt(var_B x + eps),
+then runs the original layer unchanged. Conv features (N, C, H, W) get statistics over (N, H, W) per channel, as BN;
+token features (N, L, D) over (N, L) per width (--align-axes tokens) or over N per (token, width) (samples). The
+wrapper is a set of forward pre-hooks: the teacher's weights are never touched, and removing it restores the teacher
+exactly. Rejection sampling of over-predicted classes is the sampler of cs_rejection_bn.py, imported, not copied.
+
+    python batch_align_ln_gn.py --data-dir ../shared/data      # shipped GroupNorm ResNet-20 -> ResNet-20, 256k noise
+    python batch_align_ln_gn.py --teacher vit_tiny --teacher-norm ln --data-dir ../shared/data
+    python batch_align_ln_gn.py --align-strength 0 --balance none --data-dir ../shared/data    # the no-alignment arm
+
+Results for every shipped teacher, with and without alignment: README section "Batch alignment", generated from
+results/batch_align/ (bench/batch_align.py). A BatchNorm teacher is accepted too; the wrapper then finds nothing to
+wrap, says so, and the teacher runs in eval mode (for CS, use cs_rejection_bn.py). Independent implementation built
+from the paper's public abstract; the wrapper's exact form is ours (methods.md section 4).
+"""
+import argparse
+import contextlib
+import json
+import math
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+import common
+# The label-balancing machinery is cs_rejection_bn.py's method; one definition, used here as it is.
+from cs_rejection_bn import RejectionSampler, draw_batch, kd_loss, new_stats, noise_summary
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    # --- what to distil
+    p.add_argument("--teacher", default="resnet20", choices=common.MODEL_NAMES, help="teacher architecture")
+    p.add_argument("--teacher-norm", default="gn", choices=common.NORMS,
+                   help="picks the default checkpoint teachers/<teacher>_<dataset>_<norm>.pt (vit_tiny: ln)")
+    p.add_argument("--teacher-ckpt", default=None,
+                   help="teacher checkpoint (ours or akamaster's); default teachers/<teacher>_<dataset>_<teacher-norm>.pt")
+    p.add_argument("--student", default="resnet20", choices=common.MODEL_NAMES, help="student architecture, from scratch")
+    p.add_argument("--student-norm", default=None, choices=common.NORMS,
+                   help="student normalization (default: bn for CNNs, ln for vit_tiny)")
+    p.add_argument("--dataset", default="cifar10", choices=sorted(common.NUM_CLASSES), help="evaluation data")
+    p.add_argument("--data-dir", default="./data", help="folder of the <dataset>_test.npz cache (downloaded if missing)")
+    # --- the method
+    p.add_argument("--align-strength", type=float, default=1.0,
+                   help="a in [0, 1]: blend of each norm layer's input with its batch-standardized version; 0 = off")
+    p.add_argument("--align-axes", default="tokens", choices=["tokens", "samples"],
+                   help="token features (N, L, D): standardize over (N, L) per D, or over N per (L, D); "
+                        "conv features always over (N, H, W) per channel")
+    p.add_argument("--align-layers", type=int, default=0,
+                   help="align only the first k per-sample norm layers in forward order (0 = all)")
+    p.add_argument("--balance", default="reject", choices=["none", "reject", "reweight"],
+                   help="fix the teacher's label imbalance on noise by rejection, by loss reweighting, or not at all")
+    p.add_argument("--pool-factor", type=float, default=2.0,
+                   help="reject: each pool has pool-factor * batch-size samples; the CS teacher sees the whole pool")
+    p.add_argument("--max-pools", type=int, default=8, help="reject: at most this many pools per step, then fill up")
+    p.add_argument("--marginal-momentum", type=float, default=0.9, help="EMA momentum of the label-marginal estimate")
+    p.add_argument("--accept-floor", type=float, default=0.1,
+                   help="classes with p(y) < floor / K are negligible: they do not set the acceptance level c")
+    p.add_argument("--noise-alpha", type=float, default=0.0,
+                   help="noise power spectrum ~ 1/f^alpha per channel, unit variance per pixel; 0 = white (the paper)")
+    p.add_argument("--tau", type=float, default=1.0, help="distillation temperature")
+    p.add_argument("--probe-samples", type=int, default=4096,
+                   help="noise samples for the teacher's label histogram with and without alignment, before training")
+    # --- optimization
+    p.add_argument("--steps", type=int, default=1000, help="student updates; noise samples seen = steps * batch-size")
+    p.add_argument("--batch-size", type=int, default=256, help="noise samples per student update")
+    p.add_argument("--optimizer", default="adam", choices=["adam", "sgd"], help="student optimizer")
+    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
+    p.add_argument("--weight-decay", type=float, default=0.0, help="weight decay")
+    p.add_argument("--momentum", type=float, default=0.9, help="sgd: Nesterov momentum")
+    p.add_argument("--schedule", default="cosine", choices=["constant", "cosine"], help="learning-rate schedule")
+    p.add_argument("--warmup-steps", type=int, default=50, help="linear warm-up steps (cosine schedule)")
+    # --- bookkeeping
+    p.add_argument("--seed", type=int, default=0, help="seed of student init, noise and acceptance coins")
+    p.add_argument("--eval-every", type=int, default=125, help="evaluate on the test split every this many steps")
+    p.add_argument("--eval-batch-size", type=int, default=256, help="test batch size (sets acc_batchstats)")
+    p.add_argument("--eval-subset", type=int, default=0, help="evaluate on the first N test images (0 = all)")
+    p.add_argument("--ckpt-every", type=int, default=100, help="save a resumable checkpoint every this many steps")
+    p.add_argument("--out-dir", default="runs", help="run folders go here")
+    p.add_argument("--resume", default=None, help="run folder to continue; its args.json is used, other flags ignored")
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                   help="bf16 autocast + channels_last (default: on where the device supports bf16)")
+    p.add_argument("--device", default=common.default_device(), help="cpu or cuda")
+    args = p.parse_args(argv)
+    if args.bf16 is None:
+        args.bf16 = common.bf16_supported(args.device)
+    for flag in ("steps", "batch_size", "eval_every", "ckpt_every", "max_pools"):
+        if getattr(args, flag) < 1 or (flag == "batch_size" and args.batch_size < 2):
+            p.error(f"--{flag.replace('_', '-')} must be at least {2 if flag == 'batch_size' else 1}")
+    if args.pool_factor < 1 or args.tau <= 0 or not 0 <= args.accept_floor <= 1:
+        p.error("need --pool-factor >= 1, --tau > 0 and 0 <= --accept-floor <= 1")
+    if not 0 <= args.align_strength <= 1 or args.align_layers < 0 or args.probe_samples < 2:
+        p.error("need 0 <= --align-strength <= 1, --align-layers >= 0 and --probe-samples >= 2")
+    return args
+
+
+# ======================================================================================================================
+# ALGO LOGIC: the batch-alignment wrapper (methods.md section 4)
+# ======================================================================================================================
+# Per-sample normalizers: each normalizes one sample with its own statistics (common.ChannelLayerNorm is a LayerNorm).
+PER_SAMPLE_NORMS = (nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
+ALIGN_EPS = 1e-5  # as BatchNorm's
+
+
+def per_sample_norms(model):
+    """(name, module) of every per-sample norm layer, in registration order (= forward order in our models)."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, PER_SAMPLE_NORMS)]
+
+
+def align(x, axes="tokens", strength=1.0):
+    """Standardize x across the batch, per feature, with no parameters, and blend: lerp(x, x_hat, strength).
+    (N, C, H, W): over (N, H, W) per C, BatchNorm's axes. (N, L, D): over (N, L) per D ('tokens') or over N per
+    (L, D) ('samples'). (N, D): over N. Statistics in fp32; the result keeps x's dtype."""
+    dims = {4: (0, 2, 3), 3: (0, 1) if axes == "tokens" else (0,), 2: (0,)}.get(x.ndim)
+    if dims is None:
+        raise ValueError(f"batch alignment handles (N, D), (N, L, D) and (N, C, H, W) inputs, got shape {tuple(x.shape)}")
+    xf = x.float()
+    var, mean = torch.var_mean(xf, dim=dims, keepdim=True, correction=0)  # biased, as BatchNorm normalizes
+    x_hat = (xf - mean) * torch.rsqrt(var + ALIGN_EPS)
+    return torch.lerp(xf, x_hat, strength).to(x.dtype)  # lerp with weight 0 returns x itself, bit for bit
+
+
+@contextlib.contextmanager
+def batch_aligned(model, axes="tokens", strength=1.0, layers=0):
+    """Inside this context, the input of every per-sample norm layer of `model` (the first `layers` of them when
+    layers > 0) is batch-aligned before the layer runs. Forward pre-hooks, removed on exit: no weight or buffer is
+    touched, so the model outside the context is exactly the original. Yields the names of the wrapped layers."""
+    norms = per_sample_norms(model)
+    norms = norms[:layers] if layers else norms
+    hook = lambda module, inputs: (align(inputs[0], axes, strength), *inputs[1:])
+    handles = [m.register_forward_pre_hook(hook) for _, m in norms]
+    try:
+        yield [n for n, _ in norms]
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@torch.no_grad()
+def teacher_forward(teacher, z, args):
+    """Teacher logits on a noise batch, batch-aligned unless --align-strength is 0."""
+    ctx = (batch_aligned(teacher, args.align_axes, args.align_strength, args.align_layers) if args.align_strength > 0
+           else contextlib.nullcontext())
+    with ctx:
+        return teacher(z).float()
+
+
+@torch.no_grad()
+def label_probe(teacher, args, shape, num_classes, fmt):
+    """The teacher's argmax label histogram on fresh noise (its own generator), without and with alignment, in
+    batches of --batch-size: the instant diagnostic of whether alignment breaks the teacher's collapse on noise."""
+    gen = torch.Generator(args.device).manual_seed(args.seed + 3_000)
+    out = {}
+    for tag, strength in (("plain", 0.0), ("aligned", args.align_strength or 1.0)):
+        gen.manual_seed(args.seed + 3_000)  # the same noise for both
+        counts = torch.zeros(num_classes, dtype=torch.long)
+        probe_args = argparse.Namespace(**{**vars(args), "align_strength": strength})
+        for i in range(0, args.probe_samples, args.batch_size):
+            n = min(args.batch_size, args.probe_samples - i)
+            z = common.sample_noise(n, shape, gen, args.noise_alpha, args.device).contiguous(memory_format=fmt)
+            with torch.autocast(torch.device(args.device).type, dtype=torch.bfloat16, enabled=args.bf16):
+                counts += torch.bincount(teacher_forward(teacher, z, probe_args).argmax(1).cpu(), minlength=num_classes)
+        s = common.label_stats(counts)
+        out.update({f"probe/{tag}_entropy": s["entropy"], f"probe/{tag}_max_share": s["max_share"],
+                    f"probe/{tag}_missing": s["missing"], f"probe/{tag}_hist": counts.tolist()})
+    return out
+
+
+# ======================================================================================================================
+# Boilerplate: run folder, teacher and student, loop, evaluation, checkpoints (TRY NOT TO MODIFY)
+# ======================================================================================================================
+def lr_at(args, step):
+    if args.schedule == "constant":
+        return args.lr
+    if step < args.warmup_steps:
+        return args.lr * (step + 1) / args.warmup_steps
+    progress = (step - args.warmup_steps) / max(1, args.steps - args.warmup_steps)
+    return args.lr * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    resume_dir = Path(args.resume) if args.resume else None
+    if resume_dir:
+        args = argparse.Namespace(**{**json.loads((resume_dir / "args.json").read_text()), "resume": str(resume_dir)})
+
+    # --- seeding: one visible block; noise and acceptance coins have generators of their own
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    # Offset seeds: a generator seeded like the global RNG would replay the student's initialization as noise.
+    noise_gen = torch.Generator(args.device).manual_seed(args.seed + 1_000)
+    coin_gen = torch.Generator().manual_seed(args.seed + 2_000)
+
+    # --- data (test split only: evaluation), teacher, student
+    x_test, y_test = common.load_split(args.dataset, "test", args.data_dir)
+    if args.eval_subset:
+        x_test, y_test = x_test[:args.eval_subset], y_test[:args.eval_subset]
+    num_classes = common.NUM_CLASSES[args.dataset]
+    ckpt = common.teacher_ckpt_or_exit(args.teacher, args.dataset, args.teacher_ckpt, args.data_dir, args.teacher_norm)
+    teacher, tinfo = common.load_teacher(args.teacher, ckpt, num_classes, args.dataset)
+    wrapped = [n for n, _ in per_sample_norms(teacher)]
+    wrapped = wrapped[:args.align_layers] if args.align_layers else wrapped
+    if not wrapped:
+        print(f"note: teacher {args.teacher} ({tinfo['norm']}) has no per-sample norm layer: alignment wraps nothing "
+              f"and the teacher runs in eval mode. For a BatchNorm teacher use cs_rejection_bn.py (CS inference).")
+    torch.manual_seed(args.seed)  # the student's initialization depends on the seed alone, not on the teacher
+    student = common.build_model(args.student, num_classes, args.student_norm)
+    teacher, student = teacher.to(args.device), student.to(args.device)
+    t_fmt, s_fmt = common.memory_format(teacher, args.bf16), common.memory_format(student, args.bf16)
+    teacher, student = teacher.to(memory_format=t_fmt), student.to(memory_format=s_fmt)
+    teacher_fn = lambda z: teacher_forward(teacher, z.contiguous(memory_format=t_fmt), args)
+    mean, std = tinfo["mean"], tinfo["std"]  # the noise lives in the teacher's normalized input space
+    shape = (3, *x_test.shape[1:3])
+    evaluate = lambda model, bn: common.evaluate(model, x_test, y_test, mean, std, args.eval_batch_size, bn,
+                                                 args.device, args.bf16)
+    # The teacher's accuracy in fp32 eval mode, as train_teacher.py records it, and with alignment on each test batch.
+    teacher_acc = common.evaluate(teacher, x_test, y_test, mean, std, args.eval_batch_size, "running", args.device)
+    with batch_aligned(teacher, args.align_axes, args.align_strength or 1.0, args.align_layers):
+        teacher_acc_aligned = common.evaluate(teacher, x_test, y_test, mean, std, args.eval_batch_size, "running",
+                                              args.device)
+
+    opt = (torch.optim.Adam(student.parameters(), lr=args.lr, weight_decay=args.weight_decay) if args.optimizer == "adam"
+           else torch.optim.SGD(student.parameters(), lr=args.lr, momentum=args.momentum, nesterov=True,
+                                weight_decay=args.weight_decay))
+    sampler = RejectionSampler(num_classes, args.marginal_momentum, args.accept_floor, coin_gen)
+    stats = new_stats(num_classes)
+    step, curve = 0, []
+
+    # --- run folder, or the one we resume
+    if resume_dir:
+        run_dir = resume_dir
+        if not (run_dir / "checkpoint.pt").is_file():
+            sys.exit(f"{run_dir} has no checkpoint.pt (the run stopped before its first one): start it again")
+        ck = common.load_checkpoint(run_dir / "checkpoint.pt")
+        student.load_state_dict(ck["student"])
+        opt.load_state_dict(ck["optimizer"])
+        noise_gen.set_state(ck["noise_gen"])
+        sampler.load_state_dict(ck["sampler"])
+        step, stats, curve, probe = ck["step"], ck["stats"], ck["curve"], ck["probe"]
+        print(f"resumed {run_dir} at step {step}")
+    else:
+        run_dir = common.make_run_dir(args.out_dir, args.dataset, Path(__file__).stem, args.teacher, args.seed)
+        common.write_json(run_dir / "args.json", vars(args))
+        probe = label_probe(teacher, args, shape, num_classes, t_fmt)
+    log = common.MetricsLog(run_dir / "metrics.jsonl", resume_step=step if resume_dir else None)
+    print(f"run folder {run_dir}\nteacher {args.teacher} ({tinfo['norm']}, {tinfo['path']}): test acc {teacher_acc:.4f} "
+          f"(recorded {tinfo['test_acc']}), {teacher_acc_aligned:.4f} aligned; alignment "
+          f"{f'strength {args.align_strength} on {len(wrapped)} layers' if args.align_strength > 0 else 'off'}, "
+          f"balance: {args.balance}\nnoise label entropy {probe['probe/plain_entropy']:.3f} plain, "
+          f"{probe['probe/aligned_entropy']:.3f} aligned")
+
+    def save():
+        common.save_checkpoint(run_dir / "checkpoint.pt", student=student.state_dict(), optimizer=opt.state_dict(),
+                               noise_gen=noise_gen.get_state(), sampler=sampler.state_dict(), step=step,
+                               stats=stats, curve=curve, probe=probe, args=vars(args))
+
+    def evaluation():
+        row = {"samples_seen": stats["student_samples"], "eval/acc_running": evaluate(student, "running"),
+               "eval/acc_batchstats": evaluate(student, "batch"), **noise_summary(stats)}
+        row = {k: v for k, v in row.items() if not k.endswith("_hist")}
+        curve.append({"step": step, **row})
+        log.log(step, **row)
+        return row
+
+    t_start = time.time()
+    bar = tqdm(total=args.steps, initial=step, desc="noise KD", dynamic_ncols=True)
+    while step < args.steps:
+        t_step = time.perf_counter()
+        for g in opt.param_groups:
+            g["lr"] = lr_at(args, step)
+        with torch.autocast(torch.device(args.device).type, dtype=torch.bfloat16, enabled=args.bf16):
+            z, t_logits, weights = draw_batch(args, teacher_fn, sampler, noise_gen, shape, stats)
+            s_logits = student(z.contiguous(memory_format=s_fmt))
+        loss = kd_loss(s_logits, t_logits, args.tau, weights)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"distillation loss is {loss.item()} at step {step} (teacher logits finite: "
+                                     f"{bool(torch.isfinite(t_logits).all())}); lower --lr or check the teacher")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        stats["student_samples"] += len(z)
+        stats["last_loss"] = loss.item()
+        stats["train_s"] += time.perf_counter() - t_step
+        if step % 10 == 0 or step == args.steps:
+            row = {"train/loss": loss.item(), "train/lr": lr_at(args, step - 1),
+                   "train/samples_per_s": stats["student_samples"] / stats["train_s"],
+                   "train/acceptance_rate": stats["accepted"] / max(1, stats["teacher_samples"]),
+                   "train/sampler_time_frac": stats["sampler_s"] / stats["train_s"]}
+            log.log(step, **row)
+            bar.set_postfix(loss=f"{row['train/loss']:.3f}", acc_rate=f"{row['train/acceptance_rate']:.2f}",
+                            sps=f"{row['train/samples_per_s']:.0f}")
+        bar.update(1)
+        if step % args.eval_every == 0 or step == args.steps:
+            row = evaluation()
+            tqdm.write(f"step {step}: acc running {row['eval/acc_running']:.4f}, test-batch stats "
+                       f"{row['eval/acc_batchstats']:.4f}, noise label entropy {row['noise/label_entropy']:.3f}")
+        if step % args.ckpt_every == 0 or step == args.steps:
+            save()
+    bar.close()
+
+    final = curve[-1] if curve and curve[-1]["step"] == step else evaluation()
+    results = {"teacher/acc": teacher_acc, "teacher/acc_aligned": teacher_acc_aligned,
+               "teacher/acc_recorded": tinfo["test_acc"], "teacher/sha256": tinfo["sha256"],
+               "teacher/ckpt": tinfo["path"], "teacher/norm": tinfo["norm"], "align/layers": wrapped, **probe,
+               **final, **noise_summary(stats), "train/final_loss": stats["last_loss"],
+               "eval/batch_size": args.eval_batch_size,
+               "eval/num_images": len(y_test), "samples_seen": stats["student_samples"],
+               "teacher_samples": stats["teacher_samples"], "shortfall": stats["shortfall"],
+               "samples_per_s": stats["student_samples"] / max(stats["train_s"], 1e-9),
+               "teacher_samples_per_s": stats["teacher_samples"] / max(stats["train_s"], 1e-9),
+               "sampler_time_frac": stats["sampler_s"] / max(stats["train_s"], 1e-9), "curve": curve,
+               "args": vars(args), "provenance": common.provenance(args.device, time.time() - t_start)}
+    common.write_json(run_dir / "results.json", results)
+    print(f"done: acc running {results['eval/acc_running']:.4f}, test-batch stats {results['eval/acc_batchstats']:.4f} "
+          f"(batch {args.eval_batch_size}), {results['samples_per_s']:.0f} samples/s -> {run_dir / 'results.json'}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,195 @@
+"""batch_align_ln_gn.py: the batch-alignment wrapper, and whole runs on generated data."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import batch_align_ln_gn as ba
+import common
+from conftest import save_teacher
+from test_cs_rejection_bn import assert_same_tensors, final_state, without_timing
+
+# One model per layout the wrapper must handle: GroupNorm(8) and GroupNorm(1) on conv maps, ConvNeXt-style LayerNorm
+# over channels (applied to NCHW maps), and LayerNorm on (N, L, D) tokens.
+MODELS = [("resnet20", "gn"), ("resnet20", "ln"), ("resnet20", "lnc"), ("vit_tiny", None)]
+
+
+def fresh(name, norm, seed=0):
+    torch.manual_seed(seed)
+    return common.build_model(name, 10, norm).eval()
+
+
+def tiny_args(data, teacher, out, *extra):
+    return ["--data-dir", str(data), "--teacher-ckpt", str(teacher), "--out-dir", str(out), "--steps", "6",
+            "--batch-size", "16", "--eval-every", "3", "--ckpt-every", "2", "--eval-batch-size", "32",
+            "--warmup-steps", "0", "--lr", "1e-2", "--probe-samples", "32", *extra]
+
+
+@pytest.fixture(scope="module")
+def gn_teacher(tmp_path_factory):
+    return save_teacher(tmp_path_factory.mktemp("gn") / "gn.pt", fresh("resnet20", "gn", 7), norm="gn")
+
+
+# --- the wrapper -----------------------------------------------------------------------------------------------------
+def test_conv_alignment_is_batchnorm_standardization_without_parameters():
+    x = torch.randn(6, 4, 5, 5) * 3 + 1
+    expected = F.batch_norm(x, None, None, training=True, eps=ba.ALIGN_EPS)
+    torch.testing.assert_close(ba.align(x), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ba.align(x, strength=0.25), 0.75 * x + 0.25 * expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("axes,dims", [("tokens", (0, 1)), ("samples", (0,))])
+def test_token_alignment_uses_the_axes_asked_for(axes, dims):
+    x = torch.randn(5, 7, 3) * 2 - 1
+    mean, var = x.mean(dims, keepdim=True), x.var(dims, keepdim=True, unbiased=False)
+    torch.testing.assert_close(ba.align(x, axes), (x - mean) / torch.sqrt(var + ba.ALIGN_EPS), rtol=1e-5, atol=1e-5)
+    assert ba.align(x, axes).mean(dims).abs().max() < 1e-5  # zero mean per feature over exactly those axes
+
+
+def test_alignment_refuses_a_layout_it_does_not_know():
+    with pytest.raises(ValueError, match=r"got shape \(2, 3, 4, 5, 6\)"):
+        ba.align(torch.randn(2, 3, 4, 5, 6))
+
+
+@pytest.mark.parametrize("name,norm", MODELS)
+def test_alignment_makes_one_samples_output_depend_on_the_rest_of_the_batch(name, norm):
+    model = fresh(name, norm)
+    a = torch.randn(8, 3, 32, 32)
+    b = torch.cat([a[:1], torch.randn(7, 3, 32, 32) * 2])  # same first sample, different company
+    with torch.no_grad():
+        plain = model(a)[0], model(b)[0]
+        with ba.batch_aligned(model) as wrapped:
+            aligned = model(a)[0], model(b)[0]
+    assert len(wrapped) == len(ba.per_sample_norms(model)) > 0
+    torch.testing.assert_close(plain[0], plain[1], rtol=1e-4, atol=1e-4)  # per-sample model: no coupling at all
+    assert (aligned[0] - aligned[1]).abs().max() > 1e-2  # aligned: sample 0's logits move with the batch
+
+
+@pytest.mark.parametrize("name,norm", MODELS)
+def test_removing_the_wrapper_restores_the_model_bit_for_bit(name, norm):
+    model = fresh(name, norm)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    z = torch.randn(8, 3, 32, 32)
+    with torch.no_grad():
+        out_before = model(z)
+        with ba.batch_aligned(model, strength=0.7):
+            out_inside = model(z)
+        out_after = model(z)
+    assert not torch.allclose(out_inside, out_before)  # it did something while attached...
+    assert torch.equal(out_after, out_before)  # ...and nothing after
+    assert_same_tensors(before, model.state_dict())
+    assert all(not m._forward_pre_hooks for m in model.modules())
+
+
+@pytest.mark.parametrize("name,norm", MODELS)
+def test_strength_zero_is_the_identity(name, norm):
+    model = fresh(name, norm)
+    z = torch.randn(8, 3, 32, 32)
+    with torch.no_grad():
+        plain = model(z)
+        with ba.batch_aligned(model, strength=0.0) as wrapped:
+            zero = model(z)
+    assert wrapped and torch.equal(zero, plain)
+
+
+def test_align_layers_wraps_only_the_first_k_in_forward_order():
+    model = fresh("vit_tiny", None)
+    names = [n for n, _ in ba.per_sample_norms(model)]
+    assert names[:3] == ["blocks.0.norm1", "blocks.0.norm2", "blocks.1.norm1"] and names[-1] == "norm"
+    with ba.batch_aligned(model, layers=3) as wrapped:
+        assert wrapped == names[:3]
+        assert sum(bool(m._forward_pre_hooks) for m in model.modules()) == 3
+
+
+def test_an_exception_inside_the_context_still_removes_the_wrapper():
+    model = fresh("resnet20", "gn")
+    with pytest.raises(RuntimeError), ba.batch_aligned(model):
+        model(torch.randn(2, 3, 32, 32))
+        raise RuntimeError("interrupted")
+    assert all(not m._forward_pre_hooks for m in model.modules())
+
+
+# --- whole runs on generated data ----------------------------------------------------------------------------------
+def test_run_trains_the_student_and_leaves_the_teacher_bit_identical(tiny_data, gn_teacher, tmp_path, monkeypatch):
+    loaded = {}
+    real_load = common.load_teacher
+
+    def spy(*a, **kw):
+        loaded["model"], info = real_load(*a, **kw)
+        return loaded["model"], info
+    monkeypatch.setattr(common, "load_teacher", spy)
+    res = ba.main(tiny_args(tiny_data, gn_teacher, tmp_path))
+    fresh_teacher, _ = real_load("resnet20", gn_teacher)
+    after = loaded["model"].float().to(memory_format=torch.contiguous_format).state_dict()
+    assert_same_tensors(fresh_teacher.state_dict(), after)
+    assert all(not m._forward_pre_hooks for m in loaded["model"].modules())
+
+    run = next(tmp_path.glob("cifar10__batch_align_ln_gn__resnet20__s0__*"))
+    student = common.load_checkpoint(run / "checkpoint.pt")["student"]
+    torch.manual_seed(0)
+    init = dict(common.build_model("resnet20").named_parameters())
+    assert all(not torch.equal(init[k], student[k]) for k in init)
+    for key in ("teacher/acc", "teacher/acc_aligned", "probe/plain_entropy", "probe/aligned_entropy",
+                "probe/plain_hist", "eval/acc_running", "noise/label_entropy", "samples_seen", "provenance"):
+        assert key in res
+    assert sum(res["probe/plain_hist"]) == sum(res["probe/aligned_hist"]) == 32
+    assert res["teacher/norm"] == "gn" and len(res["align/layers"]) == 19  # stem + 2 per block in 9 blocks
+    assert res["samples_seen"] == 6 * 16 and [row["step"] for row in res["curve"]] == [3, 6]
+
+
+def test_no_alignment_arm_runs_the_plain_teacher(tiny_data, gn_teacher, tmp_path, monkeypatch):
+    calls = []
+    real = ba.align
+    monkeypatch.setattr(ba, "align", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    res = ba.main(tiny_args(tiny_data, gn_teacher, tmp_path, "--align-strength", "0", "--balance", "none"))
+    probe_and_eval_calls = len(calls)
+    assert res["teacher_samples"] == 6 * 16
+    # Alignment ran only in the probe and the aligned teacher-accuracy check, never in the 6 training steps.
+    assert probe_and_eval_calls == 19 * (2 + 2)  # probe: 32 samples = 2 batches; test split: 64 images = 2 batches
+
+
+def test_resume_after_an_interruption_gives_the_same_final_metrics(tiny_data, gn_teacher, tmp_path, monkeypatch):
+    whole = ba.main(tiny_args(tiny_data, gn_teacher, tmp_path / "whole"))
+    real_save, saves = common.save_checkpoint, []
+
+    def crash_after_second_save(*a, **kw):
+        real_save(*a, **kw)
+        saves.append(1)
+        if len(saves) == 2:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(common, "save_checkpoint", crash_after_second_save)
+    with pytest.raises(KeyboardInterrupt):
+        ba.main(tiny_args(tiny_data, gn_teacher, tmp_path / "cut"))
+    monkeypatch.setattr(common, "save_checkpoint", real_save)
+    run = next((tmp_path / "cut").iterdir())
+    resumed = ba.main(["--resume", str(run)])
+    assert without_timing(resumed) == without_timing(whole)
+    assert_same_tensors(final_state(tmp_path / "cut"), final_state(tmp_path / "whole"))
+
+
+def test_vit_teacher_runs_end_to_end(tiny_data, tmp_path):
+    vit = save_teacher(tmp_path / "vit.pt", fresh("vit_tiny", None, 3), arch="vit_tiny", norm="ln")
+    res = ba.main(tiny_args(tiny_data, vit, tmp_path, "--teacher", "vit_tiny", "--steps", "2", "--eval-every", "2",
+                            "--align-axes", "samples"))
+    assert res["teacher/norm"] == "ln" and len(res["align/layers"]) == 13 and res["samples_seen"] == 32
+
+
+def test_a_batchnorm_teacher_is_accepted_and_the_wrapper_says_it_does_nothing(tiny_data, tiny_teacher, tmp_path,
+                                                                              capsys):
+    res = ba.main(tiny_args(tiny_data, tiny_teacher, tmp_path, "--steps", "2", "--eval-every", "2"))
+    assert "alignment wraps nothing" in capsys.readouterr().out
+    assert res["align/layers"] == [] and res["probe/plain_hist"] == res["probe/aligned_hist"]
+    assert res["teacher/acc_aligned"] == res["teacher/acc"]
+
+
+def test_missing_default_teacher_says_which_command_makes_one(tiny_data, tmp_path):
+    with pytest.raises(SystemExit, match="train_teacher.py --model resnet32 --norm lnc"):
+        ba.main(["--teacher", "resnet32", "--teacher-norm", "lnc", "--data-dir", str(tiny_data),
+                 "--out-dir", str(tmp_path)])
+
+
+@pytest.mark.parametrize("flags", [["--align-strength", "1.5"], ["--align-strength", "-0.1"], ["--align-layers", "-1"],
+                                   ["--align-axes", "channels"], ["--batch-size", "1"], ["--probe-samples", "1"]])
+def test_bad_flag_values_are_argument_errors(flags, capsys):
+    with pytest.raises(SystemExit):
+        ba.parse_args(flags)
+    assert "error:" in capsys.readouterr().err
