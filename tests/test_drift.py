@@ -44,7 +44,7 @@ def test_shared_flags_mean_the_same_in_every_script(a, b, monkeypatch):
     assert not drift, f"{a} and {b} disagree on {drift}"
 
 
-@pytest.mark.parametrize("script", METHOD_SCRIPTS)
+@pytest.mark.parametrize("script", METHOD_SCRIPTS + ["vit_failure_analysis"])
 def test_every_method_script_seeds_in_one_visible_block(script):
     source = (REPO / f"{script}.py").read_text()
     assert "random.seed(args.seed)\n    np.random.seed(args.seed)\n    torch.manual_seed(args.seed)\n" in source

@@ -1,0 +1,75 @@
+"""Benchmark behind the README table "Batch alignment": noise distillation from the project's own GroupNorm,
+LayerNorm and ViT teachers without alignment, with alignment, and with alignment + rejection, next to the BatchNorm
+teacher trained by the same script and recipe (its arms: eval mode, CS, CS + rejection, by cs_rejection_bn.py; CS is
+BatchNorm's own batch coupling). Student: ResNet-20 with BN; the same noise budget for every arm.
+
+    python bench/batch_align.py --data-dir ../shared/data        # ~10 min per arm on 2 CPU cores; resumable
+    python bench/report.py                                        # README table + figure from results/
+
+Each arm is one run of batch_align_ln_gn.py (or cs_rejection_bn.py for the BN control); its results.json is copied
+to results/batch_align/<teacher>__<arm>.json. Finished arms are skipped; an interrupted one resumes from its
+checkpoint. Teachers missing from teachers/ are skipped with a note (train_teacher.py makes them).
+"""
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+import batch_align_ln_gn  # noqa: E402
+import cs_rejection_bn  # noqa: E402
+
+TEACHERS = {  # name: (script, flags that pick the teacher)
+    "gn": (batch_align_ln_gn, ["--teacher", "resnet20", "--teacher-norm", "gn"]),
+    "ln": (batch_align_ln_gn, ["--teacher", "resnet20", "--teacher-norm", "ln"]),
+    "vit": (batch_align_ln_gn, ["--teacher", "vit_tiny", "--teacher-norm", "ln"]),
+    "bn": (cs_rejection_bn, ["--teacher", "resnet20", "--teacher-ckpt", str(REPO / "teachers/resnet20_cifar10_bn.pt")]),
+}
+ARMS = {  # arm: flags for the per-sample teachers, flags for the BN control
+    "plain": (["--align-strength", "0", "--balance", "none"], ["--teacher-bn", "running", "--balance", "none"]),
+    "align": (["--balance", "none"], ["--teacher-bn", "cs", "--balance", "none"]),
+    "align_reject": (["--balance", "reject"], ["--teacher-bn", "cs", "--balance", "reject"]),
+}
+CKPT = {"gn": "resnet20_cifar10_gn.pt", "ln": "resnet20_cifar10_ln.pt", "vit": "vit_tiny_cifar10_ln.pt",
+        "bn": "resnet20_cifar10_bn.pt"}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data-dir", default="./data", help="folder of cifar10_test.npz")
+    p.add_argument("--steps", type=int, default=1000, help="student steps of 256 noise samples per arm")
+    p.add_argument("--teachers", nargs="*", default=list(TEACHERS), choices=list(TEACHERS), help="teachers to run")
+    p.add_argument("--arms", nargs="*", default=list(ARMS), choices=list(ARMS), help="arms to run")
+    p.add_argument("--seed", type=int, default=0, help="seed of every run")
+    p.add_argument("--out", default=str(REPO / "results" / "batch_align"), help="where the results JSONs go")
+    args = p.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for teacher in args.teachers:
+        if not (REPO / "teachers" / CKPT[teacher]).is_file():
+            print(f"{teacher}: teachers/{CKPT[teacher]} is missing; skipped (train it with train_teacher.py)")
+            continue
+        script, teacher_flags = TEACHERS[teacher]
+        for arm in args.arms:
+            target = out / f"{teacher}__{arm}.json"
+            if target.exists():
+                print(f"{teacher} {arm}: done already ({target})")
+                continue
+            run_root = REPO / "runs" / f"bench_batch_align_s{args.seed}" / f"{teacher}__{arm}"
+            unfinished = [d for d in sorted(run_root.glob("*"))
+                          if (d / "checkpoint.pt").exists() and not (d / "results.json").exists()]
+            if unfinished:
+                argv = ["--resume", str(unfinished[-1])]
+            else:
+                arm_flags = ARMS[arm][1 if script is cs_rejection_bn else 0]
+                argv = [*teacher_flags, "--data-dir", args.data_dir, "--steps", str(args.steps),
+                        "--out-dir", str(run_root), "--seed", str(args.seed), *arm_flags]
+            print(f"=== {teacher} {arm}: {Path(script.__file__).name} {' '.join(argv)}", flush=True)
+            script.main(argv)
+            run = max((d for d in run_root.glob("*") if (d / "results.json").exists()), key=lambda d: d.stat().st_mtime)
+            shutil.copy(run / "results.json", target)
+
+
+if __name__ == "__main__":
+    main()
