@@ -9,10 +9,13 @@ cs_rejection_bn.py, --balance none) with the student's accuracy and its agreemen
 
 Sweeps (methods.md section 6): first-k (BN layers 1..k in forward order on running statistics, the rest CS; k = 0 is
 full CS, k = L eval mode), last-k, stage (one stage at a time on running statistics), components (all layers with CS
-mean only, CS variance only, or both; with and without the affine parameters). Not here yet: the retraining arm
-(GroupNorm in place of BatchNorm in the first k stages, then train_teacher.py), which needs a GPU.
+mean only, CS variance only, or both; with and without the affine parameters), and retrain: teachers with GroupNorm
+in place of BatchNorm in the first k stages (train_teacher.py --norm gn-bn-bn etc., the shipped recipe; with
+--retrain a missing one is trained first, 20-40 min each on a CPU), their remaining BN layers on CS, every point with
+a student.
 
     python bn_ablation.py --data-dir ../shared/data --teacher-ckpt ../shared/teachers/akamaster_resnet20-12fca82f.th
+    python bn_ablation.py --data-dir ../shared/data --sweep retrain --retrain
 
 Results: README section "BatchNorm ablation", generated from results/bn_ablation/. Independent implementation built
 from the paper's public abstract; the sweep design is ours.
@@ -34,6 +37,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import common
+import train_teacher
 
 
 def parse_args(argv=None):
@@ -45,7 +49,13 @@ def parse_args(argv=None):
     p.add_argument("--dataset", default="cifar10", choices=sorted(common.NUM_CLASSES), help="evaluation data")
     p.add_argument("--data-dir", default="./data", help="folder of the <dataset>_test.npz cache (downloaded if missing)")
     p.add_argument("--sweep", nargs="+", default=["first-k", "last-k", "stage", "components"],
-                   choices=["first-k", "last-k", "stage", "components"], help="which sweeps to run")
+                   choices=["first-k", "last-k", "stage", "components", "retrain"],
+                   help="which sweeps to run (retrain: teachers with GroupNorm in the first k stages; see --retrain)")
+    p.add_argument("--retrain-k", type=int, nargs="*", default=[0, 1, 2, 3], choices=[0, 1, 2, 3],
+                   help="retrain sweep: stages with GroupNorm (k = 0 and 3 are the shipped BN and GN ResNet-20s)")
+    p.add_argument("--retrain", action="store_true",
+                   help="retrain sweep: train missing teachers with train_teacher.py (about 20-40 min each on a CPU)")
+    p.add_argument("--retrain-epochs", type=int, default=20, help="epochs of each retrained teacher (shipped recipe)")
     p.add_argument("--k-list", type=int, nargs="*", default=None, help="k values of first-k / last-k (default 0..L)")
     p.add_argument("--distill-k", type=int, nargs="*", default=[0, 1, 3, 7],
                    help="first-k / last-k points that also get a student (every stage / components point does not)")
@@ -135,6 +145,23 @@ def sweep_points(sweep, names, k_list=None):
     raise ValueError(f"unknown sweep {sweep!r}")
 
 
+def retrain_points(args):
+    """The retraining arm (methods.md section 6): GroupNorm in place of BatchNorm in the first k stages (the stem goes
+    with the first), trained by train_teacher.py with the recipe of the shipped teachers, so that k = 0 and k = 3 are
+    the shipped BN and GN ResNet-20s. Returns (point name, k, checkpoint path, train_teacher.py arguments)."""
+    if args.teacher not in common.CIFAR_RESNET_DEPTHS:
+        raise SystemExit(f"--sweep retrain needs a CIFAR ResNet teacher (3 stages), not {args.teacher}")
+    points = []
+    for k in args.retrain_k:
+        norms = ["gn"] * k + ["bn"] * (3 - k)
+        norm = norms[0] if len(set(norms)) == 1 else "-".join(norms)
+        path = common.REPO / "teachers" / f"{args.teacher}_{args.dataset}_{norm}.pt"
+        train = ["--model", args.teacher, "--norm", norm, "--dataset", args.dataset, "--data-dir", args.data_dir,
+                 "--epochs", str(args.retrain_epochs), "--seed", "0", "--out", str(path)]
+        points.append((f"gn-stages-{k}", k, path, train))
+    return points
+
+
 @torch.no_grad()
 def noise_labels(teacher, configs, args, generator, shape, num_classes):
     """The teacher's argmax histogram on args.diag_samples noise samples, in CS batches of args.batch_size."""
@@ -153,7 +180,7 @@ def distill(teacher, configs, args, shape, num_classes, desc):
     """A fresh student distilled from the teacher in this BN configuration; the same seed and noise for every point."""
     torch.manual_seed(args.seed)
     student = common.build_model(args.student, num_classes).to(args.device)
-    fmt = torch.channels_last if args.bf16 else torch.contiguous_format
+    fmt, t_fmt = common.memory_format(student, args.bf16), common.memory_format(teacher, args.bf16)
     student = student.to(memory_format=fmt)
     gen = torch.Generator(args.device).manual_seed(args.seed + 1_000)
     opt = torch.optim.Adam(student.parameters(), lr=args.lr)
@@ -166,7 +193,7 @@ def distill(teacher, configs, args, shape, num_classes, desc):
         z = common.sample_noise(args.batch_size, shape, gen, device=args.device).contiguous(memory_format=fmt)
         with torch.autocast(torch.device(args.device).type, torch.bfloat16, enabled=args.bf16):
             with torch.no_grad(), bn_config(teacher, configs):
-                t = teacher(z).float()
+                t = teacher(z.contiguous(memory_format=t_fmt)).float()
             s = student(z).float()
         loss = F.kl_div(F.log_softmax(s, 1), F.log_softmax(t, 1), log_target=True, reduction="batchmean")
         if not torch.isfinite(loss):
@@ -202,12 +229,13 @@ def main(argv=None):
     if args.bf16:
         teacher = teacher.to(memory_format=torch.channels_last)
     mean, std = tinfo["mean"], tinfo["std"]
-    evaluate = lambda model, y, bn="running": common.evaluate(model, x_test, y, mean, std, args.eval_batch_size, bn,
-                                                              args.device, args.bf16)
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
-    with torch.no_grad():  # the teacher's own (eval-mode) answers on the test images: the agreement reference
-        teacher_preds = torch.cat([teacher(common.normalize(x_test[i:i + 500].to(args.device), mean, std)).argmax(1).cpu()
-                                   for i in range(0, len(y_test), 500)])
+
+    @torch.no_grad()
+    def predictions(model, stats):  # a teacher's own (eval-mode) answers on the test images: the agreement reference
+        return torch.cat([model(common.normalize(x_test[i:i + 500].to(args.device), *stats)).argmax(1).cpu()
+                          for i in range(0, len(y_test), 500)])
+    teacher_preds = predictions(teacher, (mean, std))
 
     run_dir = resume_dir or common.make_run_dir(args.out_dir, args.dataset, Path(__file__).stem, args.teacher, args.seed)
     if not resume_dir:
@@ -219,26 +247,57 @@ def main(argv=None):
     log = common.MetricsLog(run_dir / "metrics.jsonl", resume_step=len(done) if resume_dir else None)
     print(f"run folder {run_dir}\nteacher {args.teacher} ({tinfo['path']}), {len(names)} BatchNorm layers")
 
+    def run_point(model, configs, key, sweep, k, reference, wants_student, stats):
+        """Diagnostics of one configuration (teacher accuracy, noise labels) and, if wanted, a distilled student.
+        stats: the teacher's input normalization, which its student (taught in that input space) shares."""
+        evaluate = lambda net, y, bn="running": common.evaluate(net, x_test, y, *stats, args.eval_batch_size, bn,
+                                                                args.device, args.bf16)
+        with bn_config(model, configs):
+            teacher_acc = evaluate(model, y_test)  # CS layers: statistics of each test batch
+        gen = torch.Generator(args.device).manual_seed(args.seed + 3_000)  # the same noise for every point
+        labels = common.label_stats(noise_labels(model, configs, args, gen, shape, num_classes))
+        row = {"point": key, "sweep": sweep, "k": k, "teacher/acc": teacher_acc,
+               "noise/label_entropy": labels["entropy"], "noise/label_max_share": labels["max_share"],
+               "noise/label_missing": labels["missing"]}
+        if wants_student:
+            student = distill(model, configs, args, shape, num_classes, key)
+            row.update({"eval/acc_running": evaluate(student, y_test), "eval/acc_batchstats": evaluate(student, y_test, "batch"),
+                        "eval/agreement_running": evaluate(student, reference),
+                        "eval/agreement_batchstats": evaluate(student, reference, "batch")})
+        return row
+
+    def retrained(path, train):
+        """A getter of (teacher, its eval-mode test predictions, all its BN layers on CS) for one retrained teacher;
+        with --retrain a missing one is trained first, else it is skipped with the command that makes it."""
+        def get():
+            if not path.is_file():
+                if not args.retrain:
+                    print(f"skipped: {path} is missing; --retrain trains it (python train_teacher.py {' '.join(train)})")
+                    return None, None, None, None
+                train_teacher.main(train)
+            model, info = common.load_teacher(args.teacher, path, num_classes, args.dataset)
+            model = model.to(args.device).to(memory_format=common.memory_format(model, args.bf16))
+            stats = (info["mean"], info["std"])
+            return model, predictions(model, stats), [CS] * len(bn_layers(model)), stats
+        return get
+
     t0, rows = time.time(), []
     for sweep in args.sweep:
-        for point, k, configs in sweep_points(sweep, names, args.k_list):
+        if sweep == "retrain":
+            points = [(p, k, retrained(path, train)) for p, k, path, train in retrain_points(args)]
+        else:
+            points = [(p, k, lambda c=configs: (teacher, teacher_preds, c, (mean, std)))
+                      for p, k, configs in sweep_points(sweep, names, args.k_list)]
+        for point, k, get_teacher in points:
             key = f"{sweep}/{point}"
             if key in done:
                 rows.append(done[key])
                 continue
-            with bn_config(teacher, configs):
-                teacher_acc = evaluate(teacher, y_test)  # CS layers: statistics of each test batch
-            gen = torch.Generator(args.device).manual_seed(args.seed + 3_000)  # the same noise for every point
-            labels = common.label_stats(noise_labels(teacher, configs, args, gen, shape, num_classes))
-            row = {"point": key, "sweep": sweep, "k": k, "teacher/acc": teacher_acc,
-                   "noise/label_entropy": labels["entropy"], "noise/label_max_share": labels["max_share"],
-                   "noise/label_missing": labels["missing"]}
-            wants_student = (k in args.distill_k) if k is not None else (point in args.distill_points)
-            if wants_student:
-                student = distill(teacher, configs, args, shape, num_classes, key)
-                row.update({"eval/acc_running": evaluate(student, y_test), "eval/acc_batchstats": evaluate(student, y_test, "batch"),
-                            "eval/agreement_running": evaluate(student, teacher_preds),
-                            "eval/agreement_batchstats": evaluate(student, teacher_preds, "batch")})
+            model, reference, configs, stats = get_teacher()
+            if model is None:
+                continue
+            wants_student = sweep == "retrain" or ((k in args.distill_k) if k is not None else (point in args.distill_points))
+            row = run_point(model, configs, key, sweep, k, reference, wants_student, stats)
             rows.append(row)
             log.log(len(rows), **row)
             tqdm.write(" ".join(f"{k_}={v:.4f}" if isinstance(v, float) else f"{k_}={v}" for k_, v in row.items()))

@@ -91,19 +91,30 @@ class CifarBlock(nn.Module):
         return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
 
 
+def stage_norms(norm, stages=3):
+    """A norm for every stage: 'gn' -> [gn, gn, gn]; 'gn-bn-bn' -> GroupNorm in the first stage (and the stem),
+    BatchNorm after it: the teachers of bn_ablation.py's retraining arm."""
+    norms = norm.split("-") if "-" in norm else [norm] * stages
+    if len(norms) != stages or any(n not in NORMS for n in norms):
+        raise ValueError(f"unknown norm {norm!r}; choose from {', '.join(NORMS)}, or one per stage joined by '-' "
+                         f"({stages} stages, e.g. gn-bn-bn)")
+    return norms
+
+
 class CifarResNet(nn.Module):
     """The CIFAR ResNets of He et al. (2016) with the parameter names of akamaster/pytorch_resnet_cifar10, so that
-    the shared checkpoints load as they are (../shared/teachers/README.md)."""
+    the shared checkpoints load as they are (../shared/teachers/README.md). norm: one for all layers, or one per stage
+    joined by '-' (the stem belongs to the first stage)."""
 
     def __init__(self, depth, num_classes=10, norm="bn"):
         super().__init__()
         if (depth - 2) % 6:
             raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
-        n = (depth - 2) // 6
+        n, norms = (depth - 2) // 6, stage_norms(norm)
         self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
-        self.bn1 = norm_layer(norm, 16)
+        self.bn1 = norm_layer(norms[0], 16)
         cin, stages = 16, []
-        for cout, stride in ((16, 1), (32, 2), (64, 2)):
+        for (cout, stride), norm in zip(((16, 1), (32, 2), (64, 2)), norms):
             blocks = []
             for i in range(n):
                 blocks.append(CifarBlock(cin, cout, stride if i == 0 else 1, norm))
@@ -191,7 +202,8 @@ MODEL_NAMES = sorted(CIFAR_RESNET_DEPTHS) + sorted(TV_RESNET_LAYERS) + ["vit_tin
 
 
 def build_model(name, num_classes=10, norm=None):
-    """Build a model by name. norm: bn/gn/ln/none for the CNNs (default bn); vit_tiny always uses LayerNorm.
+    """Build a model by name. norm: bn/gn/ln/lnc/none for the CNNs (default bn), or one per stage for the CIFAR
+    ResNets (e.g. gn-bn-bn); vit_tiny always uses LayerNorm.
     vit_tiny here is a small ViT for 32x32 inputs: patch 4 (64 tokens + class token), width 128, depth 6, 4 heads
     (about 1.2M parameters, so that a checkpoint stays under 5 MB)."""
     if name in CIFAR_RESNET_DEPTHS:

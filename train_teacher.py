@@ -26,10 +26,20 @@ from tqdm import tqdm
 import common
 
 
+def norm_arg(value):
+    try:
+        common.stage_norms(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return value
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", default="resnet20", choices=common.MODEL_NAMES, help="architecture")
-    p.add_argument("--norm", default="bn", choices=common.NORMS, help="normalization layers (CNNs)")
+    p.add_argument("--norm", default="bn", type=norm_arg,
+                   help=f"normalization layers (CNNs): {', '.join(common.NORMS)}, or one per stage of a CIFAR ResNet "
+                        f"joined by '-' (gn-bn-bn: GroupNorm in the first stage)")
     p.add_argument("--dataset", default="cifar10", choices=sorted(common.NUM_CLASSES), help="training data")
     p.add_argument("--data-dir", default="./data", help="folder of the <dataset>_{train,test}.npz cache")
     p.add_argument("--epochs", type=int, default=20, help="passes over the training set")

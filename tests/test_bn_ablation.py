@@ -92,3 +92,37 @@ def test_a_tiny_sweep_runs_end_to_end_and_resumes(tiny_data, tiny_teacher, tmp_p
     (run / "metrics.jsonl").write_text("\n".join(lines[:3]) + "\n")  # as if stopped after three points
     again = ab.main(["--resume", str(run)])
     assert again["points"] == res["points"]
+
+
+def test_stage_norms_put_groupnorm_in_the_first_k_stages():
+    model = common.build_model("resnet20", norm="gn-gn-bn")
+    kinds = {n: type(m).__name__ for n, m in model.named_modules() if isinstance(m, (nn.GroupNorm, nn.BatchNorm2d))}
+    assert kinds["bn1"] == kinds["layer1.0.bn1"] == kinds["layer2.2.bn2"] == "GroupNorm"
+    assert kinds["layer3.0.bn1"] == "BatchNorm2d" and len(ab.bn_layers(model)) == 6
+    with pytest.raises(ValueError, match="one per stage"):
+        common.build_model("resnet20", norm="gn-bn")
+
+
+def test_the_retrain_sweep_trains_missing_teachers_once_and_distils_from_each(tiny_data, tiny_teacher, tmp_path,
+                                                                               monkeypatch, capsys):
+    monkeypatch.setattr(common, "REPO", tmp_path)  # retrained teachers go to tmp_path/teachers, not the repo's
+    calls = []
+    real_train = ab.train_teacher.main
+
+    def small_train(argv):  # the shipped recipe, on 64 generated images: a smaller batch and one epoch
+        calls.append(argv)
+        return real_train(argv + ["--batch-size", "16", "--epochs", "1"])
+    monkeypatch.setattr(ab.train_teacher, "main", small_train)
+    argv = ["--data-dir", str(tiny_data), "--teacher-ckpt", str(tiny_teacher), "--out-dir", str(tmp_path / "runs"),
+            "--sweep", "retrain", "--retrain-k", "1", "2", "--diag-samples", "32", "--batch-size", "16",
+            "--steps", "2", "--eval-batch-size", "32"]
+    skipped = ab.main(argv)
+    assert skipped["points"] == [] and "--retrain trains it" in capsys.readouterr().out and not calls
+    res = ab.main(argv + ["--retrain"])
+    assert [c[c.index("--norm") + 1] for c in calls] == ["gn-bn-bn", "gn-gn-bn"]
+    assert (tmp_path / "teachers" / "resnet20_cifar10_gn-bn-bn.pt").is_file()
+    rows = {r["point"]: r for r in res["points"]}
+    assert list(rows) == ["retrain/gn-stages-1", "retrain/gn-stages-2"]
+    assert all("eval/acc_running" in r and "eval/agreement_running" in r for r in rows.values())
+    again = ab.main(argv + ["--retrain"])  # the teachers exist now: nothing is trained twice
+    assert len(calls) == 2 and [r["point"] for r in again["points"]] == list(rows)
