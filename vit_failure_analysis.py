@@ -258,10 +258,20 @@ def main(argv=None):
                      "teacher/acc": info["test_acc"], "size": size,
                      "input": source, "coupled": coupled, **m})
 
+    # How the between-sample logit variance scales with L, for every model, input and coupling (P4).
+    slopes = []
+    for model in dict.fromkeys(r["model"] for r in rows):
+        for source in ("noise", "real"):
+            for coupled in (False, True):
+                sweep = sorted((r for r in rows if (r["model"], r["input"], r["coupled"]) == (model, source, coupled)),
+                               key=lambda r: r["tokens"])
+                if len(sweep) >= 2:
+                    slopes.append({"model": model, "input": source, "coupled": coupled, "slope": loglog_slope(
+                        [r["tokens"] for r in sweep], [r["logit_var"] for r in sweep])})
     checks = check_predictions(rows)
     for c in checks:
         print(f"{'holds' if c['holds'] else 'FAILS'}: {c['model']}: {c['prediction']}: {c['measured']}")
-    results = {"rows": rows, "checks": checks,
+    results = {"rows": rows, "slopes": slopes, "checks": checks,
                "teachers": {f"{a}/{i['norm']}": {"ckpt": i["path"], "sha256": i["sha256"], "acc": i["test_acc"]}
                             for a, _, i in teachers},
                "args": vars(args), "provenance": common.provenance(args.device, time.time() - t0)}

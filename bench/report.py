@@ -31,7 +31,7 @@ def load(folder):
 
 
 def pct(x):
-    return f"{100 * x:.1f}"
+    return "n/a" if x is None else f"{100 * x:.1f}"
 
 
 def ent(x):
@@ -191,6 +191,195 @@ def bn_ablation_figures():
         plt.close(fig)
 
 
+BATCH_ALIGN_TEACHERS = [  # (file prefix, label)
+    ("gn", "ResNet-20, GroupNorm(8)"),
+    ("ln", "ResNet-20, LayerNorm over (C, H, W)"),
+    ("vit", "ViT-tiny, LayerNorm"),
+    ("bn", "control: ResNet-20, BatchNorm"),
+]
+BATCH_ALIGN_ARMS = ["plain", "align", "align_reject"]
+
+
+def batch_align_block():
+    runs = load("batch_align")
+    if not runs:
+        return "_No results yet: run `python bench/batch_align.py`._"
+    same = lambda r: (r["samples_seen"], r["args"]["seed"], r["eval/batch_size"], r["eval/num_images"], r["args"]["student"])
+    if len({same(r) for r in runs.values()}) != 1:
+        raise ValueError(f"results/batch_align mixes settings: { {k: same(r) for k, r in runs.items()} }")
+    any_run = next(iter(runs.values()))
+    lines = [
+        f"Teacher -> ResNet-20 (BN) student, CIFAR-10, {any_run['samples_seen']:,} noise samples per arm, batch 256, "
+        f"seed {any_run['args']['seed']}. Teacher accuracy: fp32 eval mode, and with alignment on each test batch "
+        f"of {any_run['eval/batch_size']}. Noise-label entropy: the teacher's argmax histogram on the noise it saw in "
+        "that arm, H / log K (largest class share in brackets). Student accuracy: running statistics / test-batch "
+        f"statistics (batch {any_run['eval/batch_size']}). For the BatchNorm control the arms are eval mode, CS and "
+        "CS + rejection (cs_rejection_bn.py): CS is BatchNorm's own batch coupling. Measured on "
+        + any_run["provenance"]["device"] + ".",
+        "",
+        "| teacher | teacher acc (plain / aligned) | noise-label entropy: plain, aligned | student: no alignment "
+        "| alignment | alignment + rejection |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for prefix, label in BATCH_ALIGN_TEACHERS:
+        arms = {arm: runs.get(f"{prefix}__{arm}") for arm in BATCH_ALIGN_ARMS}
+        if not any(arms.values()):
+            lines.append(f"| {label} | not run yet | | | | |")
+            continue
+        r = next(a for a in arms.values() if a)
+        acc = (f"{pct(r['teacher/acc'])} / {pct(r['teacher/acc_aligned'])}" if "teacher/acc_aligned" in r
+               else f"{pct(r['teacher/acc'])} / n/a")
+        entropy = lambda a: (f"{ent(a['noise/label_entropy'])} ({pct(a['noise/label_max_share'])}%)" if a else "-")
+        student = lambda a: f"{pct(a['eval/acc_running'])} / {pct(a['eval/acc_batchstats'])}" if a else "not run yet"
+        lines.append(f"| {label} | {acc} | {entropy(arms['plain'])}, {entropy(arms['align'])} "
+                     f"| {student(arms['plain'])} | {student(arms['align'])} | {student(arms['align_reject'])} |")
+    lines += ["", "![batch alignment](results/batch_align.png)"]
+    return "\n".join(lines)
+
+
+def batch_align_figure(path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    runs = load("batch_align")
+    if not runs:
+        return
+    teachers = [(p, label) for p, label in BATCH_ALIGN_TEACHERS if any(f"{p}__{a}" in runs for a in BATCH_ALIGN_ARMS)]
+    fig, axes = plt.subplots(1, len(teachers), figsize=(4 * len(teachers), 3.8), sharey=True, squeeze=False)
+    for ax, (prefix, label) in zip(axes[0], teachers):
+        for arm, color in zip(BATCH_ALIGN_ARMS, ("tab:gray", "tab:blue", "tab:orange")):
+            r = runs.get(f"{prefix}__{arm}")
+            if not r:
+                continue
+            x = [row["samples_seen"] / 1000 for row in r["curve"]]
+            ax.plot(x, [100 * row["eval/acc_batchstats"] for row in r["curve"]], color=color, marker="o", ms=3,
+                    label=f"{arm}: test-batch stats")
+            ax.plot(x, [100 * row["eval/acc_running"] for row in r["curve"]], color=color, ls=":",
+                    label=f"{arm}: running stats")
+        ax.set_title(label, fontsize=9)
+        ax.set_xlabel("noise samples seen (thousands)")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("student CIFAR-10 test accuracy (%)")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+STUDENTS = [("resnet20_bn", "ResNet-20, BatchNorm"), ("resnet20_gn", "ResNet-20, GroupNorm(8)"),
+            ("vit_tiny", "ViT-tiny, LayerNorm")]
+STUDY_TEACHERS = [("bn", "BN ResNet-20 teacher, CS + rejection"), ("gn", "GN ResNet-20 teacher, alignment + rejection")]
+
+
+def student_study_runs():
+    """{(teacher, student): results}; the BN-student runs are the align_reject arms of bench/batch_align.py."""
+    runs = {tuple(stem.split("__")): r for stem, r in load("student_study").items()}
+    for teacher, _ in STUDY_TEACHERS:
+        r = load("batch_align").get(f"{teacher}__align_reject")
+        if r:
+            runs[(teacher, "resnet20_bn")] = r
+    return runs
+
+
+def student_study_block():
+    runs = student_study_runs()
+    if not any(student != "resnet20_bn" for _, student in runs):
+        return "_No results yet: run `python bench/student_study.py` (after `bench/batch_align.py`)._"
+    same = lambda r: (r["samples_seen"], r["args"]["seed"], r["eval/batch_size"], r["eval/num_images"])
+    if len({same(r) for r in runs.values()}) != 1:
+        raise ValueError(f"the student study mixes settings: { {k: same(r) for k, r in runs.items()} }")
+    any_run = next(iter(runs.values()))
+    lines = [f"{any_run['samples_seen']:,} noise samples per run, seed {any_run['args']['seed']}, CIFAR-10 test "
+             f"accuracy of the student: running statistics / test-batch statistics (batch {any_run['eval/batch_size']}) "
+             "for BatchNorm students, one number for the others (no batch statistics). The BatchNorm-student row is "
+             "the alignment + rejection column of the table above. Measured on " + any_run["provenance"]["device"] + ".",
+             "", "| student | " + " | ".join(label for _, label in STUDY_TEACHERS) + " |",
+             "|---|" + "---:|" * len(STUDY_TEACHERS)]
+    for student, label in STUDENTS:
+        cells = []
+        for teacher, _ in STUDY_TEACHERS:
+            r = runs.get((teacher, student))
+            if not r:
+                cells.append("not run yet")
+            elif r["eval/acc_running"] == r["eval/acc_batchstats"]:
+                cells.append(pct(r["eval/acc_running"]))
+            else:
+                cells.append(f"{pct(r['eval/acc_running'])} / {pct(r['eval/acc_batchstats'])}")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def vit_failure_block():
+    path = RESULTS / "vit_failure" / "analysis.json"
+    if not path.exists():
+        return "_No results yet: run `python vit_failure_analysis.py` (see the command above)._"
+    r = json.loads(path.read_text())
+    rows, a = r["rows"], r["args"]
+    get = lambda **kw: [x for x in rows if all(x[k] == v for k, v in kw.items())]
+    lines = [f"`{a['command']}`: {a['samples']} images per condition, batches of {a['batch_size']}, sizes "
+             f"{', '.join(map(str, a['sizes']))} (L = (size / 4)^2 tokens or pooled positions). Coupled: batch "
+             "alignment for per-sample norms, CS for BatchNorm. Logit variance: between samples, mean over classes. "
+             f"Measured on {r['provenance']['device']}, {r['provenance']['wall_time_s'] / 60:.0f} min.", "",
+             "| teacher | input, size 32 | label entropy: plain / coupled | logit variance: plain / coupled "
+             "| sample cosine: plain / coupled | slope of log variance vs log L: plain / coupled |",
+             "|---|---|---:|---:|---:|---:|"]
+    for model in dict.fromkeys(x["model"] for x in rows):
+        for source in ("noise", "real"):
+            p32, c32 = get(model=model, input=source, size=32, coupled=False), get(model=model, input=source, size=32,
+                                                                                   coupled=True)
+            if not p32 or not c32:
+                continue
+            slopes = [next(x["slope"] for x in r["slopes"] if (x["model"], x["input"], x["coupled"]) == (model, source, c))
+                      for c in (False, True)]
+            p, c = p32[0], c32[0]
+            lines.append(f"| {model} ({pct(r['teachers'][model]['acc'])}%) | {source} | {ent(p['label_entropy'])} / "
+                         f"{ent(c['label_entropy'])} | {p['logit_var']:.3g} / {c['logit_var']:.3g} | "
+                         f"{p['sample_cosine']:.3f} / {c['sample_cosine']:.3f} | {slopes[0]:.2f} / {slopes[1]:.2f} |")
+    lines += ["", "| teacher | prediction | measured | holds |", "|---|---|---|---|"]
+    for c in r["checks"]:
+        lines.append(f"| {c['model']} | {c['prediction']} | {c['measured']} | {'yes' if c['holds'] else '**no**'} |")
+    lines += ["", "![ViT failure analysis](results/vit_failure.png)"]
+    return "\n".join(lines)
+
+
+def vit_failure_figure(path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    src = RESULTS / "vit_failure" / "analysis.json"
+    if not src.exists():
+        return
+    rows = json.loads(src.read_text())["rows"]
+    get = lambda **kw: [x for x in rows if all(x[k] == v for k, v in kw.items())]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    styles = {("noise", False): ("-", "noise"), ("noise", True): ("--", "noise, coupled"), ("real", False): (":", "real")}
+    models = list(dict.fromkeys(x["model"] for x in rows))
+    for model, color in zip(models, ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")):
+        for (source, coupled), (ls, tag) in styles.items():
+            at32 = get(model=model, input=source, size=32, coupled=coupled)
+            if not at32:
+                continue
+            x = at32[0]
+            if x["attn_entropy_norm"]:
+                axes[0].plot(range(1, len(x["attn_entropy_norm"]) + 1), x["attn_entropy_norm"], ls=ls, color=color,
+                             marker="o", ms=3, label=f"{model}, {tag}")
+            axes[1].plot(range(1, len(x["token_cosine"]) + 1), x["token_cosine"], ls=ls, color=color, marker="o",
+                         ms=3, label=f"{model}, {tag}")
+            sweep = sorted(get(model=model, input=source, coupled=coupled), key=lambda s: s["tokens"])
+            axes[2].loglog([s["tokens"] for s in sweep], [s["logit_var"] for s in sweep], ls=ls, color=color,
+                           marker="o", ms=3, label=f"{model}, {tag}")
+    axes[0].set(title="ViT attention entropy / log(L + 1), size 32", xlabel="layer")
+    axes[1].set(title="mean token-token cosine, size 32", xlabel="block")
+    axes[2].set(title="between-sample logit variance", xlabel="L (tokens / pooled positions)")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    axes[2].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def default_run_block():
     path = RESULTS / "default_run.json"
     if not path.exists():
@@ -240,8 +429,10 @@ def teachers_block():
 
 
 BLOCKS = {"bn_variants": bn_variants_block, "throughput": throughput_block, "teachers": teachers_block,
-          "bn_ablation": bn_ablation_block, "default_run": default_run_block, "seeds": seeds_block}
-FIGURES = {"bn_variants.png": bn_variants_figure, "bn_ablation_*.png": lambda path: bn_ablation_figures()}
+          "bn_ablation": bn_ablation_block, "default_run": default_run_block, "seeds": seeds_block,
+          "batch_align": batch_align_block, "student_study": student_study_block, "vit_failure": vit_failure_block}
+FIGURES = {"bn_variants.png": bn_variants_figure, "bn_ablation_*.png": lambda path: bn_ablation_figures(),
+           "batch_align.png": batch_align_figure, "vit_failure.png": vit_failure_figure}
 
 
 def render(readme):

@@ -193,3 +193,22 @@ def test_bad_flag_values_are_argument_errors(flags, capsys):
     with pytest.raises(SystemExit):
         ba.parse_args(flags)
     assert "error:" in capsys.readouterr().err
+
+
+def test_the_report_renders_the_arms_it_has(tiny_data, gn_teacher, tmp_path, monkeypatch):
+    import json
+    import sys
+    from conftest import REPO
+    sys.path.insert(0, str(REPO / "bench"))
+    import report
+    (tmp_path / "results" / "batch_align").mkdir(parents=True)
+    for arm, flags in (("plain", ["--align-strength", "0", "--balance", "none"]), ("align_reject", [])):
+        res = ba.main(tiny_args(tiny_data, gn_teacher, tmp_path / arm, "--steps", "2", "--eval-every", "2", *flags))
+        (tmp_path / "results" / "batch_align" / f"gn__{arm}.json").write_text(json.dumps(res))
+    monkeypatch.setattr(report, "RESULTS", tmp_path / "results")
+    block = report.batch_align_block()
+    gn_row = next(line for line in block.splitlines() if line.startswith("| ResNet-20, GroupNorm(8)"))
+    assert gn_row.count("not run yet") == 1 and "%), - |" in gn_row  # the align arm is missing: "-", "not run yet"
+    assert "| ViT-tiny, LayerNorm | not run yet |" in block
+    report.batch_align_figure(tmp_path / "fig.png")
+    assert (tmp_path / "fig.png").stat().st_size > 10_000

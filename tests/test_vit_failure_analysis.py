@@ -97,3 +97,20 @@ def test_bad_flag_values_are_argument_errors(flags, capsys):
     with pytest.raises(SystemExit):
         vfa.parse_args(flags)
     assert "error:" in capsys.readouterr().err
+
+
+def test_the_report_renders_the_analysis_and_its_checks(tiny_data, tmp_path, monkeypatch):
+    import sys
+    from conftest import REPO
+    sys.path.insert(0, str(REPO / "bench"))
+    import report
+    torch.manual_seed(1)
+    vit = save_teacher(tmp_path / "vit.pt", common.build_model("vit_tiny"), arch="vit_tiny", norm="ln")
+    vfa.main(["--teacher-ckpts", str(vit), "--data-dir", str(tiny_data), "--sizes", "8", "16", "32", "--samples", "16",
+              "--batch-size", "8", "--out-dir", str(tmp_path), "--copy-results-to",
+              str(tmp_path / "results" / "vit_failure" / "analysis.json")])
+    monkeypatch.setattr(report, "RESULTS", tmp_path / "results")
+    block = report.vit_failure_block()
+    assert "| vit_tiny/ln (" in block and block.count("| vit_tiny/ln | P") == 5
+    report.vit_failure_figure(tmp_path / "fig.png")
+    assert (tmp_path / "fig.png").stat().st_size > 10_000
