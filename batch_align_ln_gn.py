@@ -122,12 +122,13 @@ def per_sample_norms(model):
 def align(x, axes="tokens", strength=1.0):
     """Standardize x across the batch, per feature, with no parameters, and blend: lerp(x, x_hat, strength).
     (N, C, H, W): over (N, H, W) per C, BatchNorm's axes. (N, L, D): over (N, L) per D ('tokens') or over N per
-    (L, D) ('samples'). (N, D): over N. Statistics in fp32; the result keeps x's dtype."""
+    (L, D) ('samples'). (N, D): over N. Statistics in fp32 (of all ranks' samples under torchrun); the result keeps
+    x's dtype."""
     dims = {4: (0, 2, 3), 3: (0, 1) if axes == "tokens" else (0,), 2: (0,)}.get(x.ndim)
     if dims is None:
         raise ValueError(f"batch alignment handles (N, D), (N, L, D) and (N, C, H, W) inputs, got shape {tuple(x.shape)}")
     xf = x.float()
-    var, mean = torch.var_mean(xf, dim=dims, keepdim=True, correction=0)  # biased, as BatchNorm normalizes
+    var, mean = common.batch_var_mean(xf, dims)  # biased, as BatchNorm; over the global batch under torchrun
     x_hat = (xf - mean) * torch.rsqrt(var + ALIGN_EPS)
     return torch.lerp(xf, x_hat, strength).to(x.dtype)  # lerp with weight 0 returns x itself, bit for bit
 
@@ -167,11 +168,13 @@ def label_probe(teacher, args, shape, num_classes, fmt):
         gen.manual_seed(args.seed + 3_000)  # the same noise for both
         counts = torch.zeros(num_classes, dtype=torch.long)
         probe_args = argparse.Namespace(**{**vars(args), "align_strength": strength})
+        world = common.dist_info()[1]
         for i in range(0, args.probe_samples, args.batch_size):
-            n = min(args.batch_size, args.probe_samples - i)
-            z = common.sample_noise(n, shape, gen, args.noise_alpha, args.device).contiguous(memory_format=fmt)
+            n = min(args.batch_size, args.probe_samples - i) // world  # this rank's share, as in draw_batch
+            z = common.sample_noise(n * world, shape, gen, args.noise_alpha, args.device)[common.my_slice(n)]
             with torch.autocast(torch.device(args.device).type, dtype=torch.bfloat16, enabled=args.bf16):
-                counts += torch.bincount(teacher_forward(teacher, z, probe_args).argmax(1).cpu(), minlength=num_classes)
+                labels = teacher_forward(teacher, z.contiguous(memory_format=fmt), probe_args).argmax(1).cpu()
+            counts += common.all_reduce_sum(torch.bincount(labels, minlength=num_classes))
         s = common.label_stats(counts)
         out.update({f"probe/{tag}_entropy": s["entropy"], f"probe/{tag}_max_share": s["max_share"],
                     f"probe/{tag}_missing": s["missing"], f"probe/{tag}_hist": counts.tolist()})
@@ -195,6 +198,12 @@ def main(argv=None):
     resume_dir = Path(args.resume) if args.resume else None
     if resume_dir:
         args = argparse.Namespace(**{**json.loads((resume_dir / "args.json").read_text()), "resume": str(resume_dir)})
+
+    # --- torchrun: one process per device (a no-op in a single process); rank 0 alone logs, evaluates and saves
+    args.device = common.init_distributed(args.device)
+    rank, world = common.dist_info()
+    if args.batch_size % world:
+        sys.exit(f"--batch-size {args.batch_size} (the global batch) must be a multiple of the {world} processes")
 
     # --- seeding: one visible block; noise and acceptance coins have generators of their own
     random.seed(args.seed)
@@ -221,6 +230,8 @@ def main(argv=None):
     teacher, student = teacher.to(args.device), student.to(args.device)
     t_fmt, s_fmt = common.memory_format(teacher, args.bf16), common.memory_format(student, args.bf16)
     teacher, student = teacher.to(memory_format=t_fmt), student.to(memory_format=s_fmt)
+    # DDP averages the gradients of the ranks' equal shares: the gradient of the global batch's mean loss.
+    net = torch.nn.parallel.DistributedDataParallel(student) if world > 1 else student
     teacher_fn = lambda z: teacher_forward(teacher, z.contiguous(memory_format=t_fmt), args)
     mean, std = tinfo["mean"], tinfo["std"]  # the noise lives in the teacher's normalized input space
     shape = (3, *x_test.shape[1:3])
@@ -252,17 +263,21 @@ def main(argv=None):
         step, stats, curve, probe = ck["step"], ck["stats"], ck["curve"], ck["probe"]
         print(f"resumed {run_dir} at step {step}")
     else:
-        run_dir = common.make_run_dir(args.out_dir, args.dataset, Path(__file__).stem, args.teacher, args.seed)
-        common.write_json(run_dir / "args.json", vars(args))
-        probe = label_probe(teacher, args, shape, num_classes, t_fmt)
-    log = common.MetricsLog(run_dir / "metrics.jsonl", resume_step=step if resume_dir else None)
-    print(f"run folder {run_dir}\nteacher {args.teacher} ({tinfo['norm']}, {tinfo['path']}): test acc {teacher_acc:.4f} "
-          f"(recorded {tinfo['test_acc']}), {teacher_acc_aligned:.4f} aligned; alignment "
-          f"{f'strength {args.align_strength} on {len(wrapped)} layers' if args.align_strength > 0 else 'off'}, "
-          f"balance: {args.balance}\nnoise label entropy {probe['probe/plain_entropy']:.3f} plain, "
-          f"{probe['probe/aligned_entropy']:.3f} aligned")
+        probe = label_probe(teacher, args, shape, num_classes, t_fmt)  # every rank: the aligned teacher is collective
+        if rank == 0:
+            run_dir = common.make_run_dir(args.out_dir, args.dataset, Path(__file__).stem, args.teacher, args.seed)
+            common.write_json(run_dir / "args.json", vars(args))
+    log = common.MetricsLog(run_dir / "metrics.jsonl", resume_step=step if resume_dir else None) if rank == 0 else None
+    if rank == 0:
+        print(f"run folder {run_dir}\nteacher {args.teacher} ({tinfo['norm']}, {tinfo['path']}): test acc {teacher_acc:.4f} "
+              f"(recorded {tinfo['test_acc']}), {teacher_acc_aligned:.4f} aligned; alignment "
+              f"{f'strength {args.align_strength} on {len(wrapped)} layers' if args.align_strength > 0 else 'off'}, "
+              f"balance: {args.balance}\nnoise label entropy {probe['probe/plain_entropy']:.3f} plain, "
+              f"{probe['probe/aligned_entropy']:.3f} aligned")
 
     def save():
+        if rank > 0:
+            return
         common.save_checkpoint(run_dir / "checkpoint.pt", student=student.state_dict(), optimizer=opt.state_dict(),
                                noise_gen=noise_gen.get_state(), sampler=sampler.state_dict(), step=step,
                                stats=stats, curve=curve, probe=probe, args=vars(args))
@@ -276,14 +291,15 @@ def main(argv=None):
         return row
 
     t_start = time.time()
-    bar = tqdm(total=args.steps, initial=step, desc="noise KD", dynamic_ncols=True)
+    bar = tqdm(total=args.steps, initial=step, desc="noise KD", dynamic_ncols=True, disable=rank > 0)
     while step < args.steps:
         t_step = time.perf_counter()
         for g in opt.param_groups:
             g["lr"] = lr_at(args, step)
         with torch.autocast(torch.device(args.device).type, dtype=torch.bfloat16, enabled=args.bf16):
             z, t_logits, weights = draw_batch(args, teacher_fn, sampler, noise_gen, shape, stats)
-            s_logits = student(z.contiguous(memory_format=s_fmt))
+            with common.synced_batch_norm(student):  # a BN student sees the global batch's statistics, as in one process
+                s_logits = net(z.contiguous(memory_format=s_fmt))
         loss = kd_loss(s_logits, t_logits, args.tau, weights)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"distillation loss is {loss.item()} at step {step} (teacher logits finite: "
@@ -292,25 +308,30 @@ def main(argv=None):
         loss.backward()
         opt.step()
         step += 1
-        stats["student_samples"] += len(z)
+        stats["student_samples"] += len(z) * world
         stats["last_loss"] = loss.item()
         stats["train_s"] += time.perf_counter() - t_step
         if step % 10 == 0 or step == args.steps:
-            row = {"train/loss": loss.item(), "train/lr": lr_at(args, step - 1),
+            loss_all = common.all_reduce_sum(loss.detach()) / world  # every rank joins; rank 0 logs
+            row = {"train/loss": loss_all.item(), "train/lr": lr_at(args, step - 1),
                    "train/samples_per_s": stats["student_samples"] / stats["train_s"],
                    "train/acceptance_rate": stats["accepted"] / max(1, stats["teacher_samples"]),
                    "train/sampler_time_frac": stats["sampler_s"] / stats["train_s"]}
-            log.log(step, **row)
+            if rank == 0:
+                log.log(step, **row)
             bar.set_postfix(loss=f"{row['train/loss']:.3f}", acc_rate=f"{row['train/acceptance_rate']:.2f}",
                             sps=f"{row['train/samples_per_s']:.0f}")
         bar.update(1)
-        if step % args.eval_every == 0 or step == args.steps:
+        if rank == 0 and (step % args.eval_every == 0 or step == args.steps):
             row = evaluation()
             tqdm.write(f"step {step}: acc running {row['eval/acc_running']:.4f}, test-batch stats "
                        f"{row['eval/acc_batchstats']:.4f}, noise label entropy {row['noise/label_entropy']:.3f}")
         if step % args.ckpt_every == 0 or step == args.steps:
             save()
     bar.close()
+    if rank > 0:
+        common.finish_distributed()
+        return None
 
     final = curve[-1] if curve and curve[-1]["step"] == step else evaluation()
     results = {"teacher/acc": teacher_acc, "teacher/acc_aligned": teacher_acc_aligned,
@@ -325,6 +346,7 @@ def main(argv=None):
                "sampler_time_frac": stats["sampler_s"] / max(stats["train_s"], 1e-9), "curve": curve,
                "args": vars(args), "provenance": common.provenance(args.device, time.time() - t_start)}
     common.write_json(run_dir / "results.json", results)
+    common.finish_distributed()
     print(f"done: acc running {results['eval/acc_running']:.4f}, test-batch stats {results['eval/acc_batchstats']:.4f} "
           f"(batch {args.eval_batch_size}), {results['samples_per_s']:.0f} samples/s -> {run_dir / 'results.json'}")
     return results

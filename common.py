@@ -1,9 +1,11 @@
 """Shared boilerplate for the NormShift-KD scripts: nothing in here is under study.
 
-Models, checkpoints, the uint8 dataset cache, Gaussian noise, the two evaluation protocols, run folders and logging.
+Models, checkpoints, the uint8 dataset cache, Gaussian noise, the two evaluation protocols, run folders and logging,
+and the few torch.distributed helpers that let a script run unchanged under torchrun.
 Every method (current-statistics inference, rejection sampling, batch alignment, ...) lives in its own script, so that
 one file read top to bottom teaches one method. See ../shared/docs/methods.md for the design.
 """
+import contextlib
 import copy
 import hashlib
 import json
@@ -17,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_nn
 import torch.nn as nn
 import torch.nn.functional as F
 from torchvision.models.resnet import BasicBlock as TVBasicBlock
@@ -391,6 +395,103 @@ def sample_noise(n, shape, generator, alpha=0.0, device="cpu"):
         return z
     amp = spectrum_filter(shape[-2], shape[-1], alpha).to(z.device)
     return torch.fft.ifft2(torch.fft.fft2(z) * amp).real
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Distributed (torchrun): one process per device. Every helper is a no-op in a single process, so a script that uses
+# them runs the same code with and without torchrun.
+# ----------------------------------------------------------------------------------------------------------------------
+def init_distributed(device):
+    """Under torchrun (WORLD_SIZE > 1) join the process group, nccl on GPUs and gloo on CPUs, and return this rank's
+    device (cuda:LOCAL_RANK on GPUs); in a single process return `device` as it is."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return device
+    cuda = str(device).startswith("cuda")
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return f"cuda:{torch.cuda.current_device()}" if cuda else device
+
+
+def dist_info():
+    """(rank, world size): (0, 1) unless torch.distributed is initialized."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def all_reduce_sum(t):
+    """The sum of t over all ranks (t itself in a single process). NCCL reduces GPU tensors only, so a CPU tensor
+    travels through the current GPU and comes back."""
+    if dist_info()[1] == 1:
+        return t
+    dev = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else t.device
+    out = t.to(dev, copy=True)
+    dist.all_reduce(out)
+    return out.to(t.device)
+
+
+def batch_var_mean(x, dims):
+    """Biased variance and mean of x over `dims` (kept as size-1 dims), over the global batch under torchrun: what one
+    process would compute on all ranks' samples together, up to float rounding. Across ranks: one all-reduce for the
+    sums and counts, one for the centred squares (more exact than E[x^2] - E[x]^2)."""
+    if dist_info()[1] == 1:
+        return torch.var_mean(x, dim=dims, keepdim=True, correction=0)
+    count = all_reduce_sum(torch.tensor(float(math.prod(x.shape[d] for d in dims)), device=x.device))
+    mean = all_reduce_sum(x.sum(dims, keepdim=True)) / count
+    var = all_reduce_sum((x - mean).pow(2).sum(dims, keepdim=True)) / count
+    return var, mean
+
+
+def _global_batch_norm_train(m, x):
+    """Training-mode BatchNorm m over the global batch: statistics from a differentiable all-reduce (so gradients flow
+    as in one process), running buffers updated as BatchNorm updates them. Every rank holds an equal share."""
+    dims, shape = (0, *range(2, x.ndim)), [1, -1] + [1] * (x.ndim - 2)
+    xf = x.float()
+    count = math.prod(x.shape[d] for d in dims) * dist_info()[1]
+    mean = dist_nn.all_reduce(xf.sum(dims)) / count
+    var = dist_nn.all_reduce((xf - mean.view(shape)).pow(2).sum(dims)) / count
+    if m.track_running_stats:
+        with torch.no_grad():
+            m.num_batches_tracked += 1
+            f = m.momentum if m.momentum is not None else 1.0 / float(m.num_batches_tracked)
+            m.running_mean.mul_(1 - f).add_(f * mean.detach())
+            m.running_var.mul_(1 - f).add_(f * var.detach() * count / max(count - 1, 1))  # unbiased, as BatchNorm
+    y = (xf - mean.view(shape)) * torch.rsqrt(var.view(shape) + m.eps)
+    if m.affine:
+        y = y * m.weight.view(shape) + m.bias.view(shape)
+    return y.to(x.dtype)
+
+
+@contextlib.contextmanager
+def synced_batch_norm(model):
+    """Under torchrun, inside this context the BatchNorm layers of `model` (in training mode) normalize with the
+    statistics of the global batch, as SyncBatchNorm does, but on every backend (PyTorch's SyncBatchNorm needs a GPU):
+    a BN student then trains as it would in one process. A no-op in a single process."""
+    patched = []
+    if dist_info()[1] > 1:
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training:
+                m.forward = partial(_global_batch_norm_train, m)  # shadows the class's forward until deleted
+                patched.append(m)
+    try:
+        yield model
+    finally:
+        for m in patched:
+            del m.forward
+
+
+def finish_distributed():
+    """Leave the process group at the end of a run (nothing to do in a single process)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def my_slice(n_local):
+    """This rank's part [rank * n, (rank + 1) * n) of a global batch of world * n samples."""
+    rank, _ = dist_info()
+    return slice(rank * n_local, (rank + 1) * n_local)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -103,12 +103,24 @@ def current_statistics(model):
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             # An instance attribute shadows the class's forward; deleting it restores the original exactly.
             m.forward = lambda x, m=m: F.batch_norm(x, None, None, m.weight, m.bias, training=True, eps=m.eps)
+            if common.dist_info()[1] > 1:  # under torchrun the statistics are those of the global batch
+                m.forward = lambda x, m=m: global_batch_norm(x, m)
             patched.append(m)
     try:
         yield model
     finally:
         for m in patched:
             del m.forward
+
+
+def global_batch_norm(x, m):
+    """BatchNorm m with the statistics of the batch summed over all ranks: with the batch split over N processes the
+    teacher's outputs are those one process gives on the whole batch (SyncBatchNorm's idea, without its buffers)."""
+    dims = (0, *range(2, x.ndim))
+    var, mean = common.batch_var_mean(x.float(), dims)
+    shape = [1, -1] + [1] * (x.ndim - 2)
+    y = (x.float() - mean) * torch.rsqrt(var + m.eps)
+    return (y * m.weight.view(shape) + m.bias.view(shape) if m.affine else y).to(x.dtype)
 
 
 @torch.no_grad()
@@ -129,8 +141,11 @@ class RejectionSampler:
         self.marginal = None  # estimated p(y) of the teacher's argmax on noise
 
     def update(self, labels):
-        hist = torch.bincount(labels, minlength=self.k).double() / len(labels)
+        """Fold the labels of one pool (every rank's, under torchrun) into the estimate; returns their histogram."""
+        counts = common.all_reduce_sum(torch.bincount(labels, minlength=self.k))
+        hist = counts.double() / counts.sum()
         self.marginal = hist if self.marginal is None else self.momentum * self.marginal + (1 - self.momentum) * hist
+        return counts
 
     def level(self):
         """c = min p(y) over non-negligible classes (p(y) >= floor / K)."""
@@ -142,8 +157,10 @@ class RejectionSampler:
         return (self.level() / p.clamp_min(1e-12)).clamp(max=1.0)
 
     def accept(self, labels):
-        """Boolean mask of accepted samples; labels on the CPU."""
-        return torch.rand(len(labels), generator=self.gen, dtype=torch.float64) < self.accept_prob(labels)
+        """Boolean mask of accepted samples; labels on the CPU. Under torchrun every rank draws the coins of the whole
+        pool from the same generator and uses its own slice, as one process would."""
+        coins = torch.rand(len(labels) * common.dist_info()[1], generator=self.gen, dtype=torch.float64)
+        return coins[common.my_slice(len(labels))] < self.accept_prob(labels)
 
     def state_dict(self):
         return {"marginal": self.marginal, "generator": self.gen.get_state()}
@@ -156,26 +173,31 @@ class RejectionSampler:
 def draw_batch(args, teacher_fn, sampler, noise_gen, shape, stats):
     """One training batch of noise, the teacher's targets and per-sample loss weights, by --balance. teacher_fn maps a
     noise batch to the teacher's logits (here the CS forward; batch_align_ln_gn.py passes its aligned teacher).
-    Updates `stats` (label histograms, teacher samples, sampler time) in place."""
-    B, dev = args.batch_size, args.device
-    noise = lambda n: common.sample_noise(n, shape, noise_gen, args.noise_alpha, dev)
+    Updates `stats` (label histograms, teacher samples, sampler time; global under torchrun) in place.
+    Under torchrun every rank draws the global batch's noise from the same generator and keeps its slice: the N
+    processes see exactly the samples one process would (noise costs far less than the teacher's forward)."""
+    world = common.dist_info()[1]
+    B, dev = args.batch_size // world, args.device  # this rank's share of the global batch
+    noise = lambda n: common.sample_noise(n * world, shape, noise_gen, args.noise_alpha, dev)[common.my_slice(n)]
     if args.balance != "reject":
         z = noise(B)
         t = teacher_fn(z)
         labels = t.argmax(1).cpu()
         t_sampler = time.perf_counter()
-        sampler.update(labels)
+        counts = sampler.update(labels)
         weights = None
         if args.balance == "reweight":  # same teacher compute as 'none'; weight 1/p(y), normalized to mean 1
             w = 1.0 / sampler.marginal[labels].clamp_min(1e-12)
-            weights = (w / w.mean()).float().to(dev)
+            weights = (w / (common.all_reduce_sum(w.sum()) / (B * world))).float().to(dev)
         stats["sampler_s"] += time.perf_counter() - t_sampler
-        stats["accepted"] += B
-        stats["acc_counts"] += torch.bincount(labels, minlength=sampler.k)
-        _record_raw(stats, labels, t)
+        stats["accepted"] += B * world
+        stats["acc_counts"] += counts
+        _record_raw(stats, counts, t)
         return z, t, weights
     # Rejection: draw pools of M = r * B; the CS teacher runs once per pool and the pool's statistics define the
     # targets. Keep drawing until B samples are accepted, at most --max-pools pools, then fill up with rejected ones.
+    # Under torchrun each rank fills its own share, and all ranks draw pools until every one is full (the CS teacher
+    # needs every rank in each forward).
     M = max(B, int(round(args.pool_factor * B)))
     acc_z, acc_t, rej_z, rej_t, n_acc = [], [], [], [], 0
     for _ in range(args.max_pools):
@@ -183,22 +205,22 @@ def draw_batch(args, teacher_fn, sampler, noise_gen, shape, stats):
         t = teacher_fn(z)
         labels = t.argmax(1).cpu()
         t_sampler = time.perf_counter()
-        sampler.update(labels)
+        counts = sampler.update(labels)
         keep = sampler.accept(labels).to(dev)
         acc_z.append(z[keep]), acc_t.append(t[keep]), rej_z.append(z[~keep]), rej_t.append(t[~keep])
         n_acc += int(keep.sum())
-        stats["accepted"] += int(keep.sum())
+        stats["accepted"] += int(common.all_reduce_sum(keep.sum().cpu()))
         stats["sampler_s"] += time.perf_counter() - t_sampler
-        _record_raw(stats, labels, t)
-        if n_acc >= B:
+        _record_raw(stats, counts, t)
+        if int(common.all_reduce_sum(torch.tensor(int(n_acc < B)))) == 0:  # every rank has its share
             break
     t_sampler = time.perf_counter()
     z, t = torch.cat(acc_z)[:B], torch.cat(acc_t)[:B]
+    stats["shortfall"] += int(common.all_reduce_sum(torch.tensor(B - len(z))))
     if len(z) < B:  # never loop forever (a class the teacher never predicts can push acceptance very low)
-        stats["shortfall"] += B - len(z)
         z = torch.cat([z, torch.cat(rej_z)[:B - len(z)]])
         t = torch.cat([t, torch.cat(rej_t)[:B - len(t)]])
-    stats["acc_counts"] += torch.bincount(t.argmax(1).cpu(), minlength=sampler.k)
+    stats["acc_counts"] += common.all_reduce_sum(torch.bincount(t.argmax(1).cpu(), minlength=sampler.k))
     stats["sampler_s"] += time.perf_counter() - t_sampler
     return z, t, None
 
@@ -210,11 +232,11 @@ def new_stats(num_classes):
             "accepted": 0, "shortfall": 0, "sampler_s": 0.0, "train_s": 0.0, "last_loss": None}
 
 
-def _record_raw(stats, labels, t):
-    """The teacher's argmax labels and mean probabilities on every noise sample it saw."""
-    stats["teacher_samples"] += len(labels)
-    stats["raw_counts"] += torch.bincount(labels, minlength=len(stats["raw_counts"]))
-    stats["raw_soft"] += F.softmax(t, 1).sum(0).cpu().double()
+def _record_raw(stats, counts, t):
+    """The teacher's argmax label counts (all ranks') and summed probabilities on every noise sample it saw."""
+    stats["teacher_samples"] += int(counts.sum())
+    stats["raw_counts"] += counts
+    stats["raw_soft"] += common.all_reduce_sum(F.softmax(t, 1).sum(0).cpu().double())
 
 
 def kd_loss(student_logits, teacher_logits, tau, weights=None):
@@ -256,6 +278,12 @@ def main(argv=None):
     if args.teacher_bn == "running" and args.balance == "reject":
         print("note: rejection on an eval-mode teacher only balances the few classes it predicts")
 
+    # --- torchrun: one process per device (a no-op in a single process); rank 0 alone logs, evaluates and saves
+    args.device = common.init_distributed(args.device)
+    rank, world = common.dist_info()
+    if args.batch_size % world:
+        sys.exit(f"--batch-size {args.batch_size} (the global batch) must be a multiple of the {world} processes")
+
     # --- seeding: one visible block; noise and acceptance coins have generators of their own
     random.seed(args.seed)
     np.random.seed(args.seed)
@@ -278,6 +306,8 @@ def main(argv=None):
     teacher, student = teacher.to(args.device), student.to(args.device)
     t_fmt, s_fmt = common.memory_format(teacher, args.bf16), common.memory_format(student, args.bf16)
     teacher, student = teacher.to(memory_format=t_fmt), student.to(memory_format=s_fmt)
+    # DDP averages the gradients of the ranks' equal shares: the gradient of the global batch's mean loss.
+    net = torch.nn.parallel.DistributedDataParallel(student) if world > 1 else student
     teacher_fn = lambda z: teacher_forward(teacher, z.contiguous(memory_format=t_fmt), args.teacher_bn)
     mean, std = tinfo["mean"], tinfo["std"]  # the noise lives in the teacher's normalized input space
     shape = (3, *x_test.shape[1:3])
@@ -305,14 +335,17 @@ def main(argv=None):
         sampler.load_state_dict(ck["sampler"])
         step, stats, curve = ck["step"], ck["stats"], ck["curve"]
         print(f"resumed {run_dir} at step {step}")
-    else:
+    elif rank == 0:
         run_dir = common.make_run_dir(args.out_dir, args.dataset, Path(__file__).stem, args.teacher, args.seed)
         common.write_json(run_dir / "args.json", vars(args))
-    log = common.MetricsLog(run_dir / "metrics.jsonl", resume_step=step if resume_dir else None)
-    print(f"run folder {run_dir}\nteacher {args.teacher} ({tinfo['path']}): test acc {teacher_acc:.4f} "
-          f"(recorded {tinfo['test_acc']}), teacher BN: {args.teacher_bn}, balance: {args.balance}")
+    log = common.MetricsLog(run_dir / "metrics.jsonl", resume_step=step if resume_dir else None) if rank == 0 else None
+    if rank == 0:
+        print(f"run folder {run_dir}\nteacher {args.teacher} ({tinfo['path']}): test acc {teacher_acc:.4f} "
+              f"(recorded {tinfo['test_acc']}), teacher BN: {args.teacher_bn}, balance: {args.balance}")
 
     def save():
+        if rank > 0:
+            return
         common.save_checkpoint(run_dir / "checkpoint.pt", student=student.state_dict(), optimizer=opt.state_dict(),
                                noise_gen=noise_gen.get_state(), sampler=sampler.state_dict(), step=step,
                                stats=stats, curve=curve, args=vars(args))
@@ -326,14 +359,15 @@ def main(argv=None):
         return row
 
     t_start = time.time()
-    bar = tqdm(total=args.steps, initial=step, desc="noise KD", dynamic_ncols=True)
+    bar = tqdm(total=args.steps, initial=step, desc="noise KD", dynamic_ncols=True, disable=rank > 0)
     while step < args.steps:
         t_step = time.perf_counter()
         for g in opt.param_groups:
             g["lr"] = lr_at(args, step)
         with torch.autocast(torch.device(args.device).type, dtype=torch.bfloat16, enabled=args.bf16):
             z, t_logits, weights = draw_batch(args, teacher_fn, sampler, noise_gen, shape, stats)
-            s_logits = student(z.contiguous(memory_format=s_fmt))
+            with common.synced_batch_norm(student):  # a BN student sees the global batch's statistics, as in one process
+                s_logits = net(z.contiguous(memory_format=s_fmt))
         loss = kd_loss(s_logits, t_logits, args.tau, weights)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"distillation loss is {loss.item()} at step {step} (teacher logits finite: "
@@ -342,25 +376,30 @@ def main(argv=None):
         loss.backward()
         opt.step()
         step += 1
-        stats["student_samples"] += len(z)
+        stats["student_samples"] += len(z) * world
         stats["last_loss"] = loss.item()
         stats["train_s"] += time.perf_counter() - t_step
         if step % 10 == 0 or step == args.steps:
-            row = {"train/loss": loss.item(), "train/lr": lr_at(args, step - 1),
+            loss_all = common.all_reduce_sum(loss.detach()) / world  # every rank joins; rank 0 logs
+            row = {"train/loss": loss_all.item(), "train/lr": lr_at(args, step - 1),
                    "train/samples_per_s": stats["student_samples"] / stats["train_s"],
                    "train/acceptance_rate": stats["accepted"] / max(1, stats["teacher_samples"]),
                    "train/sampler_time_frac": stats["sampler_s"] / stats["train_s"]}
-            log.log(step, **row)
+            if rank == 0:
+                log.log(step, **row)
             bar.set_postfix(loss=f"{row['train/loss']:.3f}", acc_rate=f"{row['train/acceptance_rate']:.2f}",
                             sps=f"{row['train/samples_per_s']:.0f}")
         bar.update(1)
-        if step % args.eval_every == 0 or step == args.steps:
+        if rank == 0 and (step % args.eval_every == 0 or step == args.steps):
             row = evaluation()
             tqdm.write(f"step {step}: acc running {row['eval/acc_running']:.4f}, test-batch stats "
                        f"{row['eval/acc_batchstats']:.4f}, noise label entropy {row['noise/label_entropy']:.3f}")
         if step % args.ckpt_every == 0 or step == args.steps:
             save()
     bar.close()
+    if rank > 0:
+        common.finish_distributed()
+        return None
 
     final = curve[-1] if curve and curve[-1]["step"] == step else evaluation()
     results = {"teacher/acc": teacher_acc, "teacher/acc_recorded": tinfo["test_acc"], "teacher/sha256": tinfo["sha256"],
@@ -373,6 +412,7 @@ def main(argv=None):
                "sampler_time_frac": stats["sampler_s"] / max(stats["train_s"], 1e-9), "curve": curve,
                "args": vars(args), "provenance": common.provenance(args.device, time.time() - t_start)}
     common.write_json(run_dir / "results.json", results)
+    common.finish_distributed()
     print(f"done: acc running {results['eval/acc_running']:.4f}, test-batch stats {results['eval/acc_batchstats']:.4f} "
           f"(batch {args.eval_batch_size}), {results['samples_per_s']:.0f} samples/s -> {run_dir / 'results.json'}")
     return results

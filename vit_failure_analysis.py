@@ -31,7 +31,6 @@ Outputs: results/vit_failure/analysis.json (--copy-results-to), figures under re
 import argparse
 import contextlib
 import copy
-import json
 import math
 import random
 import sys
