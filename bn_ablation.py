@@ -46,7 +46,7 @@ def parse_args(argv=None):
     p.add_argument("--teacher-ckpt", default=None,
                    help="teacher checkpoint (ours or akamaster's); default teachers/<teacher>_<dataset>_bn.pt")
     p.add_argument("--student", default="resnet20", choices=common.MODEL_NAMES, help="student architecture, from scratch")
-    p.add_argument("--dataset", default="cifar10", choices=sorted(common.NUM_CLASSES), help="evaluation data")
+    p.add_argument("--dataset", default="cifar10", choices=common.DATASETS, help="evaluation data")
     p.add_argument("--data-dir", default="./data", help="folder of the <dataset>_test.npz cache (downloaded if missing)")
     p.add_argument("--sweep", nargs="+", default=["first-k", "last-k", "stage", "components"],
                    choices=["first-k", "last-k", "stage", "components", "retrain"],
@@ -216,12 +216,13 @@ def main(argv=None):
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
 
-    x_test, y_test = common.load_split(args.dataset, "test", args.data_dir)
-    if args.eval_subset:
-        x_test, y_test = x_test[:args.eval_subset], y_test[:args.eval_subset]
-    num_classes, shape = common.NUM_CLASSES[args.dataset], (3, *x_test.shape[1:3])
+    num_classes = common.num_classes(args.dataset, args.data_dir)
     ckpt = common.teacher_ckpt_or_exit(args.teacher, args.dataset, args.teacher_ckpt, args.data_dir)
     teacher, tinfo = common.load_teacher(args.teacher, ckpt, num_classes, args.dataset)
+    x_test, y_test = common.load_split(args.dataset, "test", args.data_dir, tinfo["image_size"])
+    if args.eval_subset:
+        x_test, y_test = x_test[:args.eval_subset], y_test[:args.eval_subset]
+    shape = (3, *x_test.shape[1:3])
     names = [n for n, _ in bn_layers(teacher)]
     if not names:
         sys.exit(f"teacher {args.teacher} has no BatchNorm layer to ablate")

@@ -23,8 +23,10 @@ import torch.distributed as dist
 import torch.distributed.nn.functional as dist_nn
 import torch.nn as nn
 import torch.nn.functional as F
+import torchvision
 from torchvision.models.resnet import BasicBlock as TVBasicBlock
 from torchvision.models.resnet import ResNet as TVResNet
+from tqdm import tqdm
 
 REPO = Path(__file__).resolve().parent
 
@@ -36,7 +38,12 @@ DATASET_STATS = {
     "svhn": ((0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)),
 }
 IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "svhn": 10}
+DATASET_STATS.update(imagenet100=IMAGENET_STATS, folder=IMAGENET_STATS)
+NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "svhn": 10, "imagenet100": 100}  # folder: one class per subfolder
+DATASETS = sorted(NUM_CLASSES) + ["folder"]
+# ImageFolder trees (--data-dir with train/ and val/, one subfolder per class), decoded once into the uint8 cache.
+FOLDER_DATASETS = ("imagenet100", "folder")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -202,22 +209,28 @@ class ViT(nn.Module):
 
 CIFAR_RESNET_DEPTHS = {"resnet20": 20, "resnet32": 32, "resnet44": 44, "resnet56": 56, "resnet110": 110}
 TV_RESNET_LAYERS = {"resnet18": [2, 2, 2, 2], "resnet34": [3, 4, 6, 3]}
-MODEL_NAMES = sorted(CIFAR_RESNET_DEPTHS) + sorted(TV_RESNET_LAYERS) + ["vit_tiny"]
+IMAGENET_MODELS = {"imagenet_resnet18": "resnet18", "imagenet_resnet34": "resnet34", "imagenet_resnet50": "resnet50",
+                   "imagenet_vit_b_16": "vit_b_16"}  # torchvision's own, for 224 x 224 inputs (ImageNet-100, folders)
+MODEL_NAMES = sorted(CIFAR_RESNET_DEPTHS) + sorted(TV_RESNET_LAYERS) + ["vit_tiny"] + sorted(IMAGENET_MODELS)
 
 
 def build_model(name, num_classes=10, norm=None):
     """Build a model by name. norm: bn/gn/ln/lnc/none for the CNNs (default bn), or one per stage for the CIFAR
-    ResNets (e.g. gn-bn-bn); vit_tiny always uses LayerNorm.
+    ResNets (e.g. gn-bn-bn); vit_tiny always uses LayerNorm. imagenet_*: torchvision's ImageNet-shaped models
+    (ResNet-18/34/50 with any norm but per-stage ones; ViT-B/16 for 224 x 224 inputs only).
     vit_tiny here is a small ViT for 32x32 inputs: patch 4 (64 tokens + class token), width 128, depth 6, 4 heads
     (about 1.2M parameters, so that a checkpoint stays under 5 MB)."""
     if name in CIFAR_RESNET_DEPTHS:
         return CifarResNet(CIFAR_RESNET_DEPTHS[name], num_classes, norm or "bn")
     if name in TV_RESNET_LAYERS:
         return cifar_torchvision_resnet(TV_RESNET_LAYERS[name], num_classes, norm or "bn")
-    if name == "vit_tiny":
+    if name in ("vit_tiny", "imagenet_vit_b_16"):
         if norm not in (None, "ln"):
-            raise ValueError(f"vit_tiny uses LayerNorm only; got norm={norm!r}")
-        return ViT(num_classes)
+            raise ValueError(f"{name} uses LayerNorm only; got norm={norm!r}")
+        return ViT(num_classes) if name == "vit_tiny" else torchvision.models.vit_b_16(num_classes=num_classes)
+    if name in IMAGENET_MODELS:  # torchvision's ImageNet ResNets (7x7 stem, max-pool), any of our CNN norms
+        return getattr(torchvision.models, IMAGENET_MODELS[name])(num_classes=num_classes,
+                                                                  norm_layer=partial(norm_layer, norm or "bn"))
     raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODEL_NAMES)}")
 
 
@@ -319,7 +332,8 @@ def load_teacher(name, ckpt, num_classes=None, dataset=None):
     load_state_strict(model, state, ckpt)
     for p in model.parameters():
         p.requires_grad_(False)
-    info = {"mean": mean, "std": std, "norm": norm, "test_acc": acc, "sha256": sha256_of(ckpt), "path": str(ckpt)}
+    info = {"mean": mean, "std": std, "norm": norm, "test_acc": acc, "sha256": sha256_of(ckpt), "path": str(ckpt),
+            "image_size": blob.get("image_size", 224)}  # the size folder datasets are decoded at for this teacher
     return model.eval(), info
 
 
@@ -338,15 +352,66 @@ def _download(name, split, root):
     if name == "svhn":
         ds = tvd.SVHN(root, split=split, download=True)
         return ds.data.transpose(0, 2, 3, 1), np.asarray(ds.labels)  # SVHN comes as NCHW
-    raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(NUM_CLASSES)}")
+    raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
 
 
-def load_split(name, split, data_dir="./data"):
+def _decode_folder(root, split, size):
+    """An ImageFolder split (root/train, or root/val for the test split; one subfolder per class, sorted = labels)
+    as uint8 [N, size, size, 3]: the shorter side resized to size * 256 / 224, then the centre crop (the usual
+    ImageNet evaluation transform; train_teacher.py crops and flips from there)."""
+    from PIL import Image
+    folder = Path(root) / ("train" if split == "train" else "val")
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} does not exist: --data-dir must point at an ImageFolder tree with train/ "
+                                f"and val/, one subfolder of images per class")
+    classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    files = [(f, i) for i, c in enumerate(classes) for f in sorted((folder / c).iterdir())
+             if f.suffix.lower() in IMAGE_EXTENSIONS]
+    if not files:
+        raise FileNotFoundError(f"{folder} has no images ({', '.join(IMAGE_EXTENSIONS)}) in class subfolders")
+    x = np.empty((len(files), size, size, 3), dtype=np.uint8)
+    for k, (f, _) in enumerate(tqdm(files, desc=f"decoding {folder} at {size}px (once; cached)", leave=False)):
+        with Image.open(f) as img:
+            img = img.convert("RGB")
+            scale = round(size * 256 / 224) / min(img.size)
+            img = img.resize((max(size, round(img.width * scale)), max(size, round(img.height * scale))),
+                             Image.BILINEAR)
+            left, top = (img.width - size) // 2, (img.height - size) // 2
+            x[k] = np.asarray(img.crop((left, top, left + size, top + size)))
+    return x, np.array([i for _, i in files]), classes
+
+
+def num_classes(name, data_dir="./data"):
+    """Classes of a dataset: fixed for the named ones, the number of class subfolders for 'folder'."""
+    if name != "folder":
+        if name not in NUM_CLASSES:
+            raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
+        return NUM_CLASSES[name]
+    for split in ("train", "val"):
+        if (Path(data_dir) / split).is_dir():
+            return sum(p.is_dir() for p in (Path(data_dir) / split).iterdir())
+    caches = sorted(Path(data_dir).glob("folder_*.npz"))
+    if caches:
+        with np.load(caches[0]) as f:
+            return len(f["classes"])
+    raise FileNotFoundError(f"{data_dir} has neither train/ nor val/ nor a folder_*.npz cache")
+
+
+def load_split(name, split, data_dir="./data", image_size=224):
     """Return (x uint8 [N, H, W, 3], y int64 [N]) as tensors, from the cache or, when missing, a torchvision download
-    that then writes the cache."""
-    if name not in NUM_CLASSES:
-        raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(NUM_CLASSES)}")
-    cache = Path(data_dir) / f"{name}_{split}.npz"
+    (CIFAR, SVHN) or the decoded ImageFolder tree (imagenet100, folder; at image_size) that then writes the cache."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
+    if name in FOLDER_DATASETS:
+        cache = Path(data_dir) / f"{name}_{split}_{image_size}.npz"
+        if not cache.is_file():
+            x, y, classes = _decode_folder(data_dir, split, image_size)
+            if name == "imagenet100" and len(classes) != 100:
+                raise ValueError(f"{data_dir}: ImageNet-100 has 100 classes, this tree has {len(classes)}; "
+                                 f"use --dataset folder for other trees")
+            np.savez(cache, x=x, y=y.astype(np.int64), classes=np.array(classes))
+    else:
+        cache = Path(data_dir) / f"{name}_{split}.npz"
     if not cache.is_file():
         try:
             x, y = _download(name, split, Path(data_dir) / "torchvision")

@@ -43,7 +43,7 @@ def parse_args(argv=None):
     p.add_argument("--student", default="resnet20", choices=common.MODEL_NAMES, help="student architecture, from scratch")
     p.add_argument("--student-norm", default=None, choices=common.NORMS,
                    help="student normalization (default: bn for CNNs, ln for vit_tiny)")
-    p.add_argument("--dataset", default="cifar10", choices=sorted(common.NUM_CLASSES), help="evaluation data")
+    p.add_argument("--dataset", default="cifar10", choices=common.DATASETS, help="evaluation data")
     p.add_argument("--data-dir", default="./data", help="folder of the <dataset>_test.npz cache (downloaded if missing)")
     # --- the method
     p.add_argument("--teacher-bn", default="cs", choices=["cs", "running"],
@@ -293,12 +293,12 @@ def main(argv=None):
     coin_gen = torch.Generator().manual_seed(args.seed + 2_000)
 
     # --- data (test split only: evaluation), teacher, student
-    x_test, y_test = common.load_split(args.dataset, "test", args.data_dir)
-    if args.eval_subset:
-        x_test, y_test = x_test[:args.eval_subset], y_test[:args.eval_subset]
-    num_classes = common.NUM_CLASSES[args.dataset]
+    num_classes = common.num_classes(args.dataset, args.data_dir)
     ckpt = common.teacher_ckpt_or_exit(args.teacher, args.dataset, args.teacher_ckpt, args.data_dir)
     teacher, tinfo = common.load_teacher(args.teacher, ckpt, num_classes, args.dataset)
+    x_test, y_test = common.load_split(args.dataset, "test", args.data_dir, tinfo["image_size"])
+    if args.eval_subset:
+        x_test, y_test = x_test[:args.eval_subset], y_test[:args.eval_subset]
     if not common.has_batchnorm(teacher):
         sys.exit(f"teacher {args.teacher} ({tinfo['norm']}) has no BatchNorm: CS does nothing; use batch_align_ln_gn.py")
     torch.manual_seed(args.seed)  # the student's initialization depends on the seed alone, not on the teacher

@@ -40,8 +40,11 @@ def parse_args(argv=None):
     p.add_argument("--norm", default="bn", type=norm_arg,
                    help=f"normalization layers (CNNs): {', '.join(common.NORMS)}, or one per stage of a CIFAR ResNet "
                         f"joined by '-' (gn-bn-bn: GroupNorm in the first stage)")
-    p.add_argument("--dataset", default="cifar10", choices=sorted(common.NUM_CLASSES), help="training data")
-    p.add_argument("--data-dir", default="./data", help="folder of the <dataset>_{train,test}.npz cache")
+    p.add_argument("--dataset", default="cifar10", choices=common.DATASETS, help="training data")
+    p.add_argument("--data-dir", default="./data",
+                   help="folder of the <dataset>_{train,test}.npz cache; for imagenet100 / folder the ImageFolder tree")
+    p.add_argument("--image-size", type=int, default=224,
+                   help="imagenet100 / folder: images are decoded at this size (CIFAR and SVHN stay at 32)")
     p.add_argument("--epochs", type=int, default=20, help="passes over the training set")
     p.add_argument("--batch-size", type=int, default=256, help="training batch size")
     p.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"],
@@ -83,10 +86,10 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)  # shuffling and augmentation
 
-    x_train, y_train = common.load_split(args.dataset, "train", args.data_dir)
-    x_test, y_test = common.load_split(args.dataset, "test", args.data_dir)
+    x_train, y_train = common.load_split(args.dataset, "train", args.data_dir, args.image_size)
+    x_test, y_test = common.load_split(args.dataset, "test", args.data_dir, args.image_size)
     mean, std = common.DATASET_STATS[args.dataset]
-    num_classes = common.NUM_CLASSES[args.dataset]
+    num_classes = common.num_classes(args.dataset, args.data_dir)
     model = common.build_model(args.model, num_classes, args.norm).to(args.device)
     fmt = common.memory_format(model, args.bf16)
     model = model.to(memory_format=fmt)
@@ -145,6 +148,7 @@ def main(argv=None):
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     common.save_checkpoint(out, model=state, arch=args.model, norm=args.norm, num_classes=num_classes,
                            dataset=args.dataset, mean=list(mean), std=list(std), test_acc=acc, args=vars(args),
+                           image_size=int(x_test.shape[1]),
                            command="python train_teacher.py " + " ".join(sys.argv[1:] if argv is None else argv),
                            history=history, train_time_s=round(time.time() - t0 + t_before, 1))
     partial.unlink(missing_ok=True)

@@ -55,7 +55,7 @@ def parse_args(argv=None):
                                                           "teachers/resnet20_cifar10_gn.pt",
                                                           "teachers/resnet20_cifar10_bn.pt"],
                    help="teachers to analyse, in our checkpoint format (the architecture is read from the file)")
-    p.add_argument("--dataset", default="cifar10", choices=sorted(common.NUM_CLASSES), help="real images to compare with")
+    p.add_argument("--dataset", default="cifar10", choices=common.DATASETS, help="real images to compare with")
     p.add_argument("--data-dir", default="./data", help="folder of the <dataset>_test.npz cache (downloaded if missing)")
     p.add_argument("--sizes", type=int, nargs="+", default=[16, 24, 32, 48, 64],
                    help="input sizes; L = (size / 4)^2 tokens (ViT) or pooled positions (ResNet)")
@@ -226,7 +226,7 @@ def main(argv=None):
 
     x_test, y_test = common.load_split(args.dataset, "test", args.data_dir)
     pick = torch.randperm(len(y_test), generator=torch.Generator().manual_seed(args.seed))[:args.samples]
-    num_classes = common.NUM_CLASSES[args.dataset]
+    num_classes = common.num_classes(args.dataset, args.data_dir)
     teachers = []
     for path in args.teacher_ckpts:
         if not Path(path).is_file():

@@ -24,10 +24,19 @@ def test_shared_teachers_load_and_reproduce_their_accuracy(name, filename, expec
     assert abs(acc - expected) <= 0.0005, acc
 
 
-@pytest.mark.parametrize("name", common.MODEL_NAMES)
+@pytest.mark.parametrize("name", [n for n in common.MODEL_NAMES if n != "imagenet_vit_b_16"])  # that one: 224 only
 def test_every_model_builds_and_maps_32x32_images_to_logits(name):
     model = common.build_model(name, num_classes=7)
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 7)
+
+
+@pytest.mark.parametrize("norm", ["lnc", "gn-bn-bn"])
+def test_channel_layernorm_and_per_stage_norms_build(norm):
+    model = common.build_model("resnet20", norm=norm)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    if norm == "lnc":  # LayerNorm over C at every position: the output has zero mean over channels
+        x = torch.randn(2, 16, 5, 5) * 3 + 1
+        assert model.bn1(x).mean(1).abs().max() < 1e-5
 
 
 @pytest.mark.parametrize("norm,layer", [("bn", torch.nn.BatchNorm2d), ("gn", torch.nn.GroupNorm),
