@@ -93,8 +93,8 @@ def configured_bn(m, x, mean, var, affine):
     """BatchNorm with the mean and the variance each taken from the current batch ("cs") or the running buffers,
     with or without the affine parameters. Never writes the buffers (the teacher must come out unchanged)."""
     xf = x.float()  # statistics in fp32 even under bf16 autocast
-    if "cs" in (mean, var):
-        batch_mean, batch_var = xf.mean((0, 2, 3)), xf.var((0, 2, 3), unbiased=False)  # BN's biased variance
+    if "cs" in (mean, var):  # BN's biased variance; over the global batch under torchrun
+        batch_var, batch_mean = (v.flatten() for v in common.batch_var_mean(xf, (0, 2, 3)))
     mu = batch_mean if mean == "cs" else m.running_mean
     sigma2 = batch_var if var == "cs" else m.running_var
     y = (xf - mu.view(1, -1, 1, 1)) * torch.rsqrt(sigma2 + m.eps).view(1, -1, 1, 1)
@@ -165,12 +165,13 @@ def retrain_points(args):
 @torch.no_grad()
 def noise_labels(teacher, configs, args, generator, shape, num_classes):
     """The teacher's argmax histogram on args.diag_samples noise samples, in CS batches of args.batch_size."""
-    counts = torch.zeros(num_classes, dtype=torch.long)
+    counts, world = torch.zeros(num_classes, dtype=torch.long), common.dist_info()[1]
+    n = args.batch_size // world  # under torchrun each rank labels its slice of every global batch
     with bn_config(teacher, configs), torch.autocast(torch.device(args.device).type, torch.bfloat16, enabled=args.bf16):
         for _ in range(math.ceil(args.diag_samples / args.batch_size)):
-            z = common.sample_noise(args.batch_size, shape, generator, device=args.device)
+            z = common.sample_noise(n * world, shape, generator, device=args.device)[common.my_slice(n)]
             counts += torch.bincount(teacher(z).argmax(1).cpu(), minlength=num_classes)
-    return counts
+    return common.all_reduce_sum(counts)
 
 
 # ======================================================================================================================
@@ -182,19 +183,25 @@ def distill(teacher, configs, args, shape, num_classes, desc):
     student = common.build_model(args.student, num_classes).to(args.device)
     fmt, t_fmt = common.memory_format(student, args.bf16), common.memory_format(teacher, args.bf16)
     student = student.to(memory_format=fmt)
+    world = common.dist_info()[1]  # torchrun: each rank its slice of the global batch, gradients averaged by DDP
+    net = torch.nn.parallel.DistributedDataParallel(student) if world > 1 else student
     gen = torch.Generator(args.device).manual_seed(args.seed + 1_000)
     opt = torch.optim.Adam(student.parameters(), lr=args.lr)
     warmup = min(50, args.steps // 10)
-    for step in tqdm(range(args.steps), desc=desc, leave=False, dynamic_ncols=True):
+    for step in tqdm(range(args.steps), desc=desc, leave=False, dynamic_ncols=True, disable=world > 1 and
+                     common.dist_info()[0] > 0):
         lr = args.lr * ((step + 1) / warmup if step < warmup else
                         0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, args.steps - warmup))))
         for g in opt.param_groups:
             g["lr"] = lr
-        z = common.sample_noise(args.batch_size, shape, gen, device=args.device).contiguous(memory_format=fmt)
+        n = args.batch_size // world
+        z = common.sample_noise(n * world, shape, gen, device=args.device)[common.my_slice(n)]
+        z = z.contiguous(memory_format=fmt)
         with torch.autocast(torch.device(args.device).type, torch.bfloat16, enabled=args.bf16):
             with torch.no_grad(), bn_config(teacher, configs):
                 t = teacher(z.contiguous(memory_format=t_fmt)).float()
-            s = student(z).float()
+            with common.synced_batch_norm(student):
+                s = net(z).float()
         loss = F.kl_div(F.log_softmax(s, 1), F.log_softmax(t, 1), log_target=True, reduction="batchmean")
         if not torch.isfinite(loss):
             raise FloatingPointError(f"{desc}: distillation loss is {loss.item()} at step {step}")
@@ -211,6 +218,12 @@ def main(argv=None):
         args = argparse.Namespace(**{**json.loads((resume_dir / "args.json").read_text()), "resume": str(resume_dir)})
     else:  # kept in args.json, so that the results say how they were made even after a resume
         args.command = "python bn_ablation.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    # torchrun: every rank its slice of each global batch, CS statistics of the global batch; rank 0 logs and saves
+    args.device = common.init_distributed(args.device)
+    rank, world = common.dist_info()
+    if args.batch_size % world or (world > 1 and args.retrain):
+        sys.exit(f"under torchrun --batch-size must be a multiple of the {world} processes, and --retrain must have "
+                 f"trained the teachers in one process before")
 
     random.seed(args.seed)
     np.random.seed(args.seed)
@@ -238,15 +251,17 @@ def main(argv=None):
                           for i in range(0, len(y_test), 500)])
     teacher_preds = predictions(teacher, (mean, std))
 
-    run_dir = resume_dir or common.make_run_dir(args.out_dir, args.dataset, Path(__file__).stem, args.teacher, args.seed)
-    if not resume_dir:
+    run_dir = resume_dir
+    if not resume_dir and rank == 0:
+        run_dir = common.make_run_dir(args.out_dir, args.dataset, Path(__file__).stem, args.teacher, args.seed)
         common.write_json(run_dir / "args.json", vars(args))
     done = {}
     if resume_dir and (run_dir / "metrics.jsonl").exists():
         done = {r["point"]: {k: v for k, v in r.items() if k != "step"}
                 for r in common.MetricsLog.read(run_dir / "metrics.jsonl")}
-    log = common.MetricsLog(run_dir / "metrics.jsonl", resume_step=len(done) if resume_dir else None)
-    print(f"run folder {run_dir}\nteacher {args.teacher} ({tinfo['path']}), {len(names)} BatchNorm layers")
+    log = common.MetricsLog(run_dir / "metrics.jsonl", resume_step=len(done) if resume_dir else None) if rank == 0 else None
+    if rank == 0:
+        print(f"run folder {run_dir}\nteacher {args.teacher} ({tinfo['path']}), {len(names)} BatchNorm layers")
 
     def run_point(model, configs, key, sweep, k, reference, wants_student, stats):
         """Diagnostics of one configuration (teacher accuracy, noise labels) and, if wanted, a distilled student.
@@ -262,6 +277,7 @@ def main(argv=None):
                "noise/label_missing": labels["missing"]}
         if wants_student:
             student = distill(model, configs, args, shape, num_classes, key)
+        if wants_student and rank == 0:
             row.update({"eval/acc_running": evaluate(student, y_test), "eval/acc_batchstats": evaluate(student, y_test, "batch"),
                         "eval/agreement_running": evaluate(student, reference),
                         "eval/agreement_batchstats": evaluate(student, reference, "batch")})
@@ -300,11 +316,15 @@ def main(argv=None):
             wants_student = sweep == "retrain" or ((k in args.distill_k) if k is not None else (point in args.distill_points))
             row = run_point(model, configs, key, sweep, k, reference, wants_student, stats)
             rows.append(row)
-            log.log(len(rows), **row)
-            tqdm.write(" ".join(f"{k_}={v:.4f}" if isinstance(v, float) else f"{k_}={v}" for k_, v in row.items()))
+            if rank == 0:
+                log.log(len(rows), **row)
+                tqdm.write(" ".join(f"{k_}={v:.4f}" if isinstance(v, float) else f"{k_}={v}" for k_, v in row.items()))
 
     if any(not torch.equal(before[k], v) for k, v in teacher.state_dict().items()):
         raise RuntimeError("the teacher changed during the sweep")  # cannot happen with configured_bn; guarded anyway
+    if rank > 0:
+        common.finish_distributed()
+        return None
     results = {"teacher/acc_recorded": tinfo["test_acc"], "teacher/sha256": tinfo["sha256"], "teacher/ckpt": tinfo["path"],
                "bn_layers": names, "points": rows, "samples_per_point": args.steps * args.batch_size,
                "eval/num_images": len(y_test), "args": vars(args), "provenance": common.provenance(args.device, time.time() - t0)}
@@ -313,6 +333,7 @@ def main(argv=None):
         Path(args.copy_results_to).parent.mkdir(parents=True, exist_ok=True)
         common.write_json(args.copy_results_to, results)
     print(f"done: {len(rows)} points -> {run_dir / 'results.json'}")
+    common.finish_distributed()
     return results
 
 

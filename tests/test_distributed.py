@@ -83,3 +83,17 @@ def test_rejection_and_alignment_run_under_torchrun(tiny_data, gn_teacher, tmp_p
 def test_a_batch_that_does_not_split_is_refused(tiny_data, tiny_teacher, tmp_path):
     with pytest.raises(AssertionError, match="must be a multiple of the 2 processes"):
         torchrun(REPO / "cs_rejection_bn.py", *tiny_args(tiny_data, tiny_teacher, tmp_path, "--batch-size", "15"))
+
+
+def test_the_bn_ablation_under_torchrun_gives_the_single_process_teacher_diagnostics(tiny_data, tiny_teacher, tmp_path):
+    argv = ["--data-dir", tiny_data, "--teacher-ckpt", tiny_teacher, "--sweep", "first-k", "--k-list", "0", "5",
+            "--distill-k", "0", "--diag-samples", "64", "--batch-size", "16", "--steps", "2", "--eval-batch-size", "32",
+            "--no-bf16"]
+    import bn_ablation
+    one = bn_ablation.main([*map(str, argv), "--out-dir", str(tmp_path / "one")])
+    torchrun(REPO / "bn_ablation.py", *argv, "--out-dir", tmp_path / "two")
+    two = __import__("json").loads(next((tmp_path / "two").iterdir()).joinpath("results.json").read_text())
+    for a, b in zip(one["points"], two["points"]):  # CS on the global batch: the same labels and teacher accuracy
+        assert a["point"] == b["point"] and a["noise/label_entropy"] == pytest.approx(b["noise/label_entropy"], abs=1e-6)
+        assert a["teacher/acc"] == pytest.approx(b["teacher/acc"], abs=1 / 64 + 1e-9)  # a rounding flip at most
+    assert "eval/acc_running" in two["points"][0]
