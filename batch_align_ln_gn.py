@@ -162,13 +162,12 @@ def teacher_forward(teacher, z, args):
 def label_probe(teacher, args, shape, num_classes, fmt):
     """The teacher's argmax label histogram on fresh noise (its own generator), without and with alignment, in
     batches of --batch-size: the instant diagnostic of whether alignment breaks the teacher's collapse on noise."""
-    gen = torch.Generator(args.device).manual_seed(args.seed + 3_000)
-    out = {}
+    gen, world, out = torch.Generator(args.device), common.dist_info()[1], {}
+    # The no-alignment arm (--align-strength 0) still reports what full alignment would do to the labels.
     for tag, strength in (("plain", 0.0), ("aligned", args.align_strength or 1.0)):
         gen.manual_seed(args.seed + 3_000)  # the same noise for both
         counts = torch.zeros(num_classes, dtype=torch.long)
         probe_args = argparse.Namespace(**{**vars(args), "align_strength": strength})
-        world = common.dist_info()[1]
         for i in range(0, args.probe_samples, args.batch_size):
             n = min(args.batch_size, args.probe_samples - i) // world  # this rank's share, as in draw_batch
             z = common.sample_noise(n * world, shape, gen, args.noise_alpha, args.device)[common.my_slice(n)]
