@@ -249,9 +249,9 @@ def main(argv=None):
     stats = new_stats(num_classes)
     step, curve = 0, []
 
-    # --- run folder, or the one we resume
+    # --- run folder (rank 0 makes it), or the one we resume
+    run_dir = resume_dir
     if resume_dir:
-        run_dir = resume_dir
         if not (run_dir / "checkpoint.pt").is_file():
             sys.exit(f"{run_dir} has no checkpoint.pt (the run stopped before its first one): start it again")
         ck = common.load_checkpoint(run_dir / "checkpoint.pt")
@@ -297,7 +297,7 @@ def main(argv=None):
             g["lr"] = lr_at(args, step)
         with torch.autocast(torch.device(args.device).type, dtype=torch.bfloat16, enabled=args.bf16):
             z, t_logits, weights = draw_batch(args, teacher_fn, sampler, noise_gen, shape, stats)
-            with common.synced_batch_norm(student):  # a BN student sees the global batch's statistics, as in one process
+            with common.synced_batch_norm(student):  # a BN student normalizes over the global batch, as in 1 process
                 s_logits = net(z.contiguous(memory_format=s_fmt))
         loss = kd_loss(s_logits, t_logits, args.tau, weights)
         if not torch.isfinite(loss):
