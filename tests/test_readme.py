@@ -77,3 +77,16 @@ def test_the_second_seed_agrees_with_what_the_readme_says():
     for key in ("eval/acc_running", "eval/acc_batchstats"):
         assert r["cs_reject_alpha2"][key] > r["cs_reject"][key] + 0.02  # "well ahead": more than 2 points
     assert all(x["args"]["seed"] == 1 for x in r.values())
+
+
+def test_what_the_readme_says_about_batch_alignment_holds():
+    folder = REPO / "results" / "batch_align"
+    if not (folder / "gn__align.json").exists():
+        pytest.skip("no batch-alignment results yet")
+    plain, align = (json.loads((folder / f"gn__{arm}.json").read_text()) for arm in ("plain", "align"))
+    assert plain["noise/label_entropy"] < 0.1 and align["noise/label_entropy"] > 0.6  # collapse, then spread
+    assert align["noise/label_missing"] == 0 and align["noise/label_max_share"] > 0.25  # all ten classes, unevenly
+    assert align["teacher/acc_aligned"] < align["teacher/acc"] - 0.05
+    for key in ("eval/acc_running", "eval/acc_batchstats"):
+        assert plain[key] < 0.11  # chance
+        assert align[key] > plain[key] + 0.02  # "clearly above chance"
