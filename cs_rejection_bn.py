@@ -9,6 +9,7 @@ Real test images are used only to evaluate. Design and prior-work numbers: ../sh
     python cs_rejection_bn.py        # shipped ResNet-20 teacher -> ResNet-20, CIFAR-10, 256k noise samples
     python cs_rejection_bn.py --teacher-ckpt ../shared/teachers/akamaster_resnet20-12fca82f.th --data-dir ../shared/data
     python cs_rejection_bn.py --teacher resnet34 --student resnet18 --dataset cifar10   # paper scale: use a GPU
+    torchrun --nproc_per_node 4 cs_rejection_bn.py --teacher resnet34 --student resnet18 --batch-size 1024  # 4 GPUs
 
 The second command (ResNet-20 teacher at 91.73%) gave a student at 13.0% (running statistics) / 14.6% (test-batch
 statistics) after 256k noise samples, in 9 minutes on 2 cores of an Intel Xeon with bf16 (results/bn_variants/
