@@ -235,6 +235,8 @@ def main(argv=None):
         blob = common.load_checkpoint(path)
         if "arch" not in blob:
             sys.exit(f"{path}: the analysis needs our checkpoint format, which records the architecture")
+        if blob["arch"] != "vit_tiny" and blob["arch"] not in common.CIFAR_RESNET_DEPTHS:
+            sys.exit(f"{path}: the analysis reads inside vit_tiny and the CIFAR ResNets, not {blob['arch']}")
         model, info = common.load_teacher(blob["arch"], path, num_classes, args.dataset)
         teachers.append((blob["arch"], model.to(args.device), info))
     run_dir = common.make_run_dir(args.out_dir, args.dataset, Path(__file__).stem, "+".join(a for a, _, _ in teachers),
