@@ -7,7 +7,7 @@ section 2). The batch-alignment wrapper gives a per-sample teacher the same coup
 GroupNorm/LayerNorm it standardizes the layer's input across the batch, with no parameters,
     x <- (1 - a) x + a (x - mean_B x) / sqrt(var_B x + eps),
 then runs the original layer unchanged. Conv features (N, C, H, W) get statistics over (N, H, W) per channel, as BN;
-token features (N, L, D) over (N, L) per width (--align-axes tokens) or over N per (token, width) (samples). The
+token features (N, L, D) over N per (token, width) (--align-axes samples) or over (N, L) per width (tokens). The
 wrapper is a set of forward pre-hooks: the teacher's weights are never touched, and removing it restores the teacher
 exactly. Rejection sampling of over-predicted classes is the sampler of cs_rejection_bn.py, imported, not copied.
 
@@ -60,8 +60,9 @@ def parse_args(argv=None):
     # --- the method
     p.add_argument("--align-strength", type=float, default=1.0,
                    help="a in [0, 1]: blend of each norm layer's input with its batch-standardized version; 0 = off")
-    p.add_argument("--align-axes", default="tokens", choices=["tokens", "samples"],
-                   help="token features (N, L, D): standardize over (N, L) per D, or over N per (L, D); "
+    p.add_argument("--align-axes", default="samples", choices=["samples", "tokens"],
+                   help="token features (N, L, D): standardize over N per (L, D), removing each position's common "
+                        "component, or over (N, L) per D (with it the shipped ViT sends all noise to one class); "
                         "conv features always over (N, H, W) per channel")
     p.add_argument("--align-layers", type=int, default=0,
                    help="align only the first k per-sample norm layers in forward order (0 = all)")
@@ -124,7 +125,7 @@ def per_sample_norms(model):
     return [(n, m) for n, m in model.named_modules() if isinstance(m, PER_SAMPLE_NORMS)]
 
 
-def align(x, axes="tokens", strength=1.0):
+def align(x, axes="samples", strength=1.0):
     """Standardize x across the batch, per feature, with no parameters, and blend: lerp(x, x_hat, strength).
     (N, C, H, W): over (N, H, W) per C, BatchNorm's axes. (N, L, D): over (N, L) per D ('tokens') or over N per
     (L, D) ('samples'). (N, D): over N. Statistics in fp32 (of all ranks' samples under torchrun); the result keeps
@@ -139,7 +140,7 @@ def align(x, axes="tokens", strength=1.0):
 
 
 @contextlib.contextmanager
-def batch_aligned(model, axes="tokens", strength=1.0, layers=0):
+def batch_aligned(model, axes="samples", strength=1.0, layers=0):
     """Inside this context, the input of every per-sample norm layer of `model` (the first `layers` of them when
     layers > 0) is batch-aligned before the layer runs. Forward pre-hooks, removed on exit: no weight or buffer is
     touched, so the model outside the context is exactly the original. Yields the names of the wrapped layers."""

@@ -61,7 +61,7 @@ def parse_args(argv=None):
                    help="input sizes; L = (size / 4)^2 tokens (ViT) or pooled positions (ResNet)")
     p.add_argument("--samples", type=int, default=512, help="images per condition (noise or real)")
     p.add_argument("--batch-size", type=int, default=256, help="batch (the coupled teachers' statistics use it)")
-    p.add_argument("--align-axes", default="tokens", choices=["tokens", "samples"], help="as in batch_align_ln_gn.py")
+    p.add_argument("--align-axes", default="samples", choices=["samples", "tokens"], help="as in batch_align_ln_gn.py")
     p.add_argument("--seed", type=int, default=0, help="seed of the noise and of the choice of test images")
     p.add_argument("--out-dir", default="runs", help="run folders go here")
     p.add_argument("--copy-results-to", default=None, help="also write the results here (e.g. results/vit_failure/)")

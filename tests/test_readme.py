@@ -90,3 +90,23 @@ def test_what_the_readme_says_about_batch_alignment_holds():
     for key in ("eval/acc_running", "eval/acc_batchstats"):
         assert plain[key] < 0.11  # chance
         assert align[key] > plain[key] + 0.02  # "clearly above chance"
+
+
+def test_what_the_readme_says_about_the_vit_analysis_holds():
+    folder = REPO / "results" / "vit_failure"
+    if not (folder / "analysis.json").exists():
+        pytest.skip("no ViT analysis yet")
+    r = json.loads((folder / "analysis.json").read_text())
+    holds = {(c["model"], c["prediction"][:2]): c["holds"] for c in r["checks"]}
+    assert holds[("vit_tiny/ln", "P1")] and holds[("vit_tiny/ln", "P4")] and holds[("vit_tiny/ln", "P5")]
+    assert not holds[("vit_tiny/ln", "P2")] and not holds[("vit_tiny/ln", "P3")]
+    assert all(holds[(m, "P5")] for m in ("resnet20/gn", "resnet20/bn"))
+    row = lambda model, coupled=False, rows=r["rows"]: next(x for x in rows if (x["model"], x["input"], x["size"],
+                                                                                 x["coupled"]) == (model, "noise", 32, coupled))
+    assert row("vit_tiny/ln")["label_entropy"] > max(row("resnet20/gn")["label_entropy"], row("resnet20/bn")["label_entropy"])
+    slope = {x["model"]: x["slope"] for x in r["slopes"] if x["input"] == "noise" and not x["coupled"]}
+    assert slope["resnet20/gn"] < slope["vit_tiny/ln"] < -0.5 < slope["resnet20/bn"] < -0.1  # GN CNN closest to 1/L
+    tokens = json.loads((folder / "analysis_tokens_axes.json").read_text())
+    assert tokens["args"]["align_axes"] == "tokens" and r["args"]["align_axes"] == "samples"
+    assert row("vit_tiny/ln", True, tokens["rows"])["label_max_share"] > 0.99  # one class
+    assert row("vit_tiny/ln", True)["label_entropy"] > 0.9  # almost even
