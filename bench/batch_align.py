@@ -11,7 +11,6 @@ to results/batch_align/<teacher>__<arm>.json. Finished arms are skipped; an inte
 checkpoint. Teachers missing from teachers/ are skipped with a note (train_teacher.py makes them).
 """
 import argparse
-import shutil
 import sys
 from pathlib import Path
 
@@ -19,6 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 import batch_align_ln_gn  # noqa: E402
 import cs_rejection_bn  # noqa: E402
+from _runs import run_or_resume  # noqa: E402
 
 TEACHERS = {  # name: (script, flags that pick the teacher)
     "gn": (batch_align_ln_gn, ["--teacher", "resnet20", "--teacher-norm", "gn"]),
@@ -57,18 +57,9 @@ def main():
                 print(f"{teacher} {arm}: done already ({target})")
                 continue
             run_root = REPO / "runs" / f"bench_batch_align_s{args.seed}" / f"{teacher}__{arm}"
-            unfinished = [d for d in sorted(run_root.glob("*"))
-                          if (d / "checkpoint.pt").exists() and not (d / "results.json").exists()]
-            if unfinished:
-                argv = ["--resume", str(unfinished[-1])]
-            else:
-                arm_flags = ARMS[arm][1 if script is cs_rejection_bn else 0]
-                argv = [*teacher_flags, "--data-dir", args.data_dir, "--steps", str(args.steps),
-                        "--out-dir", str(run_root), "--seed", str(args.seed), *arm_flags]
-            print(f"=== {teacher} {arm}: {Path(script.__file__).name} {' '.join(argv)}", flush=True)
-            script.main(argv)
-            run = max((d for d in run_root.glob("*") if (d / "results.json").exists()), key=lambda d: d.stat().st_mtime)
-            shutil.copy(run / "results.json", target)
+            arm_flags = ARMS[arm][1 if script is cs_rejection_bn else 0]
+            run_or_resume(script, [*teacher_flags, "--data-dir", args.data_dir, "--steps", str(args.steps),
+                                   "--seed", str(args.seed), *arm_flags], run_root, target)
 
 
 if __name__ == "__main__":

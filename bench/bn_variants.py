@@ -8,13 +8,13 @@ Each variant is one run of cs_rejection_bn.py; its results.json (with the learni
 results/bn_variants/<variant>.json. Finished variants are skipped; an interrupted one resumes from its checkpoint.
 """
 import argparse
-import shutil
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 import cs_rejection_bn  # noqa: E402
+from _runs import run_or_resume  # noqa: E402
 
 TEACHER = ["--teacher", "resnet20", "--teacher-ckpt", str(REPO.parent / "shared/teachers/akamaster_resnet20-12fca82f.th")]
 # The prior work's recipe (Raikwar & Mishra 2022): CS teacher, Adam 1e-3 constant, T = 1, batch 256, fresh white noise.
@@ -47,19 +47,11 @@ def main():
             print(f"{name}: done already ({target})")
             continue
         run_root = REPO / "runs" / f"bench_bn_variants_s{args.seed}" / name
-        unfinished = [d for d in sorted(run_root.glob("*")) if (d / "checkpoint.pt").exists() and not (d / "results.json").exists()]
-        if unfinished:
-            argv = ["--resume", str(unfinished[-1])]
-        else:
-            flags = VARIANTS[name]
-            # The budget is in noise samples: a variant with another batch size gets the steps that keep it.
-            batch = int(flags[flags.index("--batch-size") + 1]) if "--batch-size" in flags else 256
-            argv = [*TEACHER, "--data-dir", args.data_dir, "--steps", str(args.steps * 256 // batch),
-                    "--out-dir", str(run_root), "--seed", str(args.seed), *flags]
-        print(f"=== {name}: cs_rejection_bn.py {' '.join(argv)}", flush=True)
-        cs_rejection_bn.main(argv)
-        run = max((d for d in run_root.glob("*") if (d / "results.json").exists()), key=lambda d: d.stat().st_mtime)
-        shutil.copy(run / "results.json", target)
+        flags = VARIANTS[name]
+        # The budget is in noise samples: a variant with another batch size gets the steps that keep it.
+        batch = int(flags[flags.index("--batch-size") + 1]) if "--batch-size" in flags else 256
+        run_or_resume(cs_rejection_bn, [*TEACHER, "--data-dir", args.data_dir, "--steps", str(args.steps * 256 // batch),
+                                        "--seed", str(args.seed), *flags], run_root, target)
 
 
 if __name__ == "__main__":

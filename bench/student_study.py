@@ -10,7 +10,6 @@ The ResNet-20/BN rows are the align_reject arms of bench/batch_align.py (the sam
 budget), so this script runs only the other students. Results: results/student_study/<teacher>__<student>.json.
 """
 import argparse
-import shutil
 import sys
 from pathlib import Path
 
@@ -18,6 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 import batch_align_ln_gn  # noqa: E402
 import cs_rejection_bn  # noqa: E402
+from _runs import run_or_resume  # noqa: E402
 
 TEACHERS = {  # name: (script, flags)
     "bn": (cs_rejection_bn, ["--teacher", "resnet20", "--teacher-ckpt", str(REPO / "teachers/resnet20_cifar10_bn.pt"),
@@ -49,15 +49,8 @@ def main():
                 print(f"{teacher} -> {student}: done already ({target})")
                 continue
             run_root = REPO / "runs" / f"bench_student_study_s{args.seed}" / f"{teacher}__{student}"
-            unfinished = [d for d in sorted(run_root.glob("*"))
-                          if (d / "checkpoint.pt").exists() and not (d / "results.json").exists()]
-            argv = (["--resume", str(unfinished[-1])] if unfinished else
-                    [*teacher_flags, *STUDENTS[student], "--data-dir", args.data_dir, "--steps", str(args.steps),
-                     "--out-dir", str(run_root), "--seed", str(args.seed)])
-            print(f"=== {teacher} -> {student}: {Path(script.__file__).name} {' '.join(argv)}", flush=True)
-            script.main(argv)
-            run = max((d for d in run_root.glob("*") if (d / "results.json").exists()), key=lambda d: d.stat().st_mtime)
-            shutil.copy(run / "results.json", target)
+            run_or_resume(script, [*teacher_flags, *STUDENTS[student], "--data-dir", args.data_dir, "--steps",
+                                   str(args.steps), "--seed", str(args.seed)], run_root, target)
 
 
 if __name__ == "__main__":
