@@ -6,7 +6,8 @@ import torch.nn.functional as F
 import batch_align_ln_gn as ba
 import common
 from conftest import save_teacher
-from test_cs_rejection_bn import assert_same_tensors, final_state, without_timing
+from test_cs_rejection_bn import (assert_same_tensors, crash_after_second_save, final_state,
+                                  spy_on_loaded_teacher, without_timing)
 
 # One model per layout the wrapper must handle: GroupNorm(8) and GroupNorm(1) on conv maps, ConvNeXt-style LayerNorm
 # over channels (applied to NCHW maps), and LayerNorm on (N, L, D) tokens.
@@ -110,13 +111,8 @@ def test_an_exception_inside_the_context_still_removes_the_wrapper():
 
 # --- whole runs on generated data ----------------------------------------------------------------------------------
 def test_run_trains_the_student_and_leaves_the_teacher_bit_identical(tiny_data, gn_teacher, tmp_path, monkeypatch):
-    loaded = {}
     real_load = common.load_teacher
-
-    def spy(*a, **kw):
-        loaded["model"], info = real_load(*a, **kw)
-        return loaded["model"], info
-    monkeypatch.setattr(common, "load_teacher", spy)
+    loaded = spy_on_loaded_teacher(monkeypatch)
     res = ba.main(tiny_args(tiny_data, gn_teacher, tmp_path))
     fresh_teacher, _ = real_load("resnet20", gn_teacher)
     after = loaded["model"].float().to(memory_format=torch.contiguous_format).state_dict()
@@ -149,14 +145,8 @@ def test_no_alignment_arm_runs_the_plain_teacher(tiny_data, gn_teacher, tmp_path
 
 def test_resume_after_an_interruption_gives_the_same_final_metrics(tiny_data, gn_teacher, tmp_path, monkeypatch):
     whole = ba.main(tiny_args(tiny_data, gn_teacher, tmp_path / "whole"))
-    real_save, saves = common.save_checkpoint, []
-
-    def crash_after_second_save(*a, **kw):
-        real_save(*a, **kw)
-        saves.append(1)
-        if len(saves) == 2:
-            raise KeyboardInterrupt
-    monkeypatch.setattr(common, "save_checkpoint", crash_after_second_save)
+    real_save = common.save_checkpoint
+    crash_after_second_save(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         ba.main(tiny_args(tiny_data, gn_teacher, tmp_path / "cut"))
     monkeypatch.setattr(common, "save_checkpoint", real_save)

@@ -36,6 +36,29 @@ def without_timing(results):
     return {k: v for k, v in results.items() if k not in drop}
 
 
+def spy_on_loaded_teacher(monkeypatch):
+    """Patch common.load_teacher so that the model a run loads is kept in the returned dict under 'model'."""
+    loaded, real_load = {}, common.load_teacher
+
+    def spy(*a, **kw):
+        loaded["model"], info = real_load(*a, **kw)
+        return loaded["model"], info
+    monkeypatch.setattr(common, "load_teacher", spy)
+    return loaded
+
+
+def crash_after_second_save(monkeypatch):
+    """Patch common.save_checkpoint so that the process "dies" right after writing its second checkpoint."""
+    real_save, saves = common.save_checkpoint, []
+
+    def save_then_crash(*a, **kw):
+        real_save(*a, **kw)
+        saves.append(1)
+        if len(saves) == 2:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(common, "save_checkpoint", save_then_crash)
+
+
 # --- CS inference --------------------------------------------------------------------------------------------------
 def test_cs_forward_equals_a_hand_computation_with_batch_statistics():
     torch.manual_seed(0)
@@ -137,13 +160,8 @@ def test_kd_loss_is_zero_for_equal_logits_and_scales_with_tau_squared():
 
 # --- whole runs on generated data ----------------------------------------------------------------------------------
 def test_run_trains_the_student_and_leaves_the_teacher_bit_identical(tiny_data, tiny_teacher, tmp_path, monkeypatch):
-    loaded = {}
     real_load = common.load_teacher
-
-    def spy(*a, **kw):
-        loaded["model"], info = real_load(*a, **kw)
-        return loaded["model"], info
-    monkeypatch.setattr(common, "load_teacher", spy)
+    loaded = spy_on_loaded_teacher(monkeypatch)
     res = kd.main(tiny_args(tiny_data, tiny_teacher, tmp_path))
     fresh, _ = real_load("resnet20", tiny_teacher)
     after = loaded["model"].float().to(memory_format=torch.contiguous_format).state_dict()
@@ -180,14 +198,8 @@ def test_same_seed_gives_identical_metrics(tiny_data, tiny_teacher, tmp_path, ex
 
 def test_resume_after_an_interruption_gives_the_same_final_metrics(tiny_data, tiny_teacher, tmp_path, monkeypatch):
     whole = kd.main(tiny_args(tiny_data, tiny_teacher, tmp_path / "whole"))
-    real_save, saves = common.save_checkpoint, []
-
-    def crash_after_second_save(*a, **kw):
-        real_save(*a, **kw)
-        saves.append(1)
-        if len(saves) == 2:  # checkpoint at step 4 written, then the process "dies"
-            raise KeyboardInterrupt
-    monkeypatch.setattr(common, "save_checkpoint", crash_after_second_save)
+    real_save = common.save_checkpoint
+    crash_after_second_save(monkeypatch)  # checkpoint at step 4 written, then the process "dies"
     with pytest.raises(KeyboardInterrupt):
         kd.main(tiny_args(tiny_data, tiny_teacher, tmp_path / "cut"))
     monkeypatch.setattr(common, "save_checkpoint", real_save)
