@@ -299,6 +299,8 @@ def main(argv=None):
         return get
 
     t0, rows = time.time(), []
+    students = {}  # configuration -> the point whose student it trained: identical points (first-0 = last-0 = cs-both,
+    #                first-L = last-L) get one student, the same one a second run with the same seed would train
     for sweep in args.sweep:
         if sweep == "retrain":
             points = [(p, k, retrained(path, train)) for p, k, path, train in retrain_points(args)]
@@ -307,14 +309,22 @@ def main(argv=None):
                       for p, k, configs in sweep_points(sweep, names, args.k_list)]
         for point, k, get_teacher in points:
             key = f"{sweep}/{point}"
+            same = None if sweep == "retrain" else json.dumps(get_teacher()[2])  # retrained teachers are all different
             if key in done:
                 rows.append(done[key])
+                if "eval/acc_running" in done[key] and same is not None:
+                    students.setdefault(same, done[key])
                 continue
             model, reference, configs, stats = get_teacher()
             if model is None:
                 continue
             wants_student = sweep == "retrain" or ((k in args.distill_k) if k is not None else (point in args.distill_points))
-            row = run_point(model, configs, key, sweep, k, reference, wants_student, stats)
+            twin = students.get(same) if wants_student else None
+            row = run_point(model, configs, key, sweep, k, reference, wants_student and twin is None, stats)
+            if twin is not None:  # the same teacher configuration: its student, not a second identical training
+                row.update({k_: v for k_, v in twin.items() if k_.startswith("eval/")}, student_of=twin["point"])
+            elif wants_student and same is not None:
+                students[same] = row
             rows.append(row)
             if rank == 0:
                 log.log(len(rows), **row)

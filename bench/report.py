@@ -145,7 +145,8 @@ def bn_ablation_block():
             line = (f"| {row['point']} | {pct(row['teacher/acc'])} | {ent(row['noise/label_entropy'])} "
                     f"| {pct(row['noise/label_max_share'])}% |")
             if taught and "eval/acc_running" in row:
-                line += (f" {pct(row['eval/acc_running'])} / {pct(row['eval/acc_batchstats'])} "
+                twin = f" (the student of {row['student_of']}: same configuration)" if "student_of" in row else ""
+                line += (f" {pct(row['eval/acc_running'])} / {pct(row['eval/acc_batchstats'])}{twin} "
                          f"| {pct(row['eval/agreement_running'])} / {pct(row['eval/agreement_batchstats'])} |")
             elif taught:
                 line += " | |"

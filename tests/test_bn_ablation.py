@@ -73,10 +73,14 @@ def test_sweeps_put_running_statistics_where_they_say():
     assert comps["cs-var-no-affine"] == {"mean": "running", "var": "cs", "affine": False} and len(comps) == 6
 
 
-def test_a_tiny_sweep_runs_end_to_end_and_resumes(tiny_data, tiny_teacher, tmp_path):
+def test_a_tiny_sweep_runs_end_to_end_and_resumes(tiny_data, tiny_teacher, tmp_path, monkeypatch):
+    real_distill = ab.distill
     argv = ["--data-dir", str(tiny_data), "--teacher-ckpt", str(tiny_teacher), "--out-dir", str(tmp_path),
-            "--sweep", "first-k", "components", "--k-list", "0", "19", "--distill-k", "0", "--distill-points", "cs-var",
-            "--diag-samples", "64", "--batch-size", "32", "--steps", "3", "--eval-batch-size", "32"]
+            "--sweep", "first-k", "components", "--k-list", "0", "19", "--distill-k", "0",
+            "--distill-points", "cs-var", "cs-both", "--diag-samples", "64", "--batch-size", "32", "--steps", "3",
+            "--eval-batch-size", "32"]
+    trained = []
+    monkeypatch.setattr(ab, "distill", lambda *a, **kw: trained.append(a[-1]) or real_distill(*a, **kw))
     res = ab.main(argv)
     rows = {r["point"]: r for r in res["points"]}
     assert list(rows) == ["first-k/first-0", "first-k/first-19", "components/cs-mean", "components/cs-var",
@@ -84,9 +88,13 @@ def test_a_tiny_sweep_runs_end_to_end_and_resumes(tiny_data, tiny_teacher, tmp_p
                           "components/cs-both-no-affine"]
     assert "eval/acc_running" in rows["first-k/first-0"] and "eval/agreement_batchstats" in rows["components/cs-var"]
     assert "eval/acc_running" not in rows["first-k/first-19"]
-    # cs-both with affine is first-0 under another name: the same teacher accuracy and noise labels
+    # cs-both with affine is first-0 under another name: the same teacher accuracy and noise labels, and its student
+    # is first-0's rather than a second identical training
     assert rows["components/cs-both"]["teacher/acc"] == rows["first-k/first-0"]["teacher/acc"]
     assert rows["components/cs-both"]["noise/label_entropy"] == rows["first-k/first-0"]["noise/label_entropy"]
+    assert trained == ["first-k/first-0", "components/cs-var"]
+    assert rows["components/cs-both"]["student_of"] == "first-k/first-0"
+    assert rows["components/cs-both"]["eval/agreement_running"] == rows["first-k/first-0"]["eval/agreement_running"]
     run = next(tmp_path.iterdir())
     lines = (run / "metrics.jsonl").read_text().splitlines()
     (run / "metrics.jsonl").write_text("\n".join(lines[:3]) + "\n")  # as if stopped after three points
