@@ -252,7 +252,7 @@ def main(argv=None):
            else torch.optim.SGD(student.parameters(), lr=args.lr, momentum=args.momentum, nesterov=True,
                                 weight_decay=args.weight_decay))
     sampler = RejectionSampler(num_classes, args.marginal_momentum, args.accept_floor, coin_gen)
-    stats = new_stats(num_classes)
+    stats = new_stats(num_classes, args.device)
     step, curve = 0, []
 
     # --- run folder (rank 0 makes it), or the one we resume
@@ -265,7 +265,7 @@ def main(argv=None):
         opt.load_state_dict(ck["optimizer"])
         noise_gen.set_state(ck["noise_gen"])
         sampler.load_state_dict(ck["sampler"])
-        step, stats, curve, probe = ck["step"], ck["stats"], ck["curve"], ck["probe"]
+        step, stats, curve, probe = ck["step"], new_stats(num_classes, args.device, ck["stats"]), ck["curve"], ck["probe"]
         print(f"resumed {run_dir} at step {step}")
     else:
         probe = label_probe(teacher, args, shape, num_classes, t_fmt)  # every rank: the aligned teacher is collective
@@ -295,7 +295,7 @@ def main(argv=None):
         log.log(step, **row)
         return row
 
-    t_start = time.time()
+    t_start, nonfinite = time.time(), torch.zeros((), device=args.device)
     bar = tqdm(total=args.steps, initial=step, desc="noise KD", dynamic_ncols=True, disable=rank > 0)
     while step < args.steps:
         t_step = time.perf_counter()
@@ -306,19 +306,22 @@ def main(argv=None):
             with common.synced_batch_norm(student):  # a BN student normalizes over the global batch, as in 1 process
                 s_logits = net(z.contiguous(memory_format=s_fmt))
         loss = kd_loss(s_logits, t_logits, args.tau, weights)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"distillation loss is {loss.item()} at step {step} (teacher logits finite: "
-                                     f"{bool(torch.isfinite(t_logits).all())}); lower --lr or check the teacher")
+        # No host sync inside a step (a GPU keeps running ahead): finiteness is read at the next log line, at most 10
+        # steps later and before any evaluation or checkpoint, so a NaN stops the run and never reaches a checkpoint.
+        nonfinite += (~torch.isfinite(loss.detach())).float()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         step += 1
         stats["student_samples"] += len(z) * world
-        stats["last_loss"] = loss.item()
         stats["train_s"] += time.perf_counter() - t_step
-        if step % 10 == 0 or step == args.steps:
-            loss_all = common.all_reduce_sum(loss.detach()) / world  # every rank joins; rank 0 logs
-            row = {"train/loss": loss_all.item(), "train/lr": lr_at(args, step - 1),
+        if step % 10 == 0 or step == args.steps or step % args.eval_every == 0 or step % args.ckpt_every == 0:
+            if common.all_reduce_sum(nonfinite).item():  # every rank stops together
+                raise FloatingPointError(f"distillation loss became non-finite at or before step {step} (teacher "
+                                         f"logits finite: {bool(torch.isfinite(t_logits).all())}); lower --lr or "
+                                         f"check the teacher")
+            stats["last_loss"] = (common.all_reduce_sum(loss.detach()) / world).item()  # every rank joins; rank 0 logs
+            row = {"train/loss": stats["last_loss"], "train/lr": lr_at(args, step - 1),
                    "train/samples_per_s": stats["student_samples"] / stats["train_s"],
                    "train/acceptance_rate": stats["accepted"] / max(1, stats["teacher_samples"]),
                    "train/sampler_time_frac": stats["sampler_s"] / stats["train_s"]}

@@ -187,7 +187,7 @@ def distill(teacher, configs, args, shape, num_classes, desc):
     net = torch.nn.parallel.DistributedDataParallel(student) if world > 1 else student
     gen = torch.Generator(args.device).manual_seed(args.seed + 1_000)
     opt = torch.optim.Adam(student.parameters(), lr=args.lr)
-    warmup = min(50, args.steps // 10)
+    warmup, nonfinite = min(50, args.steps // 10), torch.zeros((), device=args.device)
     for step in tqdm(range(args.steps), desc=desc, leave=False, dynamic_ncols=True, disable=world > 1 and
                      common.dist_info()[0] > 0):
         lr = args.lr * ((step + 1) / warmup if step < warmup else
@@ -203,11 +203,12 @@ def distill(teacher, configs, args, shape, num_classes, desc):
             with common.synced_batch_norm(student):
                 s = net(z).float()
         loss = F.kl_div(F.log_softmax(s, 1), F.log_softmax(t, 1), log_target=True, reduction="batchmean")
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"{desc}: distillation loss is {loss.item()} at step {step}")
+        nonfinite += (~torch.isfinite(loss.detach())).float()  # read every 10 steps: no host sync inside a step
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if ((step + 1) % 10 == 0 or step + 1 == args.steps) and common.all_reduce_sum(nonfinite).item():
+            raise FloatingPointError(f"{desc}: distillation loss became non-finite at or before step {step + 1}")
     return student
 
 

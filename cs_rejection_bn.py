@@ -144,8 +144,9 @@ class RejectionSampler:
     def update(self, labels):
         """Fold the labels of one pool (every rank's, under torchrun) into the estimate; returns their histogram."""
         counts = common.all_reduce_sum(torch.bincount(labels, minlength=self.k))
-        hist = counts.double() / counts.sum()
-        self.marginal = hist if self.marginal is None else self.momentum * self.marginal + (1 - self.momentum) * hist
+        hist = counts.double() / counts.sum()  # on the labels' device: no host sync
+        prev = self.marginal
+        self.marginal = hist if prev is None else self.momentum * prev.to(hist.device) + (1 - self.momentum) * hist
         return counts
 
     def level(self):
@@ -158,10 +159,11 @@ class RejectionSampler:
         return (self.level() / p.clamp_min(1e-12)).clamp(max=1.0)
 
     def accept(self, labels):
-        """Boolean mask of accepted samples; labels on the CPU. Under torchrun every rank draws the coins of the whole
-        pool from the same generator and uses its own slice, as one process would."""
+        """Boolean mask of accepted samples, on the labels' device. The coins come from a CPU generator (the same
+        stream on every device); under torchrun every rank draws the coins of the whole pool and uses its own slice,
+        as one process would."""
         coins = torch.rand(len(labels) * common.dist_info()[1], generator=self.gen, dtype=torch.float64)
-        return coins[common.my_slice(len(labels))] < self.accept_prob(labels)
+        return coins[common.my_slice(len(labels))].to(labels.device) < self.accept_prob(labels)
 
     def state_dict(self):
         return {"marginal": self.marginal, "generator": self.gen.get_state()}
@@ -176,14 +178,15 @@ def draw_batch(args, teacher_fn, sampler, noise_gen, shape, stats):
     noise batch to the teacher's logits (here the CS forward; batch_align_ln_gn.py passes its aligned teacher).
     Updates `stats` (label histograms, teacher samples, sampler time; global under torchrun) in place.
     Under torchrun every rank draws the global batch's noise from the same generator and keeps its slice: the N
-    processes see exactly the samples one process would (noise costs far less than the teacher's forward)."""
+    processes see exactly the samples one process would (noise costs far less than the teacher's forward).
+    Without rejection nothing here waits for the device; rejection must (the accepted count decides the next pool)."""
     world = common.dist_info()[1]
     B, dev = args.batch_size // world, args.device  # this rank's share of the global batch
     noise = lambda n: common.sample_noise(n * world, shape, noise_gen, args.noise_alpha, dev)[common.my_slice(n)]
     if args.balance != "reject":
         z = noise(B)
         t = teacher_fn(z)
-        labels = t.argmax(1).cpu()
+        labels = t.argmax(1)
         t_sampler = time.perf_counter()
         counts = sampler.update(labels)
         weights = None
@@ -204,13 +207,13 @@ def draw_batch(args, teacher_fn, sampler, noise_gen, shape, stats):
     for _ in range(args.max_pools):
         z = noise(M)
         t = teacher_fn(z)
-        labels = t.argmax(1).cpu()
+        labels = t.argmax(1)
         t_sampler = time.perf_counter()
         counts = sampler.update(labels)
-        keep = sampler.accept(labels).to(dev)
+        keep = sampler.accept(labels)
         acc_z.append(z[keep]), acc_t.append(t[keep]), rej_z.append(z[~keep]), rej_t.append(t[~keep])
         n_acc += int(keep.sum())
-        stats["accepted"] += int(common.all_reduce_sum(keep.sum().cpu()))
+        stats["accepted"] += int(common.all_reduce_sum(keep.sum()))
         stats["sampler_s"] += time.perf_counter() - t_sampler
         _record_raw(stats, counts, t)
         if int(common.all_reduce_sum(torch.tensor(int(n_acc < B)))) == 0:  # every rank has its share
@@ -221,23 +224,27 @@ def draw_batch(args, teacher_fn, sampler, noise_gen, shape, stats):
     if len(z) < B:  # never loop forever (a class the teacher never predicts can push acceptance very low)
         z = torch.cat([z, torch.cat(rej_z)[:B - len(z)]])
         t = torch.cat([t, torch.cat(rej_t)[:B - len(t)]])
-    stats["acc_counts"] += common.all_reduce_sum(torch.bincount(t.argmax(1).cpu(), minlength=sampler.k))
+    stats["acc_counts"] += common.all_reduce_sum(torch.bincount(t.argmax(1), minlength=sampler.k))
     stats["sampler_s"] += time.perf_counter() - t_sampler
     return z, t, None
 
 
-def new_stats(num_classes):
-    """Counters of a run: teacher labels on raw noise and on the batches used, samples, sampler and step time."""
-    return {"raw_counts": torch.zeros(num_classes, dtype=torch.long), "acc_counts": torch.zeros(num_classes, dtype=torch.long),
-            "raw_soft": torch.zeros(num_classes, dtype=torch.float64), "teacher_samples": 0, "student_samples": 0,
-            "accepted": 0, "shortfall": 0, "sampler_s": 0.0, "train_s": 0.0, "last_loss": None}
+def new_stats(num_classes, device="cpu", resumed=None):
+    """Counters of a run: teacher labels on raw noise and on the batches used, samples, sampler and step time. The
+    histograms live on the device (read only when logged); `resumed`: the counters of a checkpoint, moved there."""
+    if resumed is not None:
+        return {k: v.to(device) if torch.is_tensor(v) else v for k, v in resumed.items()}
+    zeros = lambda dtype: torch.zeros(num_classes, dtype=dtype, device=device)
+    return {"raw_counts": zeros(torch.long), "acc_counts": zeros(torch.long), "raw_soft": zeros(torch.float64),
+            "teacher_samples": 0, "student_samples": 0, "accepted": 0, "shortfall": 0, "sampler_s": 0.0,
+            "train_s": 0.0, "last_loss": None}
 
 
 def _record_raw(stats, counts, t):
     """The teacher's argmax label counts (all ranks') and summed probabilities on every noise sample it saw."""
-    stats["teacher_samples"] += int(counts.sum())
+    stats["teacher_samples"] += len(t) * common.dist_info()[1]  # = counts.sum(), without waiting for the device
     stats["raw_counts"] += counts
-    stats["raw_soft"] += common.all_reduce_sum(F.softmax(t, 1).sum(0).cpu().double())
+    stats["raw_soft"] += common.all_reduce_sum(F.softmax(t, 1).sum(0).double())
 
 
 def kd_loss(student_logits, teacher_logits, tau, weights=None):
@@ -321,7 +328,7 @@ def main(argv=None):
            else torch.optim.SGD(student.parameters(), lr=args.lr, momentum=args.momentum, nesterov=True,
                                 weight_decay=args.weight_decay))
     sampler = RejectionSampler(num_classes, args.marginal_momentum, args.accept_floor, coin_gen)
-    stats = new_stats(num_classes)
+    stats = new_stats(num_classes, args.device)
     step, curve = 0, []
 
     # --- run folder (rank 0 makes it), or the one we resume
@@ -334,7 +341,7 @@ def main(argv=None):
         opt.load_state_dict(ck["optimizer"])
         noise_gen.set_state(ck["noise_gen"])
         sampler.load_state_dict(ck["sampler"])
-        step, stats, curve = ck["step"], ck["stats"], ck["curve"]
+        step, stats, curve = ck["step"], new_stats(num_classes, args.device, ck["stats"]), ck["curve"]
         print(f"resumed {run_dir} at step {step}")
     elif rank == 0:
         run_dir = common.make_run_dir(args.out_dir, args.dataset, Path(__file__).stem, args.teacher, args.seed)
@@ -359,7 +366,7 @@ def main(argv=None):
         log.log(step, **row)
         return row
 
-    t_start = time.time()
+    t_start, nonfinite = time.time(), torch.zeros((), device=args.device)
     bar = tqdm(total=args.steps, initial=step, desc="noise KD", dynamic_ncols=True, disable=rank > 0)
     while step < args.steps:
         t_step = time.perf_counter()
@@ -370,19 +377,22 @@ def main(argv=None):
             with common.synced_batch_norm(student):  # a BN student normalizes over the global batch, as in 1 process
                 s_logits = net(z.contiguous(memory_format=s_fmt))
         loss = kd_loss(s_logits, t_logits, args.tau, weights)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"distillation loss is {loss.item()} at step {step} (teacher logits finite: "
-                                     f"{bool(torch.isfinite(t_logits).all())}); lower --lr or check the teacher")
+        # No host sync inside a step (a GPU keeps running ahead): finiteness is read at the next log line, at most 10
+        # steps later and before any evaluation or checkpoint, so a NaN stops the run and never reaches a checkpoint.
+        nonfinite += (~torch.isfinite(loss.detach())).float()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         step += 1
         stats["student_samples"] += len(z) * world
-        stats["last_loss"] = loss.item()
         stats["train_s"] += time.perf_counter() - t_step
-        if step % 10 == 0 or step == args.steps:
-            loss_all = common.all_reduce_sum(loss.detach()) / world  # every rank joins; rank 0 logs
-            row = {"train/loss": loss_all.item(), "train/lr": lr_at(args, step - 1),
+        if step % 10 == 0 or step == args.steps or step % args.eval_every == 0 or step % args.ckpt_every == 0:
+            if common.all_reduce_sum(nonfinite).item():  # every rank stops together
+                raise FloatingPointError(f"distillation loss became non-finite at or before step {step} (teacher "
+                                         f"logits finite: {bool(torch.isfinite(t_logits).all())}); lower --lr or "
+                                         f"check the teacher")
+            stats["last_loss"] = (common.all_reduce_sum(loss.detach()) / world).item()  # every rank joins; rank 0 logs
+            row = {"train/loss": stats["last_loss"], "train/lr": lr_at(args, step - 1),
                    "train/samples_per_s": stats["student_samples"] / stats["train_s"],
                    "train/acceptance_rate": stats["accepted"] / max(1, stats["teacher_samples"]),
                    "train/sampler_time_frac": stats["sampler_s"] / stats["train_s"]}

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 import batch_align_ln_gn as ba
 import common
 from conftest import save_teacher
-from test_cs_rejection_bn import (assert_same_tensors, crash_after_second_save, final_state,
+from test_cs_rejection_bn import (assert_same_tensors, crash_after_second_save, final_state, host_reads_per_step,
                                   spy_on_loaded_teacher, without_timing)
 
 # One model per layout the wrapper must handle: GroupNorm(8) and GroupNorm(1) on conv maps, ConvNeXt-style LayerNorm
@@ -130,6 +130,13 @@ def test_run_trains_the_student_and_leaves_the_teacher_bit_identical(tiny_data, 
     assert sum(res["probe/plain_hist"]) == sum(res["probe/aligned_hist"]) == 32
     assert res["teacher/norm"] == "gn" and len(res["align/layers"]) == 19  # stem + 2 per block in 9 blocks
     assert res["samples_seen"] == 6 * 16 and [row["step"] for row in res["curve"]] == [3, 6]
+
+
+def test_aligned_steps_between_log_lines_do_not_wait_for_the_device(tiny_data, gn_teacher, tmp_path, monkeypatch):
+    reads = host_reads_per_step(monkeypatch, ba, {"batch_align_ln_gn.py", "cs_rejection_bn.py", "common.py"})
+    ba.main(tiny_args(tiny_data, gn_teacher, tmp_path, "--steps", "12", "--eval-every", "6", "--ckpt-every", "6",
+                      "--balance", "none"))  # rejection must read how many it kept (once per pool)
+    assert {s for s, _, _ in reads if s > 0} == {6, 10, 12}, reads  # the log, evaluation and checkpoint steps only
 
 
 def test_no_alignment_arm_runs_the_plain_teacher(tiny_data, gn_teacher, tmp_path, monkeypatch):

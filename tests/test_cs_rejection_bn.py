@@ -1,5 +1,7 @@
 """cs_rejection_bn.py: CS inference, the rejection sampler, and whole runs on generated data."""
 import json
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -216,8 +218,47 @@ def test_nan_loss_is_a_clear_error(tiny_data, tmp_path):
     with torch.no_grad():
         model.linear.weight.fill_(float("nan"))
     bad = save_teacher(tmp_path / "nan.pt", model)
-    with pytest.raises(FloatingPointError, match="loss is nan at step 0.*teacher logits finite: False"):
+    # read at the first log / checkpoint step (2 here), before anything is saved
+    with pytest.raises(FloatingPointError, match="non-finite at or before step 2 .*teacher logits finite: False"):
         kd.main(tiny_args(tiny_data, bad, tmp_path))
+    assert not list(tmp_path.glob("*/checkpoint.pt"))
+
+
+HOST_READS = ("item", "cpu", "tolist", "numpy", "__bool__", "__int__", "__float__")
+
+
+def host_reads_per_step(monkeypatch, module, files):
+    """Record every read of a tensor's value on the host (.item(), .cpu(), bool(t), ...) made directly by code in
+    `files`, with the step it happens in (steps counted by module.draw_batch calls; 0 = before the first step). On a
+    GPU each such read waits for the device. Reads inside PyTorch itself (the optimizer's CPU step counter) are not ours
+    and not counted."""
+    reads, step = [], [0]
+    for name in HOST_READS:
+        real = getattr(torch.Tensor, name)
+
+        def spy(self, *a, _real=real, _name=name, **kw):
+            caller = sys._getframe(1)
+            if Path(caller.f_code.co_filename).name in files:
+                reads.append((step[0], _name, f"{Path(caller.f_code.co_filename).name}:{caller.f_lineno}"))
+            return _real(self, *a, **kw)
+        monkeypatch.setattr(torch.Tensor, name, spy)
+    real_draw = module.draw_batch
+
+    def counting_draw(*a, **kw):
+        step[0] += 1
+        return real_draw(*a, **kw)
+    monkeypatch.setattr(module, "draw_batch", counting_draw)
+    return reads
+
+
+@pytest.mark.parametrize("balance", ["none", "reweight"])
+def test_steps_between_log_lines_do_not_wait_for_the_device(tiny_data, tiny_teacher, tmp_path, monkeypatch, balance):
+    reads = host_reads_per_step(monkeypatch, kd, {"cs_rejection_bn.py", "common.py"})
+    kd.main(tiny_args(tiny_data, tiny_teacher, tmp_path, "--steps", "12", "--eval-every", "6", "--ckpt-every", "6",
+                      "--balance", balance))
+    steps_with_reads = {s for s, _, _ in reads if s > 0}
+    assert steps_with_reads == {6, 10, 12}, reads  # the log (every 10), evaluation and checkpoint steps only
+
 
 
 def test_missing_teacher_says_which_command_makes_one(tiny_data, tmp_path):
