@@ -163,7 +163,7 @@ def bn_ablation_figures():
         taught_any = any("eval/acc_running" in row for row in r["points"])
         fig, axes = plt.subplots(1, 2 if taught_any else 1, figsize=(11 if taught_any else 6, 4), squeeze=False)
         axes = axes[0]
-        for sweep in ("first-k", "last-k"):
+        for sweep in ("first-k", "last-k", "retrain"):
             rows = [row for row in r["points"] if row["sweep"] == sweep]
             if not rows:
                 continue
@@ -178,7 +178,9 @@ def bn_ablation_figures():
                          marker="o", label=f"{sweep}: test-batch stats")
             axes[1].plot([row["k"] for row in taught], [100 * row["eval/acc_running"] for row in taught],
                          marker="s", ls=":", label=f"{sweep}: running stats")
-        axes[0].set_xlabel("k = BatchNorm layers on running statistics")
+        sweeps = {row["sweep"] for row in r["points"]}
+        axes[0].set_xlabel("k = stages with GroupNorm instead of BatchNorm (retrained teachers, the rest CS)"
+                           if sweeps == {"retrain"} else "k = BatchNorm layers on running statistics")
         axes[0].set_title("teacher: labels on noise, accuracy on test images")
         if taught_any:
             axes[1].set_xlabel("k")
