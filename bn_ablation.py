@@ -157,7 +157,8 @@ def retrain_points(args):
         norm = norms[0] if len(set(norms)) == 1 else "-".join(norms)
         path = common.REPO / "teachers" / f"{args.teacher}_{args.dataset}_{norm}.pt"
         train = ["--model", args.teacher, "--norm", norm, "--dataset", args.dataset, "--data-dir", args.data_dir,
-                 "--epochs", str(args.retrain_epochs), "--seed", "0", "--out", str(path)]
+                 "--epochs", str(args.retrain_epochs), "--seed", "0", "--out", str(path),
+                 "--resume"]  # continues a training that was stopped (from <out>.partial); else starts it
         points.append((f"gn-stages-{k}", k, path, train))
     return points
 
