@@ -90,6 +90,18 @@ def test_what_the_readme_says_about_batch_alignment_holds():
     for key in ("eval/acc_running", "eval/acc_batchstats"):
         assert plain[key] < 0.11  # chance
         assert align[key] > plain[key] + 0.02  # "clearly above chance"
+    if not (folder / "bn__align_reject.json").exists():
+        return
+    bn = {arm: json.loads((folder / f"bn__{arm}.json").read_text()) for arm in ("plain", "align", "align_reject")}
+    assert bn["plain"]["noise/label_entropy"] < 0.1 and max(bn["plain"][k] for k in ("eval/acc_running",
+                                                                                    "eval/acc_batchstats")) < 0.11
+    assert bn["align"]["noise/label_max_share"] < 0.15 < 0.25 < align["noise/label_max_share"] < 0.4  # 12% vs a third
+    assert bn["align"]["eval/acc_running"] < align["eval/acc_running"]  # ahead with running statistics,
+    assert bn["align"]["eval/acc_batchstats"] > align["eval/acc_batchstats"]  # behind with test-batch statistics
+    quick = json.loads((REPO / "results" / "default_run.json").read_text())
+    for key in ("eval/acc_running", "eval/acc_batchstats", "noise/label_entropy"):
+        assert bn["align_reject"][key] == quick[key]  # the quick-start run, the same numbers
+        assert abs(bn["align_reject"][key] - bn["align"][key]) < 0.01  # rejection "changed little"
 
 
 def test_what_the_readme_says_about_the_vit_analysis_holds():
