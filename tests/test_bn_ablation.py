@@ -134,3 +134,27 @@ def test_the_retrain_sweep_trains_missing_teachers_once_and_distils_from_each(ti
     assert all("eval/acc_running" in r and "eval/agreement_running" in r for r in rows.values())
     again = ab.main(argv + ["--retrain"])  # the teachers exist now: nothing is trained twice
     assert len(calls) == 2 and [r["point"] for r in again["points"]] == list(rows)
+
+
+def test_the_report_renders_sweeps_twins_and_a_retrain_only_file(tiny_data, tiny_teacher, tmp_path, monkeypatch):
+    import json
+    import sys
+    sys.path.insert(0, str(common.REPO / "bench"))
+    import report
+    small = ["--data-dir", str(tiny_data), "--diag-samples", "32", "--batch-size", "16", "--steps", "2",
+             "--eval-batch-size", "32"]
+    sweep = ab.main([*small, "--teacher-ckpt", str(tiny_teacher), "--out-dir", str(tmp_path / "runs"), "--sweep",
+                     "first-k", "last-k", "--k-list", "0", "19", "--distill-k", "0", "19"])
+    real_points = ab.retrain_points
+    monkeypatch.setattr(ab, "retrain_points", lambda args: [(p, k, tiny_teacher, t) for p, k, _, t in real_points(args)])
+    retrain = ab.main([*small, "--teacher-ckpt", str(tiny_teacher), "--out-dir", str(tmp_path / "runs"), "--sweep",
+                       "retrain", "--retrain-k", "0", "1"])  # the tiny teacher stands in for each retrained one
+    (tmp_path / "results" / "bn_ablation").mkdir(parents=True)
+    for name, res in (("sweep", sweep), ("retrain", retrain)):
+        (tmp_path / "results" / "bn_ablation" / f"{name}.json").write_text(json.dumps(res))
+    monkeypatch.setattr(report, "RESULTS", tmp_path / "results")
+    block = report.bn_ablation_block()
+    assert "| last-k/last-0 |" in block and "(the student of first-k/first-0: same configuration)" in block
+    assert "| retrain/gn-stages-1 |" in block
+    report.bn_ablation_figures()
+    assert all((tmp_path / "results" / f"bn_ablation_{n}.png").stat().st_size > 10_000 for n in ("sweep", "retrain"))
