@@ -25,7 +25,8 @@ def main():
     for ckpt in map(Path, args.checkpoints):
         blob = common.load_checkpoint(ckpt)
         manifest[ckpt.name] = {"arch": blob["arch"], "norm": blob["norm"], "dataset": blob["dataset"],
-                               "command": blob["command"], "seed": blob["args"]["seed"], "test_acc": blob["test_acc"],
+                               "command": blob["command"].replace(f"{REPO}/", ""),  # run from the repository root
+                               "seed": blob["args"]["seed"], "test_acc": blob["test_acc"],
                                "train_time_s": blob["train_time_s"], "sha256": common.sha256_of(ckpt),
                                **({"note": args.note} if args.note else {})}
         print(f"{ckpt.name}: {blob['arch']}/{blob['norm']} {blob['test_acc']:.4f}")
