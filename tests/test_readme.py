@@ -73,6 +73,12 @@ def test_what_the_readme_says_about_the_bn_ablation_holds():
     cs = [r["eval/acc_batchstats"] for p, r in students.items() if r["k"] != 19]
     assert len(cs) == 8 and 0.11 <= min(cs) and max(cs) <= 0.155  # 11-15%
     assert students["first-k/first-0"]["eval/acc_batchstats"] < max(cs)  # full CS is not the best
+    retrain = REPO / "results" / "bn_ablation" / "retrain.json"
+    if retrain.exists():
+        by_k = {r["k"]: r for r in json.loads(retrain.read_text())["points"]}
+        assert all(by_k[k]["noise/label_entropy"] > 0.99 for k in (0, 1, 2))
+        assert all(0.15 <= by_k[k]["eval/acc_batchstats"] < 0.175 for k in (0, 1, 2))  # 15-17%
+        assert by_k[3]["noise/label_max_share"] > 0.965 and by_k[3]["eval/acc_batchstats"] < 0.11  # one class, chance
 
 
 def test_the_second_seed_agrees_with_what_the_readme_says():
