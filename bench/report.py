@@ -295,7 +295,8 @@ def student_study_block():
     lines = [f"{any_run['samples_seen']:,} noise samples per run, seed {any_run['args']['seed']}, CIFAR-10 test "
              f"accuracy of the student: running statistics / test-batch statistics (batch {any_run['eval/batch_size']}) "
              "for BatchNorm students, one number for the others (no batch statistics). The BatchNorm-student row is "
-             "the alignment column (CS for the BatchNorm teacher) of the table above, without rejection like every run here. Measured on " + any_run["provenance"]["device"] + ".",
+             "the alignment column (CS for the BatchNorm teacher) of the table above, without rejection like every "
+             "run here. Measured on " + any_run["provenance"]["device"] + ".",
              "", "| student | " + " | ".join(label for _, label in STUDY_TEACHERS) + " |",
              "|---|" + "---:|" * len(STUDY_TEACHERS)]
     for student, label in STUDENTS:
