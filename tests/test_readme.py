@@ -79,6 +79,13 @@ def test_what_the_readme_says_about_the_bn_ablation_holds():
         assert all(by_k[k]["noise/label_entropy"] > 0.99 for k in (0, 1, 2))
         assert all(0.15 <= by_k[k]["eval/acc_batchstats"] < 0.175 for k in (0, 1, 2))  # 15-17%
         assert by_k[3]["noise/label_max_share"] > 0.965 and by_k[3]["eval/acc_batchstats"] < 0.11  # one class, chance
+    r56 = REPO / "results" / "bn_ablation" / "resnet56_teacher_only.json"
+    if r56.exists():
+        e = {r["point"]: r["noise/label_entropy"] for r in json.loads(r56.read_text())["points"]}
+        assert e["first-k/first-0"] > 0.985 and 0.75 < e["stage/stage-layer3"] < 0.8
+        assert min(e[f"stage/stage-{s}"] for s in ("stem", "layer1", "layer2")) > 0.98
+        assert 0.5 < e["first-k/first-54"] < 0.55 and 0.15 < e["first-k/first-55"] < 0.2
+        assert e["components/cs-mean"] < e["components/cs-var"] < e["components/cs-both"]
 
 
 def test_the_second_seed_agrees_with_what_the_readme_says():
