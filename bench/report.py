@@ -276,7 +276,7 @@ STUDY_TEACHERS = [("bn", "BN ResNet-20 teacher, CS"), ("gn", "GN ResNet-20 teach
 
 def student_study_runs():
     """{(teacher, student): results}; the BN-student runs are the align arms of bench/batch_align.py."""
-    runs = {tuple(stem.split("__")): r for stem, r in load("student_study").items()}
+    runs = {tuple(stem.split("__")): r for stem, r in load("student_study").items() if stem != "test_time"}
     for teacher, _ in STUDY_TEACHERS:
         r = load("batch_align").get(f"{teacher}__align")
         if r:
@@ -291,25 +291,35 @@ def student_study_block():
     same = lambda r: (r["samples_seen"], r["args"]["seed"], r["eval/batch_size"], r["eval/num_images"])
     if len({same(r) for r in runs.values()}) != 1:
         raise ValueError(f"the student study mixes settings: { {k: same(r) for k, r in runs.items()} }")
+    path = RESULTS / "student_study" / "test_time.json"
+    test_time = json.loads(path.read_text()) if path.exists() else {"rows": []}
+    later = {(x["teacher"], x["student"]): x for x in test_time["rows"]}
     any_run = next(iter(runs.values()))
     lines = [f"{any_run['samples_seen']:,} noise samples per run, seed {any_run['args']['seed']}, CIFAR-10 test "
-             f"accuracy of the student: running statistics / test-batch statistics (batch {any_run['eval/batch_size']}) "
-             "for BatchNorm students, one number for the others (no batch statistics). The BatchNorm-student row is "
-             "the alignment column (CS for the BatchNorm teacher) of the table above, without rejection like every "
-             "run here. Measured on " + any_run["provenance"]["device"] + ".",
-             "", "| student | " + " | ".join(label for _, label in STUDY_TEACHERS) + " |",
-             "|---|" + "---:|" * len(STUDY_TEACHERS)]
+             "accuracy of the student as it is (BatchNorm on its running statistics) / with the statistics of each "
+             f"test batch of {any_run['eval/batch_size']}: BatchNorm in batch mode for the BatchNorm students, batch "
+             "alignment in front of every GroupNorm or LayerNorm layer for the others (measured afterwards from the "
+             f"final checkpoints: `{test_time.get('args', {}).get('command', 'python bench/student_study.py')}`, "
+             "results/student_study/test_time.json). The BatchNorm-student row is the alignment column (CS for the "
+             "BatchNorm teacher) of the table above; no run here uses rejection. Largest class: the share of the test "
+             "images the student puts in its most frequent class (as it is / with test-batch statistics). Measured on "
+             + any_run["provenance"]["device"] + ".",
+             "", "| student | " + " | ".join(label for _, label in STUDY_TEACHERS) + " | largest class: "
+             + ", ".join(label.split(" ")[0] + " teacher" for _, label in STUDY_TEACHERS) + " |",
+             "|---|" + "---:|" * (len(STUDY_TEACHERS) + 1)]
     for student, label in STUDENTS:
-        cells = []
+        cells, shares = [], []
         for teacher, _ in STUDY_TEACHERS:
-            r = runs.get((teacher, student))
+            r, t = runs.get((teacher, student)), later.get((teacher, student))
             if not r:
                 cells.append("not run yet")
-            elif r["eval/acc_running"] == r["eval/acc_batchstats"]:
-                cells.append(pct(r["eval/acc_running"]))
-            else:
-                cells.append(f"{pct(r['eval/acc_running'])} / {pct(r['eval/acc_batchstats'])}")
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+                continue
+            second = r["eval/acc_batchstats"] if student == "resnet20_bn" else t and t["coupled/acc"]
+            cells.append(f"{pct(r['eval/acc_running'])} / {pct(second)}" if second is not None
+                         else pct(r["eval/acc_running"]))
+            if t:
+                shares.append(f"{pct(t['plain/pred_max_share'])}% / {pct(t['coupled/pred_max_share'])}%")
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {', '.join(shares) or 'n/a'} |")
     return "\n".join(lines)
 
 

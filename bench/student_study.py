@@ -10,16 +10,29 @@ its noise, six times the teacher compute per student sample, which a CPU cannot 
 
 The ResNet-20/BN rows are the align arms of bench/batch_align.py (the same runs: same teachers, flags, seed and
 budget), so this script runs only the other students. Results: results/student_study/<teacher>__<student>.json.
+
+Then every student of the table (the BN ones too) is evaluated once more from its final checkpoint, with and without
+the test batch's statistics, and the classes it predicts on the test images are counted
+(results/student_study/test_time.json). A BatchNorm student has test-batch statistics built in (BatchNorm in batch
+mode); for the GroupNorm and LayerNorm students the same thing is batch alignment (batch_align_ln_gn.py) in front of
+each of their norm layers, on each test batch: a per-channel re-standardization that a per-sample norm cannot do.
 """
 import argparse
+import contextlib
+import copy
+import json
 import sys
+import time
 from pathlib import Path
+
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 import batch_align_ln_gn  # noqa: E402
 import cs_rejection_bn  # noqa: E402
 from _runs import run_or_resume  # noqa: E402
+import common  # noqa: E402
 
 TEACHERS = {  # name: (script, flags)
     "bn": (cs_rejection_bn, ["--teacher", "resnet20", "--teacher-ckpt", str(REPO / "teachers/resnet20_cifar10_bn.pt"),
@@ -53,6 +66,68 @@ def main():
             run_root = REPO / "runs" / f"bench_student_study_s{args.seed}" / f"{teacher}__{student}"
             run_or_resume(script, [*teacher_flags, *STUDENTS[student], "--data-dir", args.data_dir, "--steps",
                                    str(args.steps), "--seed", str(args.seed)], run_root, target)
+    test_time(args, out)
+
+
+@torch.no_grad()
+def test_predictions(student, x, mean, std, coupled, amp, batch_size):
+    """The classes `student` predicts for the test images x (uint8), in test batches of batch_size. coupled: with the
+    test batch's statistics, BatchNorm in batch mode for a BN student, batch alignment in front of every per-sample
+    norm layer otherwise. On a copy in eval mode: the student itself is not touched."""
+    net = copy.deepcopy(student).eval()
+    context = contextlib.nullcontext()
+    if coupled and common.has_batchnorm(net):
+        for m in net.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.train()
+    elif coupled:
+        context = batch_align_ln_gn.batch_aligned(net)
+    preds = []
+    with context, torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+        for i in range(0, len(x), batch_size):
+            preds.append(net(common.normalize(x[i:i + batch_size], mean, std)).argmax(1))
+    return torch.cat(preds)
+
+
+def test_time(args, out, runs_dir=REPO / "runs"):
+    """Evaluate each study student from its final checkpoint with and without test-batch statistics; count the classes
+    it predicts. Writes out/test_time.json. Students whose run folder is gone (only the copied results remain) are
+    skipped with a note."""
+    start = time.time()
+    runs = {stem: runs_dir / f"bench_student_study_s{args.seed}" / stem for stem in
+            (f"{t}__{s}" for t in TEACHERS for s in STUDENTS)}
+    runs |= {f"{t}__resnet20_bn": runs_dir / f"bench_batch_align_s{args.seed}" / f"{t}__align" for t in TEACHERS}
+    x, y = common.load_split("cifar10", "test", args.data_dir)
+    rows = []
+    for stem, run_root in runs.items():
+        done = sorted(d for d in run_root.glob("*") if (d / "results.json").exists() and (d / "checkpoint.pt").exists())
+        if not done:
+            print(f"test-time statistics, {stem}: no finished run under {run_root}; skipped")
+            continue
+        ckpt = common.load_checkpoint(done[-1] / "checkpoint.pt")
+        recorded = json.loads((done[-1] / "results.json").read_text())
+        a = ckpt["args"]
+        if ckpt["step"] != a["steps"]:
+            raise RuntimeError(f"{done[-1]}: checkpoint at step {ckpt['step']}, the run ended at {a['steps']}")
+        student = common.build_model(a["student"], 10, a["student_norm"])
+        common.load_state_strict(student, ckpt["student"], done[-1] / "checkpoint.pt")
+        teacher = common.load_checkpoint(recorded["teacher/ckpt"])
+        row = {"teacher": stem.split("__")[0], "student": stem.split("__")[1], "run": done[-1].name,
+               "batch_size": a["eval_batch_size"], "bf16": a["bf16"],
+               "recorded/acc_running": recorded["eval/acc_running"],
+               "recorded/acc_batchstats": recorded["eval/acc_batchstats"]}
+        for mode in ("plain", "coupled"):
+            pred = test_predictions(student, x, teacher["mean"], teacher["std"], mode == "coupled", a["bf16"],
+                                    a["eval_batch_size"])
+            hist = torch.bincount(pred, minlength=10)
+            row |= {f"{mode}/acc": (pred == y).float().mean().item(), f"{mode}/pred_hist": hist.tolist(),
+                    **{f"{mode}/pred_{k}": v for k, v in common.label_stats(hist).items()}}
+        print(f"test-time statistics, {stem}: {row['plain/acc']:.4f} plain, {row['coupled/acc']:.4f} coupled; "
+              f"largest predicted class {row['plain/pred_max_share']:.2f} / {row['coupled/pred_max_share']:.2f}")
+        rows.append(row)
+    command = f"python bench/student_study.py --data-dir {args.data_dir} --seed {args.seed}"
+    common.write_json(out / "test_time.json", {"args": {"command": command, "seed": args.seed}, "rows": rows,
+                                                "provenance": common.provenance("cpu", time.time() - start)})
 
 
 if __name__ == "__main__":

@@ -1,11 +1,17 @@
 """The benchmark scripts' own logic on tiny settings (the measurements themselves live in results/)."""
+import argparse
 import json
 import sys
 
+import torch
 from conftest import REPO
 
 sys.path.insert(0, str(REPO / "bench"))
+import batch_align_ln_gn  # noqa: E402
+import common  # noqa: E402
+import cs_rejection_bn  # noqa: E402
 import gpu_speed  # noqa: E402
+import student_study  # noqa: E402
 
 
 def test_gpu_speed_times_both_paths_and_names_the_device(tmp_path):
@@ -14,3 +20,33 @@ def test_gpu_speed_times_both_paths_and_names_the_device(tmp_path):
     saved = json.loads((tmp_path / "speed.json").read_text())
     assert saved["samples_per_s_fp32_eager"] > 0 and saved["samples_per_s_fast"] > 0
     assert saved["speedup"] == out["speedup"] and "cpu (" in saved["provenance"]["device"]
+
+
+def test_student_study_test_time_statistics(tiny_data, tmp_path):
+    x, y = common.load_split("cifar10", "test", tiny_data)
+    mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+    torch.manual_seed(0)
+    bn, gn = common.build_model("resnet20").eval(), common.build_model("resnet20", norm="gn").eval()
+    # A BN student: as it is = eval mode, coupled = BatchNorm in batch mode, exactly common.evaluate's two protocols.
+    for coupled, protocol in ((False, "running"), (True, "batch")):
+        pred = student_study.test_predictions(bn, x, mean, std, coupled, False, 32)
+        assert (pred == y).float().mean().item() == common.evaluate(bn, x, y, mean, std, 32, protocol)
+    # A GN student: coupled = the same forward under batch alignment, per test batch; the student is left untouched.
+    before = {k: v.clone() for k, v in gn.state_dict().items()}
+    pred = student_study.test_predictions(gn, x, mean, std, True, False, 32)
+    with torch.no_grad(), batch_align_ln_gn.batch_aligned(gn):
+        manual = torch.cat([gn(common.normalize(x[i:i + 32], mean, std)).argmax(1) for i in (0, 32)])
+    assert torch.equal(pred, manual)
+    assert all(torch.equal(before[k], v) for k, v in gn.state_dict().items()) and not gn.training
+
+
+def test_student_study_reevaluates_finished_runs_from_their_checkpoints(tiny_data, tiny_teacher, tmp_path):
+    run_root = tmp_path / "runs" / "bench_student_study_s0" / "bn__resnet20_gn"
+    res = cs_rejection_bn.main(["--data-dir", str(tiny_data), "--teacher-ckpt", str(tiny_teacher), "--steps", "2",
+                                "--batch-size", "16", "--eval-batch-size", "32", "--student-norm", "gn",
+                                "--out-dir", str(run_root)])
+    student_study.test_time(argparse.Namespace(seed=0, data_dir=str(tiny_data)), tmp_path, tmp_path / "runs")
+    rows = json.loads((tmp_path / "test_time.json").read_text())["rows"]
+    assert [(r["teacher"], r["student"]) for r in rows] == [("bn", "resnet20_gn")]  # the other runs: skipped
+    assert rows[0]["plain/acc"] == res["eval/acc_running"]  # the final checkpoint is the evaluated student
+    assert sum(rows[0]["coupled/pred_hist"]) == 64 and 0.1 <= rows[0]["coupled/pred_max_share"] <= 1
