@@ -120,7 +120,8 @@ def test_time(args, out, runs_dir=REPO / "runs"):
             pred = test_predictions(student, x, teacher["mean"], teacher["std"], mode == "coupled", a["bf16"],
                                     a["eval_batch_size"])
             hist = torch.bincount(pred, minlength=10)
-            row |= {f"{mode}/acc": (pred == y).float().mean().item(), f"{mode}/pred_hist": hist.tolist(),
+            row |= {f"{mode}/acc": (pred == y).sum().item() / len(y),  # as common.evaluate
+                    f"{mode}/pred_hist": hist.tolist(),
                     **{f"{mode}/pred_{k}": v for k, v in common.label_stats(hist).items()}}
         print(f"test-time statistics, {stem}: {row['plain/acc']:.4f} plain, {row['coupled/acc']:.4f} coupled; "
               f"largest predicted class {row['plain/pred_max_share']:.2f} / {row['coupled/pred_max_share']:.2f}")

@@ -123,6 +123,28 @@ def test_what_the_readme_says_about_batch_alignment_holds():
         assert abs(bn["align_reject"][key] - bn["align"][key]) < 0.01  # rejection "changed little"
 
 
+def test_what_the_readme_says_about_the_student_study_holds():
+    folder = REPO / "results" / "student_study"
+    if not (folder / "test_time.json").exists():
+        pytest.skip("no student study yet")
+    run = lambda t, s: json.loads(((folder / f"{t}__{s}.json") if s != "resnet20_bn" else
+                                   (REPO / "results" / "batch_align" / f"{t}__align.json")).read_text())
+    later = {(r["teacher"], r["student"]): r for r in json.loads((folder / "test_time.json").read_text())["rows"]}
+    for t in ("bn", "gn"):
+        vit, gn, bn = run(t, "vit_tiny"), run(t, "resnet20_gn"), run(t, "resnet20_bn")
+        assert vit["eval/acc_running"] > 0.13 and abs(vit["eval/acc_running"] - bn["eval/acc_running"]) < 0.025
+        assert later[(t, "vit_tiny")]["coupled/acc"] > vit["eval/acc_running"] + 0.02  # alignment at test time helps
+        assert gn["eval/acc_running"] < 0.115  # the GroupNorm student does not learn
+        assert abs(gn["train/final_loss"] - bn["train/final_loss"]) < 0.05  # but fits the noise as well
+        assert later[(t, "resnet20_gn")]["coupled/pred_max_share"] > 0.99  # one class with test-time alignment
+        assert later[(t, "resnet20_gn")]["coupled/acc"] < 0.105
+        for s in ("vit_tiny", "resnet20_gn", "resnet20_bn"):
+            assert later[(t, s)]["plain/acc"] == run(t, s)["eval/acc_running"]  # re-evaluated: the run's own number
+    assert run("bn", "resnet20_gn")["eval/acc_running"] < 0.09 and later[("bn", "resnet20_gn")]["plain/pred_max_share"] < 0.4
+    curve = [c["eval/acc_running"] for c in run("bn", "vit_tiny")["curve"]]
+    assert curve[0] == max(curve) > 0.18 > curve[-1]  # best early, then lower
+
+
 def test_what_the_readme_says_about_the_vit_analysis_holds():
     folder = REPO / "results" / "vit_failure"
     if not (folder / "analysis.json").exists():
