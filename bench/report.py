@@ -7,6 +7,7 @@ A generated block sits between '<!-- BEGIN name -->' and '<!-- END name -->' in 
 by hand.
 """
 import argparse
+import ast
 import json
 import re
 import sys
@@ -323,6 +324,26 @@ def student_study_block():
     return "\n".join(lines)
 
 
+def vit_account_block():
+    """The account and its predictions, from vit_failure_analysis.py's docstring (one text, kept in the script)."""
+    doc = ast.get_docstring(ast.parse((REPO / "vit_failure_analysis.py").read_text()))
+    text = re.split(r"\n-{20,}\n", doc)[1].split("\n\n")[0]  # after the underline, before the usage line
+    lines, out = text.splitlines(), []
+    for line in lines:
+        item = re.match(r"\s+(P\d)\s+(.*)", line)
+        if item:
+            out += [""] if not out[-1].startswith("- ") else []
+            out.append(f"- **{item[1]}** {item[2]}")
+        elif line.startswith("    ") and out and out[-1].startswith("- "):
+            out[-1] += " " + line.strip()  # a prediction's continuation line
+        elif out and not out[-1].startswith("- ") and out[-1] != "":
+            out[-1] += " " + line.strip()
+        else:
+            out += [""] if out else []
+            out.append(line.strip())
+    return "\n".join(out)
+
+
 def vit_failure_block():
     path = RESULTS / "vit_failure" / "analysis.json"
     if not path.exists():
@@ -444,7 +465,8 @@ def teachers_block():
 
 BLOCKS = {"bn_variants": bn_variants_block, "throughput": throughput_block, "teachers": teachers_block,
           "bn_ablation": bn_ablation_block, "default_run": default_run_block, "seeds": seeds_block,
-          "batch_align": batch_align_block, "student_study": student_study_block, "vit_failure": vit_failure_block}
+          "batch_align": batch_align_block, "student_study": student_study_block, "vit_account": vit_account_block,
+          "vit_failure": vit_failure_block}
 FIGURES = {"bn_variants.png": bn_variants_figure, "bn_ablation_*.png": lambda path: bn_ablation_figures(),
            "batch_align.png": batch_align_figure, "vit_failure.png": vit_failure_figure}
 

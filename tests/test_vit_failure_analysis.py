@@ -114,3 +114,14 @@ def test_the_report_renders_the_analysis_and_its_checks(tiny_data, tmp_path, mon
     assert "| vit_tiny/ln (" in block and block.count("| vit_tiny/ln | P") == 5
     report.vit_failure_figure(tmp_path / "fig.png")
     assert (tmp_path / "fig.png").stat().st_size > 10_000
+
+
+def test_the_readme_states_the_account_from_the_docstring():
+    import sys
+    from conftest import REPO
+    sys.path.insert(0, str(REPO / "bench"))
+    import report
+    block = report.vit_account_block()
+    assert [line[4:6] for line in block.splitlines() if line.startswith("- **P")] == ["P1", "P2", "P3", "P4", "P5"]
+    assert block.startswith("Cut an image of iid N(0, 1) pixels") and "shrinks like 1/L" in block
+    assert "python vit_failure_analysis.py" not in block  # the usage line is not part of the account
