@@ -121,6 +121,22 @@ def test_what_the_readme_says_about_batch_alignment_holds():
     for key in ("eval/acc_running", "eval/acc_batchstats", "noise/label_entropy"):
         assert bn["align_reject"][key] == quick[key]  # the quick-start run, the same numbers
         assert abs(bn["align_reject"][key] - bn["align"][key]) < 0.01  # rejection "changed little"
+    if not (folder / "vit__align.json").exists():
+        return
+    ln, vit = ({arm: json.loads((folder / f"{t}__{arm}.json").read_text()) for arm in ("plain", "align")}
+               for t in ("ln", "vit"))
+    assert ln["plain"]["noise/label_entropy"] < 0.1 and 0.95 <= ln["plain"]["noise/label_max_share"] < 0.98
+    assert max(ln["plain"][k] for k in ("eval/acc_running", "eval/acc_batchstats")) < 0.125  # at or near chance
+    assert 0.4 < ln["align"]["noise/label_entropy"] < 0.5 and 0.6 < ln["align"]["noise/label_max_share"] < 0.7
+    gains = [ln["align"][k] - ln["plain"][k] for k in ("eval/acc_running", "eval/acc_batchstats")]
+    assert 0 < min(gains) and max(gains) < 0.03  # 1 to 2.5 points: within one seed's resolution here
+    hist = vit["plain"]["noise/label_hist"]
+    assert sum(n > 0.01 * sum(hist) for n in hist) == 4 and 0.4 < vit["plain"]["noise/label_entropy"] < 0.45
+    students = [r["eval/acc_running"] for r in (plain, align, *ln.values(), *vit.values())]
+    assert vit["plain"]["eval/acc_running"] == max(students) and vit["plain"]["eval/acc_batchstats"] > 0.15
+    assert vit["align"]["noise/label_entropy"] > 0.95 and vit["align"]["teacher/acc_aligned"] < 0.25
+    for key in ("eval/acc_running", "eval/acc_batchstats"):
+        assert vit["align"][key] < vit["plain"][key]  # alignment does not help the ViT
 
 
 def test_what_the_readme_says_about_the_student_study_holds():
