@@ -264,7 +264,10 @@ def batch_align_figure(path):
         ax.set_xlabel("noise samples seen (thousands)")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("student CIFAR-10 test accuracy (%)")
-    axes[0][0].legend(fontsize=7)
+    handles = {}  # one legend for every arm drawn in any panel (the first panel may lack an arm)
+    for ax in axes[0]:
+        handles |= {lab: h for h, lab in zip(*ax.get_legend_handles_labels()) if lab not in handles}
+    axes[0][0].legend(handles.values(), handles.keys(), fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
