@@ -3,7 +3,7 @@ with BatchNorm, ResNet-20 with GroupNorm(8) and vit_tiny (LayerNorm), each taugh
 (cs_rejection_bn.py) and by the GroupNorm teacher with batch alignment (batch_align_ln_gn.py), both without rejection
 (--balance none), at the same noise budget as bench/batch_align.py. Without rejection, because the study compares
 students, not sampling: the aligned GroupNorm teacher's labels are uneven enough that rejection accepts about 12% of
-its noise, six times the teacher compute per student sample, which a CPU cannot give four runs.
+its noise, about eight times the teacher compute per student sample, which a CPU cannot give four runs.
 
     python bench/student_study.py --data-dir ../shared/data      # 10-20 min per run on 2 CPU cores; resumable
     python bench/report.py
