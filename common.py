@@ -563,11 +563,11 @@ def my_slice(n_local):
 # Evaluation (methods.md section 5): two protocols, neither touches the model's state
 # ----------------------------------------------------------------------------------------------------------------------
 @torch.no_grad()
-def evaluate(model, x_uint8, y, mean, std, batch_size=256, bn_stats="running", device="cpu", amp=False):
-    """Top-1 accuracy on (x_uint8, y).
+def predict(model, x_uint8, mean, std, batch_size=256, bn_stats="running", device="cpu", amp=False):
+    """The classes `model` predicts for x_uint8, in batches of batch_size.
     bn_stats='running': eval mode, each BatchNorm uses its running statistics (what a deployed model does).
     bn_stats='batch': each BatchNorm uses the statistics of the current test batch (the prior work's protocol; the
-    number depends on batch_size). Done on a copy, so the model's running statistics are never touched."""
+    result depends on batch_size). Done on a copy, so the model's running statistics are never touched."""
     if bn_stats not in ("running", "batch"):
         raise ValueError(f"bn_stats must be 'running' or 'batch', got {bn_stats!r}")
     net = model
@@ -579,14 +579,18 @@ def evaluate(model, x_uint8, y, mean, std, batch_size=256, bn_stats="running", d
     was_training = net.training
     if bn_stats == "running":
         net.eval()
-    correct = 0
+    preds = []
     with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=amp):
-        for i in range(0, len(y), batch_size):
-            xb = normalize(x_uint8[i:i + batch_size].to(device), mean, std)
-            correct += (net(xb).argmax(1) == y[i:i + batch_size].to(device)).sum().item()
+        for i in range(0, len(x_uint8), batch_size):
+            preds.append(net(normalize(x_uint8[i:i + batch_size].to(device), mean, std)).argmax(1))
     if bn_stats == "running":
         net.train(was_training)
-    return correct / len(y)
+    return torch.cat(preds)
+
+
+def evaluate(model, x_uint8, y, mean, std, batch_size=256, bn_stats="running", device="cpu", amp=False):
+    """Top-1 accuracy on (x_uint8, y), with either protocol of `predict` (running or test-batch statistics)."""
+    return (predict(model, x_uint8, mean, std, batch_size, bn_stats, device, amp) == y.to(device)).sum().item() / len(y)
 
 
 def label_stats(counts):

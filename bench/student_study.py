@@ -19,7 +19,6 @@ each of their norm layers, on each test batch: a per-channel re-standardization 
 """
 import argparse
 import contextlib
-import copy
 import json
 import sys
 import time
@@ -69,24 +68,14 @@ def main():
     test_time(args, out)
 
 
-@torch.no_grad()
 def test_predictions(student, x, mean, std, coupled, amp, batch_size):
     """The classes `student` predicts for the test images x (uint8), in test batches of batch_size. coupled: with the
     test batch's statistics, BatchNorm in batch mode for a BN student, batch alignment in front of every per-sample
-    norm layer otherwise. On a copy in eval mode: the student itself is not touched."""
-    net = copy.deepcopy(student).eval()
-    context = contextlib.nullcontext()
-    if coupled and common.has_batchnorm(net):
-        for m in net.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                m.train()
-    elif coupled:
-        context = batch_align_ln_gn.batch_aligned(net)
-    preds = []
-    with context, torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
-        for i in range(0, len(x), batch_size):
-            preds.append(net(common.normalize(x[i:i + batch_size], mean, std)).argmax(1))
-    return torch.cat(preds)
+    norm layer otherwise. The student itself is not touched."""
+    if coupled and common.has_batchnorm(student):
+        return common.predict(student, x, mean, std, batch_size, "batch", amp=amp)
+    with batch_align_ln_gn.batch_aligned(student) if coupled else contextlib.nullcontext():
+        return common.predict(student, x, mean, std, batch_size, "running", amp=amp)
 
 
 def test_time(args, out, runs_dir=REPO / "runs"):
