@@ -247,10 +247,8 @@ def main(argv=None):
     mean, std = tinfo["mean"], tinfo["std"]
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
 
-    @torch.no_grad()
-    def predictions(model, stats):  # a teacher's own (eval-mode) answers on the test images: the agreement reference
-        return torch.cat([model(common.normalize(x_test[i:i + 500].to(args.device), *stats)).argmax(1).cpu()
-                          for i in range(0, len(y_test), 500)])
+    # a teacher's own (eval-mode) answers on the test images: the agreement reference
+    predictions = lambda model, stats: common.predict(model, x_test, *stats, 500, "running", args.device).cpu()
     teacher_preds = predictions(teacher, (mean, std))
 
     run_dir = resume_dir
