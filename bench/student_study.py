@@ -98,7 +98,8 @@ def test_time(args, out, runs_dir=REPO / "runs"):
         a = ckpt["args"]
         if ckpt["step"] != a["steps"]:
             raise RuntimeError(f"{done[-1]}: checkpoint at step {ckpt['step']}, the run ended at {a['steps']}")
-        student = common.build_model(a["student"], 10, a["student_norm"])
+        num_classes = len(recorded["noise/label_hist"])
+        student = common.build_model(a["student"], num_classes, a["student_norm"])
         common.load_state_strict(student, ckpt["student"], done[-1] / "checkpoint.pt")
         teacher = common.load_checkpoint(recorded["teacher/ckpt"])
         row = {"teacher": stem.split("__")[0], "student": stem.split("__")[1], "run": done[-1].name,
@@ -108,7 +109,7 @@ def test_time(args, out, runs_dir=REPO / "runs"):
         for mode in ("plain", "coupled"):
             pred = test_predictions(student, x, teacher["mean"], teacher["std"], mode == "coupled", a["bf16"],
                                     a["eval_batch_size"])
-            hist = torch.bincount(pred, minlength=10)
+            hist = torch.bincount(pred, minlength=num_classes)
             row |= {f"{mode}/acc": (pred == y).sum().item() / len(y),  # as common.evaluate
                     f"{mode}/pred_hist": hist.tolist(),
                     **{f"{mode}/pred_{k}": v for k, v in common.label_stats(hist).items()}}
