@@ -137,6 +137,13 @@ def test_what_the_readme_says_about_batch_alignment_holds():
     assert vit["align"]["noise/label_entropy"] > 0.95 and vit["align"]["teacher/acc_aligned"] < 0.25
     for key in ("eval/acc_running", "eval/acc_batchstats"):
         assert vit["align"][key] < vit["plain"][key]  # alignment does not help the ViT
+    if not (folder / "vit__align_reject.json").exists():
+        return
+    vit_rej = json.loads((folder / "vit__align_reject.json").read_text())
+    assert vit_rej["noise/accepted_label_entropy"] > 0.9995 and 0.33 < vit_rej["noise/acceptance_rate"] < 0.35
+    assert vit_rej["teacher_samples"] == 4 * vit_rej["samples_seen"]  # 4 teacher samples per student sample
+    for key in ("eval/acc_running", "eval/acc_batchstats"):
+        assert abs(vit_rej[key] - vit["align"][key]) < 0.005  # "within a few tenths" of alignment alone
 
 
 def test_what_the_readme_says_about_the_student_study_holds():
