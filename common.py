@@ -647,7 +647,10 @@ def cpu_name():
     return platform.processor() or platform.machine()
 
 
-def provenance(device, wall_time_s):
+def provenance(device, wall_time_s, resumed_at=(), process_time_s=None):
+    """Where and how a result was made. wall_time_s: the run's wall time over all its processes (None if unknown: a
+    run resumed from a checkpoint that did not record it); resumed_at: the steps at which it was resumed;
+    process_time_s: the last process's share."""
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
                                 timeout=10).stdout.strip() or "unknown"
@@ -657,7 +660,10 @@ def provenance(device, wall_time_s):
         commit, dirty = "unknown", None
     dev = torch.cuda.get_device_name(0) if str(device).startswith("cuda") else cpu_name()
     return {"git_commit": commit, "git_dirty": dirty, "torch": torch.__version__, "python": platform.python_version(),
-            "device": f"{device} ({dev}, {torch.get_num_threads()} threads)", "wall_time_s": round(wall_time_s, 1),
+            "device": f"{device} ({dev}, {torch.get_num_threads()} threads)",
+            "wall_time_s": None if wall_time_s is None else round(wall_time_s, 1),
+            "resumed_at_steps": list(resumed_at),
+            "process_wall_time_s": round(wall_time_s if process_time_s is None else process_time_s, 1),
             "date": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 

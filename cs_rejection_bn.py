@@ -330,6 +330,9 @@ def main(argv=None):
     sampler = RejectionSampler(num_classes, args.marginal_momentum, args.accept_floor, coin_gen)
     stats = new_stats(num_classes, args.device)
     step, curve = 0, []
+    # Wall time over every process of a resumed run: each checkpoint carries what the earlier ones spent (None where
+    # a checkpoint predates this record: provenance then knows only this process's time).
+    wall_before, resumed_at = 0.0, []
 
     # --- run folder (rank 0 makes it), or the one we resume
     run_dir = resume_dir
@@ -342,6 +345,7 @@ def main(argv=None):
         noise_gen.set_state(ck["noise_gen"])
         sampler.load_state_dict(ck["sampler"])
         step, stats, curve = ck["step"], new_stats(num_classes, args.device, ck["stats"]), ck["curve"]
+        wall_before, resumed_at = ck.get("wall_s"), [*ck.get("resumed_at", []), step]
         print(f"resumed {run_dir} at step {step}")
     elif rank == 0:
         run_dir = common.make_run_dir(args.out_dir, args.dataset, Path(__file__).stem, args.teacher, args.seed)
@@ -356,7 +360,7 @@ def main(argv=None):
             return
         common.save_checkpoint(run_dir / "checkpoint.pt", student=student.state_dict(), optimizer=opt.state_dict(),
                                noise_gen=noise_gen.get_state(), sampler=sampler.state_dict(), step=step,
-                               stats=stats, curve=curve, args=vars(args))
+                               stats=stats, curve=curve, wall_s=wall_time(), resumed_at=resumed_at, args=vars(args))
 
     def evaluation():
         row = {"samples_seen": stats["student_samples"], "eval/acc_running": evaluate(student, "running"),
@@ -367,6 +371,7 @@ def main(argv=None):
         return row
 
     t_start, nonfinite = time.time(), torch.zeros((), device=args.device)
+    wall_time = lambda: None if wall_before is None else wall_before + time.time() - t_start
     bar = tqdm(total=args.steps, initial=step, desc="noise KD", dynamic_ncols=True, disable=rank > 0)
     while step < args.steps:
         t_step = time.perf_counter()
@@ -421,7 +426,8 @@ def main(argv=None):
                "samples_per_s": stats["student_samples"] / max(stats["train_s"], 1e-9),
                "teacher_samples_per_s": stats["teacher_samples"] / max(stats["train_s"], 1e-9),
                "sampler_time_frac": stats["sampler_s"] / max(stats["train_s"], 1e-9), "curve": curve,
-               "args": vars(args), "provenance": common.provenance(args.device, time.time() - t_start)}
+               "args": vars(args),
+               "provenance": common.provenance(args.device, wall_time(), resumed_at, time.time() - t_start)}
     common.write_json(run_dir / "results.json", results)
     common.finish_distributed()
     print(f"done: acc running {results['eval/acc_running']:.4f}, test-batch stats {results['eval/acc_batchstats']:.4f} "

@@ -160,6 +160,10 @@ def test_resume_after_an_interruption_gives_the_same_final_metrics(tiny_data, gn
     run = next((tmp_path / "cut").iterdir())
     resumed = ba.main(["--resume", str(run)])
     assert without_timing(resumed) == without_timing(whole)
+    # The wall time counts both processes; provenance names the step where the second one took over.
+    prov, prov_whole = resumed["provenance"], whole["provenance"]
+    assert prov["resumed_at_steps"] == [4] and prov["wall_time_s"] > prov["process_wall_time_s"] > 0
+    assert prov_whole["resumed_at_steps"] == [] and prov_whole["wall_time_s"] == prov_whole["process_wall_time_s"]
     assert_same_tensors(final_state(tmp_path / "cut"), final_state(tmp_path / "whole"))
 
 

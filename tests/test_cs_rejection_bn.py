@@ -209,6 +209,10 @@ def test_resume_after_an_interruption_gives_the_same_final_metrics(tiny_data, ti
     assert common.load_checkpoint(run / "checkpoint.pt")["step"] == 4
     resumed = kd.main(["--resume", str(run)])
     assert without_timing(resumed) == without_timing(whole)
+    # The wall time counts both processes; provenance names the step where the second one took over.
+    prov, prov_whole = resumed["provenance"], whole["provenance"]
+    assert prov["resumed_at_steps"] == [4] and prov["wall_time_s"] > prov["process_wall_time_s"] > 0
+    assert prov_whole["resumed_at_steps"] == [] and prov_whole["wall_time_s"] == prov_whole["process_wall_time_s"]
     assert_same_tensors(final_state(tmp_path / "cut"), final_state(tmp_path / "whole"))
     assert [r["step"] for r in common.MetricsLog.read(run / "metrics.jsonl") if "eval/acc_running" in r] == [3, 6]
 
