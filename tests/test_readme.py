@@ -144,6 +144,17 @@ def test_what_the_readme_says_about_batch_alignment_holds():
     assert vit_rej["teacher_samples"] == 4 * vit_rej["samples_seen"]  # 4 teacher samples per student sample
     for key in ("eval/acc_running", "eval/acc_batchstats"):
         assert abs(vit_rej[key] - vit["align"][key]) < 0.005  # "within a few tenths" of alignment alone
+    if not (folder / "gn__align_reject.json").exists():
+        return
+    gn_rej = json.loads((folder / "gn__align_reject.json").read_text())
+    assert 0.99 < gn_rej["noise/accepted_label_entropy"] < 0.995 and 0.115 < gn_rej["noise/acceptance_rate"] < 0.125
+    assert round(gn_rej["teacher_samples"] / gn_rej["samples_seen"], 1) == 9.1
+    minutes = lambda r: r["samples_seen"] / r["samples_per_s"] / 60
+    assert round(minutes(gn_rej)) == 88 and round(minutes(align)) == 11
+    for key in ("eval/acc_running", "eval/acc_batchstats"):  # ahead of alignment alone at every evaluation from 96k on
+        assert all(a[key] > b[key] for a, b in zip(gn_rej["curve"], align["curve"]) if a["samples_seen"] >= 96_000)
+    gain = gn_rej["eval/acc_batchstats"] - align["eval/acc_batchstats"]
+    assert 0.045 < gain < 0.05 and abs(gn_rej["eval/acc_batchstats"] - bn["align_reject"]["eval/acc_batchstats"]) < 0.002
 
 
 def test_what_the_readme_says_about_the_student_study_holds():
