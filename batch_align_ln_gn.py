@@ -289,7 +289,8 @@ def main(argv=None):
             return
         common.save_checkpoint(run_dir / "checkpoint.pt", student=student.state_dict(), optimizer=opt.state_dict(),
                                noise_gen=noise_gen.get_state(), sampler=sampler.state_dict(), step=step,
-                               stats=stats, curve=curve, wall_s=wall_time(), resumed_at=resumed_at, probe=probe, args=vars(args))
+                               stats=stats, curve=curve, probe=probe, wall_s=wall_time(), resumed_at=resumed_at,
+                               args=vars(args))
 
     def evaluation():
         row = {"samples_seen": stats["student_samples"], "eval/acc_running": evaluate(student, "running"),
