@@ -157,6 +157,18 @@ def test_what_the_readme_says_about_batch_alignment_holds():
         assert all(a[key] > b[key] for a, b in pairs if a["samples_seen"] >= 96_000)
     assert 0.045 < gn_rej["eval/acc_batchstats"] - align["eval/acc_batchstats"] < 0.05  # 4.8 points
     assert abs(gn_rej["eval/acc_batchstats"] - bn["align_reject"]["eval/acc_batchstats"]) < 0.002  # level with BN
+    if not (folder / "ln__align_reject.json").exists():
+        return
+    ln_rej = json.loads((folder / "ln__align_reject.json").read_text())
+    assert round(100 * ln_rej["noise/acceptance_rate"]) == 16 and round(ln_rej["teacher_samples"] / 256_000, 1) == 7.5
+    ln_pairs = list(zip(ln_rej["curve"], ln["align"]["curve"]))
+    assert all(a["samples_seen"] == b["samples_seen"] and a["eval/acc_batchstats"] > b["eval/acc_batchstats"]
+               for a, b in ln_pairs)
+    assert 0.055 < ln_rej["eval/acc_batchstats"] - ln["align"]["eval/acc_batchstats"] < 0.06  # 5.7 points
+    assert 0.005 < ln_rej["eval/acc_running"] - ln["align"]["eval/acc_running"] < 0.015  # 1 point
+    assert 0.78 < ln_rej["noise/accepted_label_entropy"] < 0.8 and 0.18 < ln_rej["noise/accepted_max_share"] < 0.2
+    hist = ln_rej["noise/label_hist"]
+    assert sum(n < 0.01 * sum(hist) for n in hist) == 5  # five classes under 1%, below the floor of 0.1 / K
 
 
 def test_what_the_readme_says_about_the_student_study_holds():
