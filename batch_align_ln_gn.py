@@ -275,7 +275,7 @@ def main(argv=None):
         probe = label_probe(teacher, args, shape, num_classes, t_fmt)  # every rank: the aligned teacher is collective
         if rank == 0:
             run_dir = common.make_run_dir(args.out_dir, args.dataset, Path(__file__).stem, args.teacher, args.seed)
-            common.write_json(run_dir / "args.json", vars(args))
+            common.write_json(run_dir / "args.json", vars(args), keep_paths=True)
     log = common.MetricsLog(run_dir / "metrics.jsonl", resume_step=step if resume_dir else None) if rank == 0 else None
     if rank == 0:
         print(f"run folder {run_dir}\nteacher {args.teacher} ({tinfo['norm']}, {tinfo['path']}): test acc {teacher_acc:.4f} "

@@ -254,7 +254,7 @@ def main(argv=None):
     run_dir = resume_dir
     if not resume_dir and rank == 0:
         run_dir = common.make_run_dir(args.out_dir, args.dataset, Path(__file__).stem, args.teacher, args.seed)
-        common.write_json(run_dir / "args.json", vars(args))
+        common.write_json(run_dir / "args.json", vars(args), keep_paths=True)
     done = {}
     if resume_dir and (run_dir / "metrics.jsonl").exists():
         done = {r["point"]: {k: v for k, v in r.items() if k != "step"}

@@ -444,22 +444,37 @@ def spectrum_filter(height, width, alpha):
     """Amplitude filter A(f) = f^(-alpha/2) (power ~ 1/f^alpha), scaled so that each output pixel has unit variance.
     For x = ifft2(fft2(w) * A) with white w, Var(x_ij) = mean(A^2), the same for every pixel (the process is
     stationary), so dividing A by sqrt(mean(A^2)) standardizes every pixel exactly. The DC term gets the amplitude of
-    the lowest non-zero frequency instead of infinity."""
+    the lowest non-zero frequency instead of infinity. Computed in log space, so no alpha overflows float32 (alpha
+    may be a tensor that requires grad: the filter is differentiable in it)."""
     fy = torch.fft.fftfreq(height).abs().view(-1, 1)
     fx = torch.fft.fftfreq(width).abs().view(1, -1)
     f = torch.sqrt(fy ** 2 + fx ** 2).clamp_min(1.0 / max(height, width))
-    amp = f ** (-alpha / 2)
+    log_amp = -torch.as_tensor(alpha, dtype=torch.float32) / 2 * f.log()
+    log_amp = log_amp - log_amp.max()  # the largest amplitude is 1: nothing overflows, the smallest may underflow to 0
+    amp = log_amp.exp()
     return amp / amp.pow(2).mean().sqrt()
 
 
-def sample_noise(n, shape, generator, alpha=0.0, device="cpu"):
-    """n samples of N(0, I) with the given (C, H, W) shape; alpha > 0 gives each channel a 1/f^alpha power spectrum
-    with unit per-pixel variance: still a zero-mean Gaussian, with no data and no generator network behind it."""
+def shape_noise(w, alpha=0.0, color=None, mean=None):
+    """Turn white noise w [N, C, H, W] into a stationary Gaussian: a 1/f^alpha power spectrum per channel (unit
+    variance per pixel), then the channels mixed by `color` (C x C: the channel covariance is color @ color.T) and
+    shifted by `mean` (C). Differentiable in alpha, color and mean. Any such z is still a Gaussian with no data and no
+    generator network behind it."""
+    z = w
+    if torch.is_tensor(alpha) or alpha != 0:
+        z = torch.fft.ifft2(torch.fft.fft2(z) * spectrum_filter(w.shape[-2], w.shape[-1], alpha).to(w.device)).real
+    if color is not None:
+        z = torch.einsum("ij,njhw->nihw", color.to(z), z)
+    if mean is not None:
+        z = z + mean.to(z).view(1, -1, 1, 1)
+    return z
+
+
+def sample_noise(n, shape, generator, alpha=0.0, device="cpu", color=None, mean=None):
+    """n samples of N(0, I) with the given (C, H, W) shape, from `generator`; alpha > 0 gives each channel a 1/f^alpha
+    power spectrum with unit per-pixel variance, and color / mean mix and shift the channels (see shape_noise)."""
     z = torch.randn((n, *shape), generator=generator, device=generator.device).to(device)
-    if alpha == 0:
-        return z
-    amp = spectrum_filter(shape[-2], shape[-1], alpha).to(z.device)
-    return torch.fft.ifft2(torch.fft.fft2(z) * amp).real
+    return shape_noise(z, alpha, color, mean)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -667,8 +682,23 @@ def provenance(device, wall_time_s, resumed_at=(), process_time_s=None):
             "date": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
-def write_json(path, obj):
-    Path(path).write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+def portable(obj):
+    """obj with every absolute path (a string) made machine-independent: relative to the repository when inside it,
+    else the file or folder name alone (a teacher's checksum is recorded beside its name). Results that are committed
+    then say nothing about one machine's layout."""
+    if isinstance(obj, dict):
+        return {k: portable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [portable(v) for v in obj]
+    if isinstance(obj, str) and os.path.isabs(obj):
+        path = Path(os.path.normpath(obj))
+        return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else path.name
+    return obj
+
+
+def write_json(path, obj, keep_paths=False):
+    """Write obj as JSON; paths made portable unless keep_paths (a run's own args.json, which --resume reads)."""
+    Path(path).write_text(json.dumps(obj if keep_paths else portable(obj), indent=2, sort_keys=True) + "\n")
 
 
 def bf16_supported(device):

@@ -59,6 +59,10 @@ def parse_args(argv=None):
                    help="classes with p(y) < floor / K are negligible: they do not set the acceptance level c")
     p.add_argument("--noise-alpha", type=float, default=0.0,
                    help="noise power spectrum ~ 1/f^alpha per channel, unit variance per pixel; 0 = white (the paper)")
+    p.add_argument("--fit-noise", action=argparse.BooleanOptionalAction, default=False,
+                   help="before distilling, fit the noise's spectrum exponent, colour covariance and mean so that the "
+                        "teacher's BatchNorm running statistics hold on it (our option; the noise stays Gaussian)")
+    p.add_argument("--fit-noise-steps", type=int, default=100, help="--fit-noise: Adam steps of the fit")
     p.add_argument("--tau", type=float, default=1.0, help="distillation temperature")
     # --- optimization
     p.add_argument("--steps", type=int, default=1000, help="student updates; noise samples seen = steps * batch-size")
@@ -88,6 +92,12 @@ def parse_args(argv=None):
             p.error(f"--{flag.replace('_', '-')} must be at least {2 if flag == 'batch_size' else 1}")
     if args.pool_factor < 1 or args.tau <= 0 or not 0 <= args.accept_floor <= 1:
         p.error("need --pool-factor >= 1, --tau > 0 and 0 <= --accept-floor <= 1")
+    if not 0 <= args.noise_alpha <= 8:
+        p.error(f"--noise-alpha must be in [0, 8] (0 = white, natural images near 2), got {args.noise_alpha}")
+    if args.fit_noise and args.noise_alpha:
+        p.error("--fit-noise chooses the spectrum itself (starting from 1/f^2): drop --noise-alpha")
+    if args.fit_noise_steps < 1:
+        p.error("--fit-noise-steps must be at least 1")
     return args
 
 
@@ -132,6 +142,59 @@ def teacher_forward(teacher, z, bn_mode):
         return teacher(z).float()
 
 
+def fit_noise(teacher, shape, steps, generator, batch_size=128, lr=0.05):
+    """Choose the Gaussian the student learns from, without data: a stationary Gaussian with a 1/f^alpha spectrum,
+    a C x C colour mixing (lower-triangular L: channel covariance L L^T) and a per-channel mean, fitted so that every
+    BatchNorm layer of the teacher, in eval mode, sees on it the mean and variance it recorded on its training data.
+    The loss per layer is the KL divergence between per-channel Gaussians N(batch mean, batch var) and N(running
+    mean, running var), averaged over channels and summed over layers (DeepInversion's BN-statistics loss, used here
+    to set 1 + C(C+1)/2 + C numbers of a noise distribution, not the pixels of any image). White noise puts most of
+    its power at high frequencies and no correlation between colour channels, unlike anything the teacher was
+    trained on; the fitted noise is still fresh Gaussian noise every step. Returns the parameters and the loss of
+    white noise and of the fitted noise. The teacher is only read (its parameters need no grad)."""
+    bns = [m for m in teacher.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    inputs = []
+    hooks = [m.register_forward_pre_hook(lambda m, a: inputs.append(a[0])) for m in bns]
+    dev = next(teacher.parameters()).device
+
+    def bn_loss(z):
+        inputs.clear()
+        teacher(z)
+        loss = 0.0
+        for m, x in zip(bns, inputs):
+            var, mean = torch.var_mean(x.float(), dim=(0, *range(2, x.ndim)), correction=0)
+            rv = m.running_var
+            loss = loss + (((mean - m.running_mean) ** 2 + var) / rv - torch.log(var / rv) - 1).mean() / 2
+        return loss
+
+    C = shape[0]
+    alpha = torch.tensor(2.0, requires_grad=True)  # start from the spectrum of natural images
+    chol, mean = torch.eye(C, requires_grad=True), torch.zeros(C, requires_grad=True)
+    opt = torch.optim.Adam([alpha, chol, mean], lr=lr)
+    was_training = teacher.training
+    teacher.eval()
+    try:
+        with torch.no_grad():
+            white = bn_loss(torch.randn((batch_size, *shape), generator=generator).to(dev)).item()
+        for _ in tqdm(range(steps), desc="fitting the noise to the teacher's BN statistics", leave=False):
+            w = torch.randn((batch_size, *shape), generator=generator).to(dev)
+            loss = bn_loss(common.shape_noise(w, alpha, torch.tril(chol), mean))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                alpha.clamp_(0, 8)
+        with torch.no_grad():
+            params = {"alpha": alpha.item(), "color": torch.tril(chol).detach().clone(), "mean": mean.detach().clone()}
+            w = torch.randn((batch_size, *shape), generator=generator).to(dev)
+            fitted = bn_loss(common.shape_noise(w, params["alpha"], params["color"], params["mean"])).item()
+    finally:
+        for h in hooks:
+            h.remove()
+        teacher.train(was_training)
+    return params, {"noise/bn_loss_white": white, "noise/bn_loss_fitted": fitted}
+
+
 class RejectionSampler:
     """Accept sample i with probability min(1, c / p(y_i)), where p is a running estimate of the teacher's argmax
     label marginal on noise and c the smallest non-negligible p(y): the accepted labels approach a uniform marginal
@@ -173,16 +236,18 @@ class RejectionSampler:
         self.gen.set_state(state["generator"])
 
 
-def draw_batch(args, teacher_fn, sampler, noise_gen, shape, stats):
+def draw_batch(args, teacher_fn, sampler, noise_gen, shape, stats, noise_params=None):
     """One training batch of noise, the teacher's targets and per-sample loss weights, by --balance. teacher_fn maps a
     noise batch to the teacher's logits (here the CS forward; batch_align_ln_gn.py passes its aligned teacher).
     Updates `stats` (label histograms, teacher samples, sampler time; global under torchrun) in place.
     Under torchrun every rank draws the global batch's noise from the same generator and keeps its slice: the N
     processes see exactly the samples one process would (noise costs far less than the teacher's forward).
-    Without rejection nothing here waits for the device; rejection must (the accepted count decides the next pool)."""
+    Without rejection nothing here waits for the device; rejection must (the accepted count decides the next pool).
+    noise_params: the Gaussian fitted by fit_noise (alpha, color, mean); None: --noise-alpha's noise."""
     world = common.dist_info()[1]
     B, dev = args.batch_size // world, args.device  # this rank's share of the global batch
-    noise = lambda n: common.sample_noise(n * world, shape, noise_gen, args.noise_alpha, dev)[common.my_slice(n)]
+    shaping = noise_params or {"alpha": args.noise_alpha}
+    noise = lambda n: common.sample_noise(n * world, shape, noise_gen, device=dev, **shaping)[common.my_slice(n)]
     if args.balance != "reject":
         z = noise(B)
         t = teacher_fn(z)
@@ -329,7 +394,7 @@ def main(argv=None):
                                 weight_decay=args.weight_decay))
     sampler = RejectionSampler(num_classes, args.marginal_momentum, args.accept_floor, coin_gen)
     stats = new_stats(num_classes, args.device)
-    step, curve = 0, []
+    step, curve, noise_params, fit_stats = 0, [], None, {}
     # Wall time over every process of a resumed run: each checkpoint carries what the earlier ones spent (None where
     # a checkpoint predates this record: provenance then knows only this process's time).
     wall_before, resumed_at = 0.0, []
@@ -346,10 +411,17 @@ def main(argv=None):
         sampler.load_state_dict(ck["sampler"])
         step, stats, curve = ck["step"], new_stats(num_classes, args.device, ck["stats"]), ck["curve"]
         wall_before, resumed_at = ck.get("wall_s"), [*ck.get("resumed_at", []), step]
+        noise_params, fit_stats = ck.get("noise_params"), ck.get("fit_stats", {})
         print(f"resumed {run_dir} at step {step}")
     elif rank == 0:
         run_dir = common.make_run_dir(args.out_dir, args.dataset, Path(__file__).stem, args.teacher, args.seed)
-        common.write_json(run_dir / "args.json", vars(args))
+        common.write_json(run_dir / "args.json", vars(args), keep_paths=True)
+    if args.fit_noise and noise_params is None:  # ALGO LOGIC (our option): the noise fitted to the teacher's BN
+        noise_params, fit_stats = fit_noise(teacher, shape, args.fit_noise_steps,
+                                            torch.Generator().manual_seed(args.seed + 3_000))
+        print(f"fitted noise: 1/f^{noise_params['alpha']:.2f}, channel covariance "
+              f"{(noise_params['color'] @ noise_params['color'].T).diag().tolist()} (diag), BN-statistics loss "
+              f"{fit_stats['noise/bn_loss_white']:.2f} on white noise -> {fit_stats['noise/bn_loss_fitted']:.2f}")
     log = common.MetricsLog(run_dir / "metrics.jsonl", resume_step=step if resume_dir else None) if rank == 0 else None
     if rank == 0:
         print(f"run folder {run_dir}\nteacher {args.teacher} ({tinfo['path']}): test acc {teacher_acc:.4f} "
@@ -360,6 +432,7 @@ def main(argv=None):
             return
         common.save_checkpoint(run_dir / "checkpoint.pt", student=student.state_dict(), optimizer=opt.state_dict(),
                                noise_gen=noise_gen.get_state(), sampler=sampler.state_dict(), step=step,
+                               noise_params=noise_params, fit_stats=fit_stats,
                                stats=stats, curve=curve, wall_s=wall_time(), resumed_at=resumed_at, args=vars(args))
 
     def evaluation():
@@ -378,7 +451,7 @@ def main(argv=None):
         for g in opt.param_groups:
             g["lr"] = lr_at(args, step)
         with torch.autocast(torch.device(args.device).type, dtype=torch.bfloat16, enabled=args.bf16):
-            z, t_logits, weights = draw_batch(args, teacher_fn, sampler, noise_gen, shape, stats)
+            z, t_logits, weights = draw_batch(args, teacher_fn, sampler, noise_gen, shape, stats, noise_params)
             with common.synced_batch_norm(student):  # a BN student normalizes over the global batch, as in 1 process
                 s_logits = net(z.contiguous(memory_format=s_fmt))
         loss = kd_loss(s_logits, t_logits, args.tau, weights)
@@ -419,7 +492,9 @@ def main(argv=None):
 
     final = curve[-1] if curve and curve[-1]["step"] == step else evaluation()
     results = {"teacher/acc": teacher_acc, "teacher/acc_recorded": tinfo["test_acc"], "teacher/sha256": tinfo["sha256"],
-               "teacher/ckpt": tinfo["path"], **final, **noise_summary(stats), "train/final_loss": stats["last_loss"],
+               "teacher/ckpt": tinfo["path"], **final, **noise_summary(stats), **fit_stats,
+               "noise/fitted": None if noise_params is None else {k: v.tolist() if torch.is_tensor(v) else v
+                                                                  for k, v in noise_params.items()}, "train/final_loss": stats["last_loss"],
                "eval/batch_size": args.eval_batch_size,
                "eval/num_images": len(y_test), "samples_seen": stats["student_samples"],
                "teacher_samples": stats["teacher_samples"], "shortfall": stats["shortfall"],

@@ -241,7 +241,7 @@ def main(argv=None):
         teachers.append((blob["arch"], model.to(args.device), info))
     run_dir = common.make_run_dir(args.out_dir, args.dataset, Path(__file__).stem, "+".join(a for a, _, _ in teachers),
                                   args.seed)
-    common.write_json(run_dir / "args.json", vars(args))
+    common.write_json(run_dir / "args.json", vars(args), keep_paths=True)
 
     t0, rows = time.time(), []
     grid = [(arch, model, info, size, source, coupled) for arch, model, info in teachers for size in args.sizes

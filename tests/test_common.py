@@ -154,6 +154,28 @@ def test_spectrum_noise_has_unit_pixel_variance_and_the_asked_power_law(alpha):
     assert slope == pytest.approx(-alpha, abs=0.1)
 
 
+@pytest.mark.parametrize("alpha", [8.0, 26.0, 40.0])
+def test_steep_spectra_stay_finite_with_unit_pixel_variance(alpha):
+    """The filter was once computed as f^(-alpha/2) in float32, which overflows near alpha 26: all-zero noise."""
+    z = common.sample_noise(2000, (1, 16, 16), torch.Generator().manual_seed(0), alpha=alpha)
+    assert torch.isfinite(z).all() and abs(z.var(0).mean().item() - 1) < 0.1
+
+
+def test_colour_and_mean_give_the_asked_channel_covariance():
+    color = torch.tensor([[1.0, 0.0, 0.0], [0.9, 0.4, 0.0], [0.8, 0.3, 0.5]])
+    mean = torch.tensor([0.5, -1.0, 0.0])
+    z = common.sample_noise(4000, (3, 8, 8), torch.Generator().manual_seed(0), alpha=2.0, color=color, mean=mean)
+    flat = z.permute(1, 0, 2, 3).reshape(3, -1)
+    assert torch.allclose(flat.mean(1), mean, atol=0.05)
+    assert torch.allclose(torch.cov(flat), color @ color.T, atol=0.06)
+
+
+def test_portable_paths_are_relative_to_the_repository_or_a_bare_name():
+    obj = {"a": str(common.REPO / "teachers" / "t.pt"), "b": ["/elsewhere/data/x.npz", "runs", 3],
+           "c": {"d": str(common.REPO / ".." / "shared" / "t.th")}}
+    assert common.portable(obj) == {"a": "teachers/t.pt", "b": ["x.npz", "runs", 3], "c": {"d": "t.th"}}
+
+
 def test_label_stats():
     assert common.label_stats([5, 5, 5, 5]) == {"entropy": pytest.approx(1.0), "max_share": 0.25, "missing": 0}
     s = common.label_stats([10, 0, 0, 0])

@@ -184,6 +184,10 @@ def test_run_trains_the_student_and_leaves_the_teacher_bit_identical(tiny_data, 
     assert res["samples_seen"] == 6 * 16 and res["teacher_samples"] >= 6 * 32
     assert [row["step"] for row in res["curve"]] == [3, 6]
     assert json.loads((run / "results.json").read_text())["eval/acc_running"] == res["eval/acc_running"]
+    # results.json is what gets committed: no path of this machine in it; args.json (read by --resume) keeps them
+    assert str(tmp_path) not in (run / "results.json").read_text()
+    assert json.loads((run / "results.json").read_text())["teacher/ckpt"] == Path(tiny_teacher).name
+    assert json.loads((run / "args.json").read_text())["teacher_ckpt"] == str(tiny_teacher)
     rows = common.MetricsLog.read(run / "metrics.jsonl")
     assert any("train/loss" in r for r in rows) and any("eval/acc_batchstats" in r for r in rows)
 
@@ -198,13 +202,18 @@ def test_same_seed_gives_identical_metrics(tiny_data, tiny_teacher, tmp_path, ex
     assert without_timing(c)["curve"] != without_timing(a)["curve"]
 
 
-def test_resume_after_an_interruption_gives_the_same_final_metrics(tiny_data, tiny_teacher, tmp_path, monkeypatch):
-    whole = kd.main(tiny_args(tiny_data, tiny_teacher, tmp_path / "whole"))
+@pytest.mark.parametrize("extra", [[], ["--fit-noise", "--fit-noise-steps", "3"]])
+def test_resume_after_an_interruption_gives_the_same_final_metrics(tiny_data, tiny_teacher, tmp_path, monkeypatch,
+                                                                  extra):
+    tiny = lambda out: tiny_args(tiny_data, tiny_teacher, out, *extra)
+    whole = kd.main(tiny(tmp_path / "whole"))
     real_save = common.save_checkpoint
     crash_after_second_save(monkeypatch)  # checkpoint at step 4 written, then the process "dies"
     with pytest.raises(KeyboardInterrupt):
-        kd.main(tiny_args(tiny_data, tiny_teacher, tmp_path / "cut"))
+        kd.main(tiny(tmp_path / "cut"))
     monkeypatch.setattr(common, "save_checkpoint", real_save)
+    if extra:  # the resumed run must reuse the fitted noise, not fit again
+        monkeypatch.setattr(kd, "fit_noise", lambda *a, **kw: pytest.fail("refitted the noise on resume"))
     run = next((tmp_path / "cut").iterdir())
     assert common.load_checkpoint(run / "checkpoint.pt")["step"] == 4
     resumed = kd.main(["--resume", str(run)])
@@ -215,6 +224,40 @@ def test_resume_after_an_interruption_gives_the_same_final_metrics(tiny_data, ti
     assert prov_whole["resumed_at_steps"] == [] and prov_whole["wall_time_s"] == prov_whole["process_wall_time_s"]
     assert_same_tensors(final_state(tmp_path / "cut"), final_state(tmp_path / "whole"))
     assert [r["step"] for r in common.MetricsLog.read(run / "metrics.jsonl") if "eval/acc_running" in r] == [3, 6]
+
+
+def test_fit_noise_recovers_the_gaussian_a_teacher_was_calibrated_on():
+    """A BN network whose running statistics come from white noise of mean 0.5 and std 2 per pixel: the fit must find
+    that Gaussian (flat spectrum, variance 4, uncorrelated channels, mean 0.5) from a 1/f^2 start, and lower the loss."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8, momentum=None), nn.ReLU(),
+                        nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8, momentum=None))
+    with torch.no_grad():
+        for _ in range(20):  # momentum None: the running statistics are the average over these batches
+            net(torch.randn(64, 3, 12, 12) * 2 + 0.5)
+    for q in net.parameters():
+        q.requires_grad_(False)
+    net.eval()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    params, loss = kd.fit_noise(net, (3, 12, 12), 300, torch.Generator().manual_seed(0), batch_size=64, lr=0.05)
+    assert loss["noise/bn_loss_fitted"] < loss["noise/bn_loss_white"] / 5
+    cov = params["color"] @ params["color"].T
+    assert params["alpha"] < 0.5
+    assert torch.allclose(cov.diag(), torch.full((3,), 4.0), rtol=0.25)
+    assert (cov - torch.diag(cov.diag())).abs().max() < 1.0
+    assert torch.allclose(params["mean"], torch.full((3,), 0.5), atol=0.2)
+    assert not net.training and all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    assert not any(m._forward_pre_hooks for m in net.modules())  # the fit's hooks are gone
+
+
+def test_fit_noise_run_records_the_fitted_gaussian_and_trains_on_it(tiny_data, tiny_teacher, tmp_path, monkeypatch):
+    seen = []
+    real_sample = common.sample_noise
+    monkeypatch.setattr(common, "sample_noise", lambda *a, **kw: seen.append(kw) or real_sample(*a, **kw))
+    res = kd.main(tiny_args(tiny_data, tiny_teacher, tmp_path, "--fit-noise", "--fit-noise-steps", "5"))
+    fitted = res["noise/fitted"]
+    assert set(fitted) == {"alpha", "color", "mean"} and res["noise/bn_loss_fitted"] < res["noise/bn_loss_white"]
+    assert seen and all(kw["alpha"] == fitted["alpha"] and kw["color"].tolist() == fitted["color"] for kw in seen)
 
 
 def test_nan_loss_is_a_clear_error(tiny_data, tmp_path):
@@ -290,7 +333,9 @@ def test_teacher_trained_on_another_dataset_is_refused(tiny_data, tiny_teacher, 
 
 
 @pytest.mark.parametrize("flags", [["--eval-every", "0"], ["--max-pools", "0"], ["--batch-size", "1"],
-                                   ["--tau", "0"], ["--pool-factor", "0.5"], ["--accept-floor", "2"]])
+                                   ["--tau", "0"], ["--pool-factor", "0.5"], ["--accept-floor", "2"],
+                                   ["--noise-alpha", "-1"], ["--noise-alpha", "30"], ["--fit-noise-steps", "0"],
+                                   ["--fit-noise", "--noise-alpha", "2"]])
 def test_bad_flag_values_are_argument_errors(flags, capsys):
     with pytest.raises(SystemExit):
         kd.parse_args(flags)

@@ -1,0 +1,61 @@
+"""Benchmark behind the README section "What limits learning from noise": does the student learn faster when the
+Gaussian it learns from is fitted to the teacher's BatchNorm statistics (`cs_rejection_bn.py --fit-noise`) than from
+white noise, at the same budget of noise samples, on both seeds?
+
+    python bench/noise_fit.py --data-dir ../shared/data          # 15-30 min per run on 2 CPU cores; resumable
+    python bench/report.py                                        # README table + figure from results/
+
+Each arm is one run of cs_rejection_bn.py (flags below, in each results file's `args`); its results.json, with the
+learning curve under both protocols and the KD loss, is copied to results/noise_fit/<teacher>__<arm>__s<seed>.json.
+Finished arms are skipped; an interrupted one resumes from its checkpoint.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+import cs_rejection_bn  # noqa: E402
+from _runs import run_or_resume  # noqa: E402
+
+SHARED = REPO.parent / "shared" / "teachers"
+TEACHERS = {  # name: flags; the akamaster teachers are the ones users bring (we did not train them)
+    "aka20": ["--teacher", "resnet20", "--teacher-ckpt", str(SHARED / "akamaster_resnet20-12fca82f.th")],
+    "aka56": ["--teacher", "resnet56", "--teacher-ckpt", str(SHARED / "akamaster_resnet56-4bfd9763.th")],
+    "ours20": ["--teacher", "resnet20"],  # the shipped teachers/resnet20_cifar10_bn.pt
+}
+# The prior work's recipe (Raikwar & Mishra 2022): CS teacher, Adam 1e-3 constant, T = 1, batch 256, no balancing.
+PRIOR = ["--teacher-bn", "cs", "--balance", "none", "--optimizer", "adam", "--lr", "1e-3", "--schedule", "constant"]
+ARMS = {  # name: flags on top of cs_rejection_bn.py's defaults
+    "prior_white": PRIOR,                      # the paper's noise: N(0, I)
+    "prior_fit": [*PRIOR, "--fit-noise"],      # the same recipe, noise fitted to the teacher's BN statistics
+    "default_white": ["--no-fit-noise"],       # CS + rejection, Adam 2e-3 cosine, white noise
+    "default_fit": ["--fit-noise"],            # the same with the fitted noise
+}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data-dir", default="./data", help="folder of cifar10_test.npz")
+    p.add_argument("--steps", type=int, default=500, help="student steps of 256 noise samples per arm")
+    p.add_argument("--runs", nargs="*", default=["aka20:prior_fit:0", "aka20:prior_white:1", "aka20:prior_fit:1",
+                                                 "aka20:prior_white:0", "ours20:default_fit:0",
+                                                 "ours20:default_fit:1"],
+                   help="teacher:arm:seed triples, run in this order")
+    p.add_argument("--out", default=str(REPO / "results" / "noise_fit"), help="where the results JSONs go")
+    args = p.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for run in args.runs:
+        teacher, arm, seed = run.split(":")
+        target = out / f"{teacher}__{arm}__s{seed}.json"
+        if target.exists():
+            print(f"{target.name}: done already")
+            continue
+        run_root = REPO / "runs" / "bench_noise_fit" / f"{teacher}__{arm}__s{seed}"
+        run_or_resume(cs_rejection_bn, [*TEACHERS[teacher], "--data-dir", args.data_dir, "--steps", str(args.steps),
+                                        "--seed", seed, *ARMS[arm]], run_root, target)
+
+
+if __name__ == "__main__":
+    main()
