@@ -75,10 +75,15 @@ def parse_args(argv=None):
                    help="bf16 autocast + channels_last (default: on where the device supports bf16)")
     p.add_argument("--device", default=common.default_device(), help="cpu or cuda")
     args = p.parse_args(argv)
+    if args.resume:  # the sweep's own settings; other flags beside --resume are refused, not silently ignored
+        return common.resume_args(p, args, Path(__file__).stem, extra_keys=("command",))
+    common.check_device(p, args.device)
     if args.bf16 is None:
         args.bf16 = common.bf16_supported(args.device)
     if args.batch_size < 2 or args.diag_samples < 1 or args.steps < 1:
         p.error("need --batch-size >= 2 (CS needs a batch), --diag-samples >= 1 and --steps >= 1")
+    if args.lr < 0 or args.eval_batch_size < 1 or args.eval_subset < 0:
+        p.error("need --lr >= 0, --eval-batch-size >= 1 and --eval-subset >= 0")
     return args
 
 
@@ -216,9 +221,7 @@ def distill(teacher, configs, args, shape, num_classes, desc):
 def main(argv=None):
     args = parse_args(argv)
     resume_dir = Path(args.resume) if args.resume else None
-    if resume_dir:
-        args = argparse.Namespace(**{**json.loads((resume_dir / "args.json").read_text()), "resume": str(resume_dir)})
-    else:  # kept in args.json, so that the results say how they were made even after a resume
+    if not resume_dir:  # kept in args.json, so that the results say how they were made even after a resume
         args.command = "python bn_ablation.py " + " ".join(sys.argv[1:] if argv is None else argv)
     # torchrun: every rank its slice of each global batch, CS statistics of the global batch; rank 0 logs and saves
     args.device = common.init_distributed(args.device)
@@ -348,4 +351,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    common.run_main(main)

@@ -3,17 +3,21 @@
 Models, checkpoints, the uint8 dataset cache, Gaussian noise, the two evaluation protocols, run folders and logging,
 and the few torch.distributed helpers that let a script run unchanged under torchrun.
 Every method (current-statistics inference, rejection sampling, batch alignment, ...) lives in its own script, so that
-one file read top to bottom teaches one method. See ../shared/docs/methods.md for the design.
+one file read top to bottom teaches one method. The README's "How it works" sections hold the design.
 """
+import argparse
 import contextlib
 import copy
 import hashlib
 import json
 import math
 import os
+import pickle
 import platform
+import sys
 import subprocess
 import time
+import zipfile
 from functools import partial
 from pathlib import Path
 
@@ -30,6 +34,22 @@ from tqdm import tqdm
 
 REPO = Path(__file__).resolve().parent
 
+
+class InputError(ValueError):
+    """Bad input from the user (a file, a flag, a data set that cannot be used as given): the scripts print its
+    message as one line instead of a traceback (see run_main)."""
+
+
+def run_main(main):
+    """A script's entry point: bad input ends in one line on stderr and exit status 1, an interrupt in status 130,
+    neither with a traceback (the training loops say where they stopped and how to resume before they get here)."""
+    try:
+        main()
+    except (InputError, FileNotFoundError) as e:
+        raise SystemExit(f"error: {e}") from None
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+
 # Per-channel input normalization of the datasets (images as x / 255). The shared akamaster teachers were trained
 # with the ImageNet values instead; every checkpoint carries the (mean, std) it was trained with.
 DATASET_STATS = {
@@ -43,6 +63,7 @@ NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "svhn": 10, "imagenet100": 100}  
 DATASETS = sorted(NUM_CLASSES) + ["folder"]
 # ImageFolder trees (--data-dir with train/ and val/, one subfolder per class), decoded once into the uint8 cache.
 FOLDER_DATASETS = ("imagenet100", "folder")
+FIXED_SIZE = {"cifar10": 32, "cifar100": 32, "svhn": 32}  # the image size of the cached datasets (the models' input)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
@@ -269,8 +290,26 @@ def save_checkpoint(path, **payload):
 
 
 def load_checkpoint(path):
-    # weights_only=True: a checkpoint from the internet must never be able to run code on load.
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """A checkpoint's contents, on the CPU. weights_only=True: a checkpoint from the internet must never be able to
+    run code on load, so one that holds pickled code is refused (the error says so)."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path} is a folder, not a checkpoint file")
+    if not path.is_file():
+        raise InputError(f"checkpoint {path} does not exist")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path} is empty, not a checkpoint")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if zipfile.is_zipfile(path):  # a checkpoint in torch.save's format whose contents are more than tensors
+            raise InputError(f"{path} holds pickled code or objects, which are never loaded here (Weights only "
+                             f"load failed); save a plain state_dict instead") from None
+        raise InputError(f"{path} is not a readable PyTorch checkpoint (or one in the legacy format that holds "
+                         f"pickled objects, which are never loaded here)") from None
+    except (RuntimeError, EOFError, OSError, KeyError, ValueError) as e:
+        raise InputError(f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else 'no message'})") from None
 
 
 def load_state_strict(model, state, source):
@@ -282,7 +321,7 @@ def load_state_strict(model, state, source):
     shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
               for k in sorted(set(own) & set(state)) if state[k].shape != own[k].shape]
     if missing or unexpected or shapes:
-        raise ValueError(
+        raise InputError(
             f"checkpoint {source} does not match the model ({type(model).__name__}):\n"
             f"  missing keys ({len(missing)}): {missing[:20]}\n  unexpected keys ({len(unexpected)}): {unexpected[:20]}\n"
             f"  shape mismatches ({len(shapes)}): {shapes[:20]}")
@@ -294,10 +333,11 @@ def teacher_ckpt_or_exit(name, dataset, ckpt=None, data_dir="./data", norm="bn")
     not exist, exit with the train_teacher.py command that makes it."""
     if ckpt:
         return str(ckpt)
+    norm = "ln" if name.startswith("vit") else norm  # our ViTs have LayerNorm only
     path = REPO / "teachers" / f"{name}_{dataset}_{norm}.pt"
     if not path.is_file():
         recipe = " --optimizer adamw --lr 1e-3 --weight-decay 0.05" if name.startswith("vit") else ""
-        raise SystemExit(f"no checkpoint for teacher {name} ({norm}) on {dataset} at {path}. Train one with\n"
+        raise InputError(f"no checkpoint for teacher {name} ({norm}) on {dataset} at {path}. Train one with\n"
                          f"  python train_teacher.py --model {name} --norm {norm}{recipe} --dataset {dataset} "
                          f"--data-dir {data_dir} --out {path}\n(a GPU is advised beyond resnet20), or pass "
                          f"--teacher-ckpt with your own.")
@@ -309,14 +349,12 @@ def load_teacher(name, ckpt, num_classes=None, dataset=None):
     prefixed with 'module.'). Returns (model in eval mode, info) where info has mean, std, norm, test_acc, sha256.
     With `dataset` given, a checkpoint that records another training dataset is refused."""
     ckpt = Path(ckpt)
-    if not ckpt.is_file():
-        raise FileNotFoundError(f"teacher checkpoint {ckpt} does not exist")
-    blob = load_checkpoint(ckpt)
+    blob = load_checkpoint(ckpt)  # a missing file, a folder, a text file: one clear error each
     if "model" in blob:  # ours
         if blob.get("arch", name) != name:
-            raise ValueError(f"checkpoint {ckpt} holds a {blob['arch']}, not a {name}")
+            raise InputError(f"checkpoint {ckpt} holds a {blob['arch']}, not a {name}")
         if dataset and blob.get("dataset", dataset) != dataset:
-            raise ValueError(f"checkpoint {ckpt} was trained on {blob['dataset']}, not {dataset}")
+            raise InputError(f"checkpoint {ckpt} was trained on {blob['dataset']}, not {dataset}")
         state, norm = blob["model"], blob.get("norm", "bn")
         mean, std, acc = tuple(blob["mean"]), tuple(blob["std"]), blob.get("test_acc")
         num_classes = num_classes or blob.get("num_classes", 10)
@@ -326,13 +364,20 @@ def load_teacher(name, ckpt, num_classes=None, dataset=None):
         acc = float(blob["best_prec1"]) / 100 if "best_prec1" in blob else None
         num_classes = num_classes or state["linear.weight"].shape[0]
     else:
-        raise ValueError(f"{ckpt}: neither our format (key 'model') nor akamaster's (key 'state_dict'); "
+        raise InputError(f"{ckpt}: neither our format (key 'model') nor akamaster's (key 'state_dict'); "
                          f"top-level keys: {sorted(blob)[:10]}")
     model = build_model(name, num_classes, norm)
     load_state_strict(model, state, ckpt)
     for p in model.parameters():
         p.requires_grad_(False)
-    info = {"mean": mean, "std": std, "norm": norm, "test_acc": acc, "sha256": sha256_of(ckpt), "path": str(ckpt),
+    sha = sha256_of(ckpt)
+    manifest = REPO / "teachers" / "manifest.json"  # the shipped teachers' checksums: warn when one was replaced
+    shipped = json.loads(manifest.read_text()) if manifest.is_file() else {}
+    if ckpt.resolve().parent == manifest.parent and ckpt.name in shipped and shipped[ckpt.name]["sha256"] != sha:
+        print(f"WARNING: {ckpt} is not the teacher we ship (sha256 {sha[:12]}..., teachers/manifest.json says "
+              f"{shipped[ckpt.name]['sha256'][:12]}..., {shipped[ckpt.name]['test_acc']:.2%}): numbers will differ "
+              f"from the README's; `git checkout teachers/{ckpt.name}` restores it", file=sys.stderr)
+    info = {"mean": mean, "std": std, "norm": norm, "test_acc": acc, "sha256": sha, "path": str(ckpt),
             "image_size": blob.get("image_size", 224)}  # the size folder datasets are decoded at for this teacher
     return model.eval(), info
 
@@ -422,10 +467,24 @@ def load_split(name, split, data_dir="./data", image_size=224):
                 f"--data-dir pointing at a folder that has it.") from e
         cache.parent.mkdir(parents=True, exist_ok=True)
         np.savez(cache, x=np.ascontiguousarray(x, dtype=np.uint8), y=y.astype(np.int64))
-    with np.load(cache) as f:
-        x, y = f["x"], f["y"]
+    try:  # allow_pickle=False (numpy's default): an .npz that needs pickle is refused, never loaded with it
+        with np.load(cache, allow_pickle=False) as f:
+            if not isinstance(f, np.lib.npyio.NpzFile) or not {"x", "y"} <= set(f.files):
+                raise InputError(f"{cache}: expected an .npz with arrays x (uint8 [N, H, W, 3]) and y (labels), got "
+                                 f"{sorted(f.files) if isinstance(f, np.lib.npyio.NpzFile) else 'a single array'}")
+            x, y = f["x"], f["y"]
+    except (ValueError, OSError, EOFError) as e:
+        if isinstance(e, InputError):
+            raise
+        raise InputError(f"{cache} is not a readable .npz with arrays x and y ({type(e).__name__})") from None
     if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] != 3 or len(x) != len(y):
-        raise ValueError(f"{cache}: expected x uint8 [N, H, W, 3] and y [N], got x {x.dtype} {x.shape}, y {y.shape}")
+        raise InputError(f"{cache}: expected x uint8 [N, H, W, 3] and y [N], got x {x.dtype} {x.shape}, y {y.shape}")
+    if name in FIXED_SIZE and x.shape[1:3] != (FIXED_SIZE[name],) * 2:
+        raise InputError(f"{cache}: {name} images are {FIXED_SIZE[name]}x{FIXED_SIZE[name]}, these are "
+                         f"{x.shape[1]}x{x.shape[2]}")
+    k = NUM_CLASSES.get(name) or len(np.unique(y))
+    if len(y) and (y.min() < 0 or y.max() >= k):
+        raise InputError(f"{cache}: labels must lie in [0, {k}) for {name}, found {y.min()}..{y.max()}")
     return torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))
 
 
@@ -623,12 +682,67 @@ def label_stats(counts):
 def make_run_dir(out_dir, dataset, script, teacher, seed):
     stamp = time.strftime("%Y%m%d-%H%M%S")
     run_dir = Path(out_dir) / f"{dataset}__{script}__{teacher}__s{seed}__{stamp}"
-    suffix = 1
-    while run_dir.exists():  # two runs in the same second must not share a folder
-        run_dir = Path(out_dir) / f"{dataset}__{script}__{teacher}__s{seed}__{stamp}-{suffix}"
-        suffix += 1
-    run_dir.mkdir(parents=True)
-    return run_dir
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    for suffix in range(10_000):  # two runs started in the same second must not share a folder
+        try:
+            run_dir.mkdir()  # atomic: of two processes racing for one name, exactly one gets it
+            return run_dir
+        except FileExistsError:
+            run_dir = Path(out_dir) / f"{dataset}__{script}__{teacher}__s{seed}__{stamp}-{suffix + 1}"
+    raise InputError(f"{out_dir}: 10,000 run folders named {run_dir.name} already; use another --out-dir")
+
+
+def resume_args(parser, args, script, extra_keys=()):
+    """The settings of the run folder args.resume, which `script` continues. Exits with one line (parser.error) when
+    the folder is missing or not a run of this script, or when other flags were given beside --resume: a resumed run
+    keeps the settings it started with, so such flags could only be ignored. Settings that the run's args.json
+    predates get their defaults; extra_keys: what the script adds to args.json beside its flags."""
+    given = [a.option_strings[0] for a in parser._actions
+             if a.dest not in ("help", "resume") and a.option_strings and getattr(args, a.dest) != a.default]
+    if given:
+        parser.error(f"--resume continues a run with the settings in its args.json; drop {' '.join(given)} "
+                     f"(start a new run to change them)")
+    run = Path(args.resume)
+    if not run.is_dir():
+        parser.error(f"--resume {run}: no such run folder")
+    if not (run / "args.json").is_file():
+        parser.error(f"--resume {run}: not a run folder (it has no args.json)")
+    saved = json.loads((run / "args.json").read_text())
+    defaults = {a.dest: a.default for a in parser._actions if a.dest != "help"}
+    foreign = set(saved) - set(defaults) - set(extra_keys)
+    if foreign:
+        parser.error(f"--resume {run}: a run of another script (its settings {sorted(foreign)[:3]} "
+                     f"are not {script}.py's)")
+    return argparse.Namespace(**{**defaults, **saved, "resume": str(run)})
+
+
+def check_device(parser, device):
+    """--device must name a device this machine has: one line instead of a CUDA traceback."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        parser.error(f"--device {device}: unknown device (use cpu, cuda or cuda:N)")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {device}: this machine has no CUDA GPU (use --device cpu)")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        parser.error(f"--device {device}: there are {torch.cuda.device_count()} GPUs")
+    if dev.type not in ("cpu", "cuda"):
+        parser.error(f"--device {device}: only cpu and cuda are supported")
+
+
+@contextlib.contextmanager
+def stop_message(run_dir, step_fn):
+    """Ctrl-C (SIGINT) inside: say at which step the run stopped, where its last checkpoint is and how to resume,
+    then exit with status 130, without a traceback. step_fn() gives the step reached."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        ckpt = Path(run_dir) / "checkpoint.pt"
+        last = load_checkpoint(ckpt)["step"] if ckpt.is_file() else None
+        where = f"last checkpoint at step {last}: resume with --resume {run_dir}" if last is not None else \
+            "no checkpoint yet: start it again"
+        print(f"\nstopped at step {step_fn()}, {where}", file=sys.stderr, flush=True)
+        raise SystemExit(130) from None
 
 
 class MetricsLog:
@@ -649,7 +763,16 @@ class MetricsLog:
 
     @staticmethod
     def read(path):
-        return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+        """The rows of a metrics.jsonl; a torn last line (the disk filled up, the process died mid-write) is dropped."""
+        lines = [line for line in Path(path).read_text().splitlines() if line.strip()]
+        rows = []
+        for i, line in enumerate(lines):
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                if i < len(lines) - 1:  # only the last line can be torn by an interrupted write
+                    raise InputError(f"{path}: line {i + 1} is not JSON") from None
+        return rows
 
 
 def cpu_name():

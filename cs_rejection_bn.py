@@ -19,7 +19,6 @@ is ours, named in a comment and exposed as a flag.
 """
 import argparse
 import contextlib
-import json
 import math
 import random
 import sys
@@ -85,13 +84,18 @@ def parse_args(argv=None):
                    help="bf16 autocast + channels_last (default: on where the device supports bf16)")
     p.add_argument("--device", default=common.default_device(), help="cpu or cuda")
     args = p.parse_args(argv)
+    if args.resume:  # the run's own settings; other flags beside --resume are refused, not silently ignored
+        return common.resume_args(p, args, Path(__file__).stem)
+    common.check_device(p, args.device)
     if args.bf16 is None:
         args.bf16 = common.bf16_supported(args.device)
-    for flag in ("steps", "batch_size", "eval_every", "ckpt_every", "max_pools"):
+    for flag in ("steps", "batch_size", "eval_every", "ckpt_every", "max_pools", "eval_batch_size"):
         if getattr(args, flag) < 1 or (flag == "batch_size" and args.batch_size < 2):
             p.error(f"--{flag.replace('_', '-')} must be at least {2 if flag == 'batch_size' else 1}")
     if args.pool_factor < 1 or args.tau <= 0 or not 0 <= args.accept_floor <= 1:
         p.error("need --pool-factor >= 1, --tau > 0 and 0 <= --accept-floor <= 1")
+    if args.lr < 0 or args.weight_decay < 0 or args.eval_subset < 0 or not 0 <= args.marginal_momentum < 1:
+        p.error("need --lr >= 0, --weight-decay >= 0, --eval-subset >= 0 and 0 <= --marginal-momentum < 1")
     if not 0 <= args.noise_alpha <= 8:
         p.error(f"--noise-alpha must be in [0, 8] (0 = white, natural images near 2), got {args.noise_alpha}")
     if args.fit_noise and args.noise_alpha:
@@ -346,8 +350,6 @@ def lr_at(args, step):
 def main(argv=None):
     args = parse_args(argv)
     resume_dir = Path(args.resume) if args.resume else None
-    if resume_dir:
-        args = argparse.Namespace(**{**json.loads((resume_dir / "args.json").read_text()), "resume": str(resume_dir)})
     if args.teacher_bn == "running" and args.balance == "reject":
         print("note: rejection on an eval-mode teacher only balances the few classes it predicts")
 
@@ -405,6 +407,10 @@ def main(argv=None):
         if not (run_dir / "checkpoint.pt").is_file():
             sys.exit(f"{run_dir} has no checkpoint.pt (the run stopped before its first one): start it again")
         ck = common.load_checkpoint(run_dir / "checkpoint.pt")
+        if ck.get("teacher_sha256", tinfo["sha256"]) != tinfo["sha256"]:  # the teacher file changed since the start
+            raise common.InputError(f"{tinfo['path']} is not the teacher {run_dir} started with (sha256 "
+                                    f"{tinfo['sha256'][:12]}... vs {ck['teacher_sha256'][:12]}...): put that file back "
+                                    f"or start a new run")
         student.load_state_dict(ck["student"])
         opt.load_state_dict(ck["optimizer"])
         noise_gen.set_state(ck["noise_gen"])
@@ -432,7 +438,7 @@ def main(argv=None):
             return
         common.save_checkpoint(run_dir / "checkpoint.pt", student=student.state_dict(), optimizer=opt.state_dict(),
                                noise_gen=noise_gen.get_state(), sampler=sampler.state_dict(), step=step,
-                               noise_params=noise_params, fit_stats=fit_stats,
+                               noise_params=noise_params, fit_stats=fit_stats, teacher_sha256=tinfo["sha256"],
                                stats=stats, curve=curve, wall_s=wall_time(), resumed_at=resumed_at, args=vars(args))
 
     def evaluation():
@@ -446,45 +452,46 @@ def main(argv=None):
     t_start, nonfinite = time.time(), torch.zeros((), device=args.device)
     wall_time = lambda: None if wall_before is None else wall_before + time.time() - t_start
     bar = tqdm(total=args.steps, initial=step, desc="noise KD", dynamic_ncols=True, disable=rank > 0)
-    while step < args.steps:
-        t_step = time.perf_counter()
-        for g in opt.param_groups:
-            g["lr"] = lr_at(args, step)
-        with torch.autocast(torch.device(args.device).type, dtype=torch.bfloat16, enabled=args.bf16):
-            z, t_logits, weights = draw_batch(args, teacher_fn, sampler, noise_gen, shape, stats, noise_params)
-            with common.synced_batch_norm(student):  # a BN student normalizes over the global batch, as in 1 process
-                s_logits = net(z.contiguous(memory_format=s_fmt))
-        loss = kd_loss(s_logits, t_logits, args.tau, weights)
-        # No host sync inside a step (a GPU keeps running ahead): finiteness is read at the next log line, at most 10
-        # steps later and before any evaluation or checkpoint, so a NaN stops the run and never reaches a checkpoint.
-        nonfinite += (~torch.isfinite(loss.detach())).float()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        step += 1
-        stats["student_samples"] += len(z) * world
-        stats["train_s"] += time.perf_counter() - t_step
-        if step % 10 == 0 or step == args.steps or step % args.eval_every == 0 or step % args.ckpt_every == 0:
-            if common.all_reduce_sum(nonfinite).item():  # every rank stops together
-                raise FloatingPointError(f"distillation loss became non-finite at or before step {step} (teacher "
-                                         f"logits finite: {bool(torch.isfinite(t_logits).all())}); lower --lr or "
-                                         f"check the teacher")
-            stats["last_loss"] = (common.all_reduce_sum(loss.detach()) / world).item()  # every rank joins; rank 0 logs
-            row = {"train/loss": stats["last_loss"], "train/lr": lr_at(args, step - 1),
-                   "train/samples_per_s": stats["student_samples"] / stats["train_s"],
-                   "train/acceptance_rate": stats["accepted"] / max(1, stats["teacher_samples"]),
-                   "train/sampler_time_frac": stats["sampler_s"] / stats["train_s"]}
-            if rank == 0:
-                log.log(step, **row)
-            bar.set_postfix(loss=f"{row['train/loss']:.3f}", acc_rate=f"{row['train/acceptance_rate']:.2f}",
-                            sps=f"{row['train/samples_per_s']:.0f}")
-        bar.update(1)
-        if rank == 0 and (step % args.eval_every == 0 or step == args.steps):
-            row = evaluation()
-            tqdm.write(f"step {step}: acc running {row['eval/acc_running']:.4f}, test-batch stats "
-                       f"{row['eval/acc_batchstats']:.4f}, noise label entropy {row['noise/label_entropy']:.3f}")
-        if step % args.ckpt_every == 0 or step == args.steps:
-            save()
+    with common.stop_message(run_dir, lambda: step):  # Ctrl-C: where it stopped, how to resume
+        while step < args.steps:
+            t_step = time.perf_counter()
+            for g in opt.param_groups:
+                g["lr"] = lr_at(args, step)
+            with torch.autocast(torch.device(args.device).type, dtype=torch.bfloat16, enabled=args.bf16):
+                z, t_logits, weights = draw_batch(args, teacher_fn, sampler, noise_gen, shape, stats, noise_params)
+                with common.synced_batch_norm(student):  # a BN student normalizes over the global batch, as in 1 process
+                    s_logits = net(z.contiguous(memory_format=s_fmt))
+            loss = kd_loss(s_logits, t_logits, args.tau, weights)
+            # No host sync inside a step (a GPU keeps running ahead): finiteness is read at the next log line, at most 10
+            # steps later and before any evaluation or checkpoint, so a NaN stops the run and never reaches a checkpoint.
+            nonfinite += (~torch.isfinite(loss.detach())).float()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            stats["student_samples"] += len(z) * world
+            stats["train_s"] += time.perf_counter() - t_step
+            if step % 10 == 0 or step == args.steps or step % args.eval_every == 0 or step % args.ckpt_every == 0:
+                if common.all_reduce_sum(nonfinite).item():  # every rank stops together
+                    raise FloatingPointError(f"distillation loss became non-finite at or before step {step} (teacher "
+                                             f"logits finite: {bool(torch.isfinite(t_logits).all())}); lower --lr or "
+                                             f"check the teacher")
+                stats["last_loss"] = (common.all_reduce_sum(loss.detach()) / world).item()  # every rank joins; rank 0 logs
+                row = {"train/loss": stats["last_loss"], "train/lr": lr_at(args, step - 1),
+                       "train/samples_per_s": stats["student_samples"] / stats["train_s"],
+                       "train/acceptance_rate": stats["accepted"] / max(1, stats["teacher_samples"]),
+                       "train/sampler_time_frac": stats["sampler_s"] / stats["train_s"]}
+                if rank == 0:
+                    log.log(step, **row)
+                bar.set_postfix(loss=f"{row['train/loss']:.3f}", acc_rate=f"{row['train/acceptance_rate']:.2f}",
+                                sps=f"{row['train/samples_per_s']:.0f}")
+            bar.update(1)
+            if rank == 0 and (step % args.eval_every == 0 or step == args.steps):
+                row = evaluation()
+                tqdm.write(f"step {step}: acc running {row['eval/acc_running']:.4f}, test-batch stats "
+                           f"{row['eval/acc_batchstats']:.4f}, noise label entropy {row['noise/label_entropy']:.3f}")
+            if step % args.ckpt_every == 0 or step == args.steps:
+                save()
     bar.close()
     if rank > 0:
         common.finish_distributed()
@@ -511,4 +518,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    common.run_main(main)

@@ -60,8 +60,22 @@ def parse_args(argv=None):
                    help="bf16 autocast, with channels_last where it is faster (2x or more on CPUs with AVX-512 bf16)")
     p.add_argument("--out", default=None, help="checkpoint path (default teachers/<model>_<dataset>_<norm>.pt)")
     p.add_argument("--resume", action="store_true", help="continue from <out>.partial, saved after every epoch")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing checkpoint at --out (without it, an existing one is never touched)")
     p.add_argument("--device", default=common.default_device(), help="cpu or cuda")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    common.check_device(p, args.device)
+    if args.epochs < 1 or args.batch_size < 1 or args.lr <= 0:  # --epochs 0 would save an untrained "teacher"
+        p.error("need --epochs >= 1, --batch-size >= 1 and --lr > 0")
+    # The default path is in the repository's teachers/, from any working folder; a shipped teacher is never
+    # replaced by accident (every default run would then use the new file).
+    if out_path(args).exists() and not args.overwrite:
+        p.error(f"{out_path(args)} exists; pass --overwrite to replace it, or --out another path")
+    return args
+
+
+def out_path(args):
+    return Path(args.out) if args.out else common.REPO / "teachers" / f"{args.model}_{args.dataset}_{args.norm}.pt"
 
 
 def augment(x, generator):
@@ -78,7 +92,7 @@ def augment(x, generator):
 
 def main(argv=None):
     args = parse_args(argv)
-    out = Path(args.out or f"teachers/{args.model}_{args.dataset}_{args.norm}.pt")
+    out = out_path(args)
     partial = out.with_suffix(".partial")
 
     random.seed(args.seed)
@@ -147,7 +161,7 @@ def main(argv=None):
     acc = common.evaluate(model, x_test, y_test, mean, std, 500, device=args.device)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     common.save_checkpoint(out, model=state, arch=args.model, norm=args.norm, num_classes=num_classes,
-                           dataset=args.dataset, mean=list(mean), std=list(std), test_acc=acc, args=vars(args),
+                           dataset=args.dataset, mean=list(mean), std=list(std), test_acc=acc, args=common.portable(vars(args)),
                            image_size=int(x_test.shape[1]),
                            command="python train_teacher.py " + " ".join(sys.argv[1:] if argv is None else argv),
                            history=history, train_time_s=round(time.time() - t0 + t_before, 1))
@@ -158,4 +172,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    common.run_main(main)

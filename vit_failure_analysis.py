@@ -49,11 +49,13 @@ from batch_align_ln_gn import batch_aligned
 from cs_rejection_bn import current_statistics
 
 
+# The shipped teachers, relative to the repository (found from any working folder).
+DEFAULT_TEACHERS = ["teachers/vit_tiny_cifar10_ln.pt", "teachers/resnet20_cifar10_gn.pt", "teachers/resnet20_cifar10_bn.pt"]
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--teacher-ckpts", nargs="+", default=["teachers/vit_tiny_cifar10_ln.pt",
-                                                          "teachers/resnet20_cifar10_gn.pt",
-                                                          "teachers/resnet20_cifar10_bn.pt"],
+    p.add_argument("--teacher-ckpts", nargs="+", default=DEFAULT_TEACHERS,
                    help="teachers to analyse, in our checkpoint format (the architecture is read from the file)")
     p.add_argument("--dataset", default="cifar10", choices=common.DATASETS, help="real images to compare with")
     p.add_argument("--data-dir", default="./data", help="folder of the <dataset>_test.npz cache (downloaded if missing)")
@@ -67,6 +69,7 @@ def parse_args(argv=None):
     p.add_argument("--copy-results-to", default=None, help="also write the results here (e.g. results/vit_failure/)")
     p.add_argument("--device", default=common.default_device(), help="cpu or cuda")
     args = p.parse_args(argv)
+    common.check_device(p, args.device)
     if args.batch_size < 2 or args.samples < args.batch_size or any(s < 4 or s % 4 for s in args.sizes):
         p.error("need --batch-size >= 2, --samples >= --batch-size and every --sizes a multiple of 4")
     return args
@@ -229,6 +232,7 @@ def main(argv=None):
     num_classes = common.num_classes(args.dataset, args.data_dir)
     teachers = []
     for path in args.teacher_ckpts:
+        path = common.REPO / path if path in DEFAULT_TEACHERS else Path(path)  # the shipped ones, from any folder
         if not Path(path).is_file():
             sys.exit(f"teacher checkpoint {path} does not exist (train_teacher.py makes the default ones; see "
                      f"teachers/manifest.json for the commands)")
@@ -285,4 +289,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    common.run_main(main)

@@ -101,7 +101,9 @@ def test_time(args, out, runs_dir=REPO / "runs"):
         num_classes = len(recorded["noise/label_hist"])
         student = common.build_model(a["student"], num_classes, a["student_norm"])
         common.load_state_strict(student, ckpt["student"], done[-1] / "checkpoint.pt")
-        teacher = common.load_checkpoint(recorded["teacher/ckpt"])
+        # the run's own teacher file (results.json records only a portable name): its input normalization
+        teacher = common.load_checkpoint(common.teacher_ckpt_or_exit(a["teacher"], a["dataset"], a["teacher_ckpt"],
+                                                                     norm=a.get("teacher_norm", "bn")))
         row = {"teacher": stem.split("__")[0], "student": stem.split("__")[1], "run": done[-1].name,
                "batch_size": a["eval_batch_size"], "bf16": a["bf16"],
                "recorded/acc_running": recorded["eval/acc_running"],

@@ -154,7 +154,7 @@ def test_resume_after_an_interruption_gives_the_same_final_metrics(tiny_data, gn
     whole = ba.main(tiny_args(tiny_data, gn_teacher, tmp_path / "whole"))
     real_save = common.save_checkpoint
     crash_after_second_save(monkeypatch)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(SystemExit, match="130"):
         ba.main(tiny_args(tiny_data, gn_teacher, tmp_path / "cut"))
     monkeypatch.setattr(common, "save_checkpoint", real_save)
     run = next((tmp_path / "cut").iterdir())
@@ -183,7 +183,7 @@ def test_a_batchnorm_teacher_is_accepted_and_the_wrapper_says_it_does_nothing(ti
 
 
 def test_missing_default_teacher_says_which_command_makes_one(tiny_data, tmp_path):
-    with pytest.raises(SystemExit, match="train_teacher.py --model resnet32 --norm lnc"):
+    with pytest.raises(common.InputError, match="train_teacher.py --model resnet32 --norm lnc"):
         ba.main(["--teacher", "resnet32", "--teacher-norm", "lnc", "--data-dir", str(tiny_data),
                  "--out-dir", str(tmp_path)])
 

@@ -105,12 +105,12 @@ def test_download_writes_the_cache_once(tmp_path, monkeypatch):
 
     def fake_download(name, split, root):
         calls.append(split)
-        return np.full((5, 8, 8, 3), 7, np.uint8), np.arange(5)
+        return np.full((5, 32, 32, 3), 7, np.uint8), np.arange(5)
     monkeypatch.setattr(common, "_download", fake_download)
     x1, y1 = common.load_split("cifar10", "train", tmp_path)
     x2, y2 = common.load_split("cifar10", "train", tmp_path)
     assert calls == ["train"] and (tmp_path / "cifar10_train.npz").is_file()
-    assert x1.dtype == torch.uint8 and x1.shape == (5, 8, 8, 3) and torch.equal(x1, x2) and torch.equal(y2, torch.arange(5))
+    assert x1.dtype == torch.uint8 and x1.shape == (5, 32, 32, 3) and torch.equal(x1, x2) and torch.equal(y2, torch.arange(5))
 
 
 def test_batchstats_evaluation_leaves_running_statistics_untouched(tiny_teacher, tiny_data):

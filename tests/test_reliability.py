@@ -1,0 +1,219 @@
+"""The unhappy paths: no silent damage, one clear line for every bad input, resume that cannot go wrong quietly."""
+import json
+import multiprocessing
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import batch_align_ln_gn as ba
+import bn_ablation
+import common
+import cs_rejection_bn as kd
+import train_teacher
+import vit_failure_analysis as vfa
+from conftest import REPO, save_teacher
+from test_cs_rejection_bn import crash_after_second_save, tiny_args
+
+
+def argument_error(capsys, fn, *flags):
+    """The message of the argparse error that fn(flags) exits with."""
+    with pytest.raises(SystemExit) as e:
+        fn(list(flags))
+    assert e.value.code == 2
+    return capsys.readouterr().err
+
+
+# --- train_teacher.py never replaces a teacher by accident --------------------------------------------------------
+def test_train_teacher_refuses_to_overwrite_an_existing_checkpoint(tiny_data, tmp_path, capsys):
+    out = tmp_path / "teacher.pt"
+    out.write_bytes(b"a teacher someone trained for hours")
+    err = argument_error(capsys, train_teacher.parse_args, "--data-dir", str(tiny_data), "--out", str(out))
+    assert "exists; pass --overwrite" in err and out.read_bytes() == b"a teacher someone trained for hours"
+    # The default --out is the shipped teacher in the repository, whatever the working folder.
+    err = argument_error(capsys, train_teacher.parse_args, "--data-dir", str(tiny_data))
+    assert str(REPO / "teachers" / "resnet20_cifar10_bn.pt") in err
+    args = train_teacher.parse_args(["--out", str(out), "--overwrite"])
+    assert train_teacher.out_path(args) == out
+
+
+def test_train_teacher_with_zero_epochs_is_refused(tiny_data, tmp_path, capsys):
+    err = argument_error(capsys, train_teacher.parse_args, "--epochs", "0", "--out", str(tmp_path / "t.pt"))
+    assert "--epochs >= 1" in err and not (tmp_path / "t.pt").exists()
+
+
+def test_a_replaced_shipped_teacher_is_reported_at_load(tiny_teacher, tmp_path, monkeypatch, capsys):
+    (tmp_path / "teachers").mkdir()
+    shutil.copy(tiny_teacher, tmp_path / "teachers" / "resnet20_cifar10_bn.pt")
+    record = {"sha256": common.sha256_of(tiny_teacher), "test_acc": 0.5}
+    (tmp_path / "teachers" / "manifest.json").write_text(json.dumps({"resnet20_cifar10_bn.pt": record}))
+    monkeypatch.setattr(common, "REPO", tmp_path)
+    common.load_teacher("resnet20", tmp_path / "teachers" / "resnet20_cifar10_bn.pt")
+    assert "WARNING" not in capsys.readouterr().err  # the file the manifest names: silent
+    (tmp_path / "teachers" / "manifest.json").write_text(json.dumps({"resnet20_cifar10_bn.pt": {**record,
+                                                                                                  "sha256": "0" * 64}}))
+    common.load_teacher("resnet20", tmp_path / "teachers" / "resnet20_cifar10_bn.pt")
+    err = capsys.readouterr().err
+    assert "is not the teacher we ship" in err and "git checkout teachers/resnet20_cifar10_bn.pt" in err
+
+
+# --- resume ----------------------------------------------------------------------------------------------------------
+def interrupted_run(tiny_data, teacher, out, monkeypatch, script=kd):
+    """A run that 'died' right after its second checkpoint (step 4 of 6); returns its folder."""
+    real_save = common.save_checkpoint
+    crash_after_second_save(monkeypatch)
+    with pytest.raises(SystemExit) as e:
+        script.main(tiny_args(tiny_data, teacher, out))
+    assert e.value.code == 130
+    monkeypatch.setattr(common, "save_checkpoint", real_save)
+    return next(out.iterdir())
+
+
+def test_interrupt_says_where_it_stopped_and_how_to_resume(tiny_data, tiny_teacher, tmp_path, monkeypatch, capsys):
+    run = interrupted_run(tiny_data, tiny_teacher, tmp_path, monkeypatch)
+    err = capsys.readouterr().err
+    assert f"stopped at step 4, last checkpoint at step 4: resume with --resume {run}" in err
+    assert "Traceback" not in err
+
+
+def test_sigint_ends_a_real_run_with_status_130_and_a_resume_hint(tiny_data, tiny_teacher, tmp_path):
+    cmd = [sys.executable, str(REPO / "cs_rejection_bn.py"),
+           *tiny_args(tiny_data, tiny_teacher, tmp_path, "--no-bf16", "--steps", "100000")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+    deadline = time.time() + 120
+    while not list(tmp_path.glob("*/checkpoint.pt")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 130, err
+    assert "last checkpoint at step" in err and "resume with --resume" in err and "Traceback" not in err
+
+
+def test_resume_refuses_a_switched_teacher(tiny_data, tiny_teacher, tmp_path, monkeypatch):
+    teacher = tmp_path / "teacher.pt"
+    shutil.copy(tiny_teacher, teacher)
+    run = interrupted_run(tiny_data, teacher, tmp_path / "runs", monkeypatch)
+    torch.manual_seed(7)
+    save_teacher(teacher, common.build_model("resnet20").eval())  # another teacher under the same name
+    with pytest.raises(common.InputError, match="is not the teacher .* started with"):
+        kd.main(["--resume", str(run)])
+
+
+def test_resume_survives_a_torn_last_metrics_line(tiny_data, tiny_teacher, tmp_path, monkeypatch):
+    run = interrupted_run(tiny_data, tiny_teacher, tmp_path, monkeypatch)
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"step": 5, "train/lo')  # the disk filled up mid-line
+    res = kd.main(["--resume", str(run)])
+    assert res["samples_seen"] == 6 * 16
+    assert all(isinstance(r, dict) for r in common.MetricsLog.read(run / "metrics.jsonl"))
+
+
+@pytest.mark.parametrize("script", [kd, ba, bn_ablation])
+def test_resume_of_something_that_is_not_a_run_is_one_line(script, tmp_path, capsys):
+    assert "no such run folder" in argument_error(capsys, script.parse_args, "--resume", str(tmp_path / "nowhere"))
+    assert "not a run folder" in argument_error(capsys, script.parse_args, "--resume", str(tmp_path))
+    other = tmp_path / "other"
+    other.mkdir()
+    foreign = {"sizes": [8], "teacher_ckpts": []}  # vit_failure_analysis.py settings
+    (other / "args.json").write_text(json.dumps(foreign))
+    assert "a run of another script" in argument_error(capsys, script.parse_args, "--resume", str(other))
+
+
+def test_a_run_of_another_method_script_is_refused(tiny_data, tiny_teacher, tmp_path, monkeypatch, capsys):
+    run = interrupted_run(tiny_data, tiny_teacher, tmp_path, monkeypatch)
+    assert "a run of another script" in argument_error(capsys, ba.parse_args, "--resume", str(run))
+
+
+def test_flags_beside_resume_are_refused_not_ignored(tmp_path, capsys):
+    err = argument_error(capsys, kd.parse_args, "--resume", str(tmp_path), "--steps", "9", "--lr", "0.1")
+    assert "drop --steps --lr" in err
+
+
+# --- bad checkpoints, data and flags ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("content,message", [(b"", "is empty"), (b"not a checkpoint\n", "not a readable PyTorch"),
+                                             (None, "is a folder, not a checkpoint")])
+def test_bad_checkpoint_files_are_one_clear_error(tmp_path, content, message):
+    path = tmp_path / "t.pt"
+    path.mkdir() if content is None else path.write_bytes(content)
+    with pytest.raises(common.InputError, match=message):
+        common.load_teacher("resnet20", path)
+
+
+def test_bad_npz_files_are_one_clear_error_that_never_suggests_pickle(tmp_path):
+    (tmp_path / "cifar10_test.npz").write_text("hello")
+    with pytest.raises(common.InputError, match="not a readable .npz") as e:
+        common.load_split("cifar10", "test", tmp_path)
+    np.savez(tmp_path / "cifar10_test.npz", images=np.zeros((2, 32, 32, 3), np.uint8))
+    with pytest.raises(common.InputError, match=r"arrays x .* and y .*got \['images'\]"):
+        common.load_split("cifar10", "test", tmp_path)
+    assert "pickle" not in str(e.value)
+
+
+def test_images_of_the_wrong_size_or_labels_out_of_range_are_refused(tmp_path):
+    np.savez(tmp_path / "cifar10_test.npz", x=np.zeros((4, 16, 16, 3), np.uint8), y=np.arange(4))
+    with pytest.raises(common.InputError, match="cifar10 images are 32x32, these are 16x16"):
+        common.load_split("cifar10", "test", tmp_path)
+    np.savez(tmp_path / "cifar10_test.npz", x=np.zeros((4, 32, 32, 3), np.uint8), y=np.array([0, 1, 10, -1]))
+    with pytest.raises(common.InputError, match=r"labels must lie in \[0, 10\).*-1..10"):
+        common.load_split("cifar10", "test", tmp_path)
+
+
+@pytest.mark.parametrize("script", [kd, ba])
+@pytest.mark.parametrize("flags", [["--lr", "-1"], ["--eval-batch-size", "0"], ["--eval-subset", "-1"],
+                                   ["--marginal-momentum", "1"], ["--marginal-momentum", "-0.1"],
+                                   ["--device", "tpu"], ["--noise-alpha", "30"]])
+def test_bad_values_are_argument_errors(script, flags, capsys):
+    assert "error:" in argument_error(capsys, script.parse_args, *flags)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+@pytest.mark.parametrize("script", [kd, ba, bn_ablation, vfa, train_teacher])
+def test_cuda_without_a_gpu_is_one_line(script, capsys):
+    assert "has no CUDA GPU" in argument_error(capsys, script.parse_args, "--device", "cuda")
+
+
+def test_bad_input_from_the_command_line_is_one_line_without_traceback(tiny_data, tmp_path):
+    bad = tmp_path / "t.pt"
+    bad.write_text("not a checkpoint")
+    out = subprocess.run([sys.executable, str(REPO / "cs_rejection_bn.py"), "--teacher-ckpt", str(bad),
+                          "--data-dir", str(tiny_data), "--out-dir", str(tmp_path)],
+                         capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines()[-1].startswith(f"error: {bad} is not a readable PyTorch checkpoint")
+
+
+def test_missing_vit_teacher_hint_names_a_command_that_works(tmp_path, monkeypatch):
+    monkeypatch.setattr(common, "REPO", tmp_path)  # a clone without teachers
+    with pytest.raises(common.InputError) as e:
+        common.teacher_ckpt_or_exit("vit_tiny", "cifar10", norm="gn")  # batch_align's default --teacher-norm
+    assert "vit_tiny_cifar10_ln.pt" in str(e.value) and "--norm ln" in str(e.value)
+    cmd = str(e.value).splitlines()[1].split()
+    train_teacher.parse_args(cmd[2:])  # the suggested command parses (it would train the right model)
+
+
+def test_default_teachers_are_found_from_any_working_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert all((REPO / p).is_file() for p in vfa.DEFAULT_TEACHERS)
+    args = vfa.parse_args([])
+    assert args.teacher_ckpts == vfa.DEFAULT_TEACHERS  # main() reads them under the repository, not the cwd
+    assert kd.parse_args([]).teacher_ckpt is None and common.teacher_ckpt_or_exit("resnet20", "cifar10") == \
+        str(REPO / "teachers" / "resnet20_cifar10_bn.pt")
+
+
+# --- run folders -----------------------------------------------------------------------------------------------------
+def _make_dirs(out, n):
+    time.strftime = lambda *a: "20260101-000000"  # every process in the same second
+    return [common.make_run_dir(out, "cifar10", "s", "t", 0).name for _ in range(n)]
+
+
+def test_run_folders_are_unique_when_many_processes_start_in_the_same_second(tmp_path):
+    with multiprocessing.get_context("fork").Pool(6) as pool:
+        names = sum(pool.starmap(_make_dirs, [(tmp_path, 10)] * 6), [])
+    assert len(names) == len(set(names)) == 60 and len(list(tmp_path.iterdir())) == 60
