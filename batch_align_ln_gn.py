@@ -2,8 +2,8 @@
 
 A per-sample normalizer (GroupNorm, LayerNorm) sees each noise sample alone: whatever the noise has in common survives
 every layer, and the teacher tends to give all noise samples the same answer, so a student has nothing to learn.
-BatchNorm in current-statistics (CS) mode avoids that by standardizing each channel across the batch (methods.md
-section 2). The batch-alignment wrapper gives a per-sample teacher the same coupling (section 4): in front of every
+BatchNorm in current-statistics (CS) mode avoids that by standardizing each channel across the batch (see
+cs_rejection_bn.py). The batch-alignment wrapper gives a per-sample teacher the same coupling: in front of every
 GroupNorm/LayerNorm it standardizes the layer's input across the batch, with no parameters,
     x <- (1 - a) x + a (x - mean_B x) / sqrt(var_B x + eps),
 then runs the original layer unchanged. Conv features (N, C, H, W) get statistics over (N, H, W) per channel, as BN;
@@ -23,7 +23,7 @@ With the shipped GroupNorm teacher (86.7%) and --balance none, the student reach
 Every shipped teacher, with and without alignment: README section "Batch alignment", generated from
 results/batch_align/ (bench/batch_align.py). A BatchNorm teacher is accepted too; the wrapper then finds nothing to
 wrap, says so, and the teacher runs in eval mode (for CS, use cs_rejection_bn.py). Independent implementation built
-from the paper's public abstract; the wrapper's exact form is ours (methods.md section 4).
+from the paper's public abstract; the wrapper's exact form is ours (README: How batch alignment works).
 """
 import argparse
 import contextlib
@@ -119,7 +119,7 @@ def parse_args(argv=None):
 
 
 # ======================================================================================================================
-# ALGO LOGIC: the batch-alignment wrapper (methods.md section 4)
+# ALGO LOGIC: the batch-alignment wrapper (README: How batch alignment works)
 # ======================================================================================================================
 # Per-sample normalizers: each normalizes one sample with its own statistics (common.ChannelLayerNorm is a LayerNorm).
 PER_SAMPLE_NORMS = (nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)

@@ -7,7 +7,7 @@ For every configuration ("point") of the teacher's BN layers this script measure
 and, for the points named in --distill-k, a short noise distillation into a fresh student (the plain CS loop of
 cs_rejection_bn.py, --balance none) with the student's accuracy and its agreement with the teacher on test images.
 
-Sweeps (methods.md section 6): first-k (BN layers 1..k in forward order on running statistics, the rest CS; k = 0 is
+Sweeps (README: BatchNorm ablation): first-k (BN layers 1..k in forward order on running statistics, the rest CS; k = 0 is
 full CS, k = L eval mode), last-k, stage (one stage at a time on running statistics), components (all layers with CS
 mean only, CS variance only, or both; with and without the affine parameters), and retrain: teachers with GroupNorm
 in place of BatchNorm in the first k stages (train_teacher.py --norm gn-bn-bn etc., the shipped recipe; with
@@ -151,7 +151,7 @@ def sweep_points(sweep, names, k_list=None):
 
 
 def retrain_points(args):
-    """The retraining arm (methods.md section 6): GroupNorm in place of BatchNorm in the first k stages (the stem goes
+    """The retraining arm (README: BatchNorm ablation): GroupNorm in place of BatchNorm in the first k stages (the stem goes
     with the first), trained by train_teacher.py with the recipe of the shipped teachers, so that k = 0 and k = 3 are
     the shipped BN and GN ResNet-20s. Returns (point name, k, checkpoint path, train_teacher.py arguments)."""
     if args.teacher not in common.CIFAR_RESNET_DEPTHS:

@@ -135,7 +135,7 @@ def stage_norms(norm, stages=3):
 
 class CifarResNet(nn.Module):
     """The CIFAR ResNets of He et al. (2016) with the parameter names of akamaster/pytorch_resnet_cifar10, so that
-    the shared checkpoints load as they are (../shared/teachers/README.md). norm: one for all layers, or one per stage
+    its pretrained checkpoints load as they are. norm: one for all layers, or one per stage
     joined by '-' (the stem belongs to the first stage)."""
 
     def __init__(self, depth, num_classes=10, norm="bn"):
@@ -463,7 +463,7 @@ def load_split(name, split, data_dir="./data", image_size=224):
         except Exception as e:  # offline, blocked, corrupt: say which file would have made the download unnecessary
             raise FileNotFoundError(
                 f"{cache} is missing and downloading {name} failed ({type(e).__name__}: {e}). Offline, put an .npz "
-                f"there with x: uint8 [N, H, W, 3] and y: integer labels (the layout of ../shared/data), or pass "
+                f"there with x: uint8 [N, H, W, 3] and y: integer labels (the README's layout), or pass "
                 f"--data-dir pointing at a folder that has it.") from e
         cache.parent.mkdir(parents=True, exist_ok=True)
         np.savez(cache, x=np.ascontiguousarray(x, dtype=np.uint8), y=y.astype(np.int64))
@@ -497,7 +497,7 @@ def normalize(x_uint8, mean, std):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Noise: standard Gaussian, optionally with a 1/f^alpha power spectrum (methods.md section 9), from its own generator
+# Noise: standard Gaussian, optionally with a 1/f^alpha power spectrum (README: How it works), from its own generator
 # ----------------------------------------------------------------------------------------------------------------------
 def spectrum_filter(height, width, alpha):
     """Amplitude filter A(f) = f^(-alpha/2) (power ~ 1/f^alpha), scaled so that each output pixel has unit variance.
@@ -634,7 +634,7 @@ def my_slice(n_local):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Evaluation (methods.md section 5): two protocols, neither touches the model's state
+# Evaluation (README: How it works): two protocols, neither touches the model's state
 # ----------------------------------------------------------------------------------------------------------------------
 @torch.no_grad()
 def predict(model, x_uint8, mean, std, batch_size=256, bn_stats="running", device="cpu", amp=False):

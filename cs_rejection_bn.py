@@ -4,7 +4,7 @@ The student never sees an image while it learns. Each step draws z ~ N(0, I) in 
 runs the teacher with every BatchNorm normalizing by the statistics of the current noise batch (CS; in eval mode a BN
 teacher puts all noise into two or three classes), rejects samples of over-predicted classes so that the accepted
 batch has a near-uniform teacher label marginal, and minimizes KL(softmax(T(z)/tau) || softmax(S(z)/tau)) * tau^2.
-Real test images are used only to evaluate. Design and prior-work numbers: ../shared/docs/methods.md, sections 0-3, 5, 9.
+Real test images are used only to evaluate. Design: the README's "How it works".
 
     python cs_rejection_bn.py        # shipped ResNet-20 teacher -> ResNet-20, CIFAR-10, 256k noise samples
     python cs_rejection_bn.py --teacher-ckpt ../shared/teachers/akamaster_resnet20-12fca82f.th --data-dir ../shared/data
@@ -140,7 +140,7 @@ def global_batch_norm(x, m):
 
 @torch.no_grad()
 def teacher_forward(teacher, z, bn_mode):
-    """Teacher logits on a noise batch; with bn_mode='cs' the batch's own statistics define them (methods.md sec. 2)."""
+    """Teacher logits on a noise batch; with bn_mode='cs' the batch's own statistics define them (README: How it works)."""
     ctx = current_statistics(teacher) if bn_mode == "cs" else contextlib.nullcontext()
     with ctx:
         return teacher(z).float()
@@ -202,7 +202,7 @@ def fit_noise(teacher, shape, steps, generator, batch_size=128, lr=0.05):
 class RejectionSampler:
     """Accept sample i with probability min(1, c / p(y_i)), where p is a running estimate of the teacher's argmax
     label marginal on noise and c the smallest non-negligible p(y): the accepted labels approach a uniform marginal
-    over the classes the teacher predicts at all (methods.md section 3). Classes it never predicts cannot be fixed."""
+    over the classes the teacher predicts at all (README: How it works). Classes it never predicts cannot be fixed."""
 
     def __init__(self, num_classes, momentum, floor, generator):
         self.k, self.momentum, self.floor, self.gen = num_classes, momentum, floor, generator
@@ -324,7 +324,7 @@ def kd_loss(student_logits, teacher_logits, tau, weights=None):
 
 
 def noise_summary(stats):
-    """The teacher's labels on raw noise and on the batches the student trained on (methods.md section 3)."""
+    """The teacher's labels on raw noise and on the batches the student trained on (README: How it works)."""
     raw, acc = common.label_stats(stats["raw_counts"]), common.label_stats(stats["acc_counts"])
     soft = common.label_stats(stats["raw_soft"])  # the soft marginal: summed teacher probabilities per class
     return {"noise/label_entropy": raw["entropy"], "noise/label_max_share": raw["max_share"],

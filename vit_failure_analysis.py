@@ -1,4 +1,4 @@
-"""Why ViTs fail on Gaussian noise: a testable account, measured on noise and on real images (methods.md section 7).
+"""Why ViTs fail on Gaussian noise: a testable account, measured on noise and on real images (README: Why ViTs fail).
 
 The account (our hypothesis; this script checks each prediction against measurement)
 ------------------------------------------------------------------------------------

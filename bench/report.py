@@ -418,6 +418,77 @@ def vit_failure_figure(path):
     plt.close(fig)
 
 
+NOISE_FIT_ROWS = [  # (teacher, arm, label): the order of the table's rows
+    ("aka20", "prior_white", "shared ResNet-20 (91.7%)", "prior work's recipe, white noise (the paper's)"),
+    ("aka20", "prior_fit", "shared ResNet-20 (91.7%)", "prior work's recipe, fitted noise (`--fit-noise`)"),
+    ("ours20", "default_white", "shipped ResNet-20 (89.9%)", "our recipe (CS + rejection, Adam 2e-3 cosine), white"),
+    ("ours20", "default_fit", "shipped ResNet-20 (89.9%)", "our recipe, fitted noise"),
+]
+
+
+def at_samples(curve, samples, key):
+    """The value of key at the evaluation that has seen `samples` noise samples (None when there is none)."""
+    return next((row[key] for row in curve if row["samples_seen"] == samples), None)
+
+
+def noise_fit_block():
+    runs = load("noise_fit")
+    if not runs:
+        return "_No results yet: run `python bench/noise_fit.py`._"
+    points = sorted({row["samples_seen"] for r in runs.values() for row in r["curve"]})
+    head = " / ".join(f"{n // 1000}k" for n in points)
+    lines = [f"ResNet-20 students, CIFAR-10 test accuracy (%) after {head} noise samples, with the student's running "
+             "statistics (eval mode: the deployed model) and with test-batch statistics (batch 256); final KD loss "
+             "(nats, the last logged batch); for the fitted noise its spectrum exponent and the BN-statistics loss on "
+             "white noise -> on the fitted noise. One row per seed. Measured on "
+             + next(iter(runs.values()))["provenance"]["device"] + ".", "",
+             "| teacher | recipe and noise | seed | acc, running stats | acc, test-batch stats | final KD loss "
+             "| fitted noise |", "|---|---|---:|---|---|---:|---|"]
+    for teacher, arm, tlabel, label in NOISE_FIT_ROWS:
+        for stem in sorted(k for k in runs if k.startswith(f"{teacher}__{arm}__s")):
+            r = runs[stem]
+            cell = lambda key: " / ".join(pct(at_samples(r["curve"], n, key)) for n in points)
+            fit = (f"1/f^{r['noise/fitted']['alpha']:.1f}; {r['noise/bn_loss_white']:.1f} -> "
+                   f"{r['noise/bn_loss_fitted']:.1f}" if r.get("noise/fitted") else "")
+            lines.append(f"| {tlabel} | {label} | {r['args']['seed']} | {cell('eval/acc_running')} "
+                         f"| {cell('eval/acc_batchstats')} | {r['train/final_loss']:.2f} | {fit} |")
+    lines += ["", "![fitted noise](results/noise_fit.png)"]
+    return "\n".join(lines)
+
+
+def noise_fit_figure(path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    runs = load("noise_fit")
+    if not runs:
+        return
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.4))
+    colors = {"prior_white": "tab:gray", "prior_fit": "tab:blue", "default_white": "tab:orange",
+              "default_fit": "tab:red"}
+    for teacher, arm, tlabel, label in NOISE_FIT_ROWS:
+        for stem in sorted(k for k in runs if k.startswith(f"{teacher}__{arm}__s")):
+            r, seed = runs[stem], runs[stem]["args"]["seed"]
+            style = dict(color=colors[arm], ls="-" if seed == 0 else "--", label=f"{tlabel}: {label}, seed {seed}")
+            x = [row["samples_seen"] / 1000 for row in r["curve"]]
+            for ax, key in zip(axes, ("eval/acc_running", "eval/acc_batchstats")):
+                ax.plot(x, [100 * row[key] for row in r["curve"]], marker="o", ms=3, **style)
+            if r.get("train_loss_curve"):
+                loss = r["train_loss_curve"]
+                axes[2].plot([n / 1000 for n, _ in loss], [v for _, v in loss], lw=0.8, **style)
+    titles = ("student in eval mode (running statistics)", "test-batch statistics", "KD loss (KL, nats)")
+    for ax, title in zip(axes, titles):
+        ax.set_title(title)
+        ax.set_xlabel("noise samples seen (thousands)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("CIFAR-10 test accuracy (%)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.2, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def default_run_block():
     path = RESULTS / "default_run.json"
     if not path.exists():
@@ -469,9 +540,9 @@ def teachers_block():
 BLOCKS = {"bn_variants": bn_variants_block, "throughput": throughput_block, "teachers": teachers_block,
           "bn_ablation": bn_ablation_block, "default_run": default_run_block, "seeds": seeds_block,
           "batch_align": batch_align_block, "student_study": student_study_block, "vit_account": vit_account_block,
-          "vit_failure": vit_failure_block}
+          "vit_failure": vit_failure_block, "noise_fit": noise_fit_block}
 FIGURES = {"bn_variants.png": bn_variants_figure, "bn_ablation_*.png": lambda path: bn_ablation_figures(),
-           "batch_align.png": batch_align_figure, "vit_failure.png": vit_failure_figure}
+           "batch_align.png": batch_align_figure, "vit_failure.png": vit_failure_figure, "noise_fit.png": noise_fit_figure}
 
 
 def render(readme):

@@ -1,4 +1,4 @@
-"""Benchmark behind the README table "Which students learn from noise" (methods.md section 8): students ResNet-20
+"""Benchmark behind the README table "Which students learn from noise": students ResNet-20
 with BatchNorm, ResNet-20 with GroupNorm(8) and vit_tiny (LayerNorm), each taught by the BatchNorm teacher in CS mode
 (cs_rejection_bn.py) and by the GroupNorm teacher with batch alignment (batch_align_ln_gn.py), both without rejection
 (--balance none), at the same noise budget as bench/batch_align.py. Without rejection, because the study compares

@@ -48,3 +48,12 @@ def test_shared_flags_mean_the_same_in_every_script(a, b, monkeypatch):
 def test_every_method_script_seeds_in_one_visible_block(script):
     source = (REPO / f"{script}.py").read_text()
     assert "random.seed(args.seed)\n    np.random.seed(args.seed)\n    torch.manual_seed(args.seed)\n" in source
+
+
+def test_no_file_refers_to_design_notes_outside_the_repository():
+    """The project carries its own docs (README): no pointer to design notes that only this team has."""
+    tracked = [p for p in REPO.rglob("*") if p.is_file() and p.suffix in (".py", ".md", ".txt", ".ini", ".json")
+               and not {"runs", ".git", "data"} & set(p.relative_to(REPO).parts)]
+    needles = ("shared/" + "docs", "methods" + ".md")  # split, so that this file does not name them
+    offenders = [str(p.relative_to(REPO)) for p in tracked if any(n in p.read_text(errors="ignore") for n in needles)]
+    assert not offenders, offenders
