@@ -30,10 +30,10 @@ TEACHERS = {  # name: flags; the akamaster teachers are the ones users bring (we
 # The prior work's recipe (Raikwar & Mishra 2022): CS teacher, Adam 1e-3 constant, T = 1, batch 256, no balancing.
 PRIOR = ["--teacher-bn", "cs", "--balance", "none", "--optimizer", "adam", "--lr", "1e-3", "--schedule", "constant"]
 ARMS = {  # name: flags on top of cs_rejection_bn.py's defaults
-    "prior_white": PRIOR,                      # the paper's noise: N(0, I)
-    "prior_fit": [*PRIOR, "--fit-noise"],      # the same recipe, noise fitted to the teacher's BN statistics
-    "default_white": ["--no-fit-noise"],       # CS + rejection, Adam 2e-3 cosine, white noise
-    "default_fit": ["--fit-noise"],            # the same with the fitted noise
+    "prior_white": [*PRIOR, "--no-fit-noise"],  # the paper's noise: N(0, I)
+    "prior_fit": [*PRIOR, "--fit-noise"],       # the same recipe, noise fitted to the teacher's BN statistics
+    "default_white": ["--no-fit-noise"],        # CS + rejection, Adam 2e-3 cosine, white noise
+    "default_fit": ["--fit-noise"],             # the same with the fitted noise
 }
 
 
@@ -42,8 +42,8 @@ def main():
     p.add_argument("--data-dir", default="./data", help="folder of cifar10_test.npz")
     p.add_argument("--steps", type=int, default=500, help="student steps of 256 noise samples per arm")
     p.add_argument("--runs", nargs="*", default=["aka20:prior_fit:0", "aka20:prior_white:1", "aka20:prior_fit:1",
-                                                 "aka20:prior_white:0", "ours20:default_fit:0",
-                                                 "ours20:default_fit:1"],
+                                                 "ours20:default_fit:0", "ours20:default_fit:1", "aka56:prior_fit:0",
+                                                 "aka20:prior_white:0"],
                    help="teacher:arm:seed triples, run in this order")
     p.add_argument("--out", default=str(REPO / "results" / "noise_fit"), help="where the results JSONs go")
     args = p.parse_args()

@@ -13,6 +13,8 @@ import re
 import sys
 from pathlib import Path
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "results"
 
@@ -431,16 +433,26 @@ def at_samples(curve, samples, key):
     return next((row[key] for row in curve if row["samples_seen"] == samples), None)
 
 
-def noise_fit_block():
+def noise_fit_runs():
+    """results/noise_fit/, plus the prior recipe's white-noise run of results/bn_variants (seed 0, same teacher and
+    flags, 256k samples: its first 128k are the same run) where this bench has not run that seed itself."""
     runs = load("noise_fit")
+    prior = RESULTS / "bn_variants" / "prior_recipe.json"
+    if runs and "aka20__prior_white__s0" not in runs and prior.exists():
+        runs["aka20__prior_white__s0"] = {**json.loads(prior.read_text()), "source": "results/bn_variants"}
+    return runs
+
+
+def noise_fit_block():
+    runs = noise_fit_runs()
     if not runs:
         return "_No results yet: run `python bench/noise_fit.py`._"
-    points = sorted({row["samples_seen"] for r in runs.values() for row in r["curve"]})
+    points = sorted({row["samples_seen"] for r in runs.values() if "source" not in r for row in r["curve"]})
     head = " / ".join(f"{n // 1000}k" for n in points)
     lines = [f"ResNet-20 students, CIFAR-10 test accuracy (%) after {head} noise samples, with the student's running "
              "statistics (eval mode: the deployed model) and with test-batch statistics (batch 256); final KD loss "
-             "(nats, the last logged batch); for the fitted noise its spectrum exponent and the BN-statistics loss on "
-             "white noise -> on the fitted noise. One row per seed. Measured on "
+             "(nats, the last logged batch); for the fitted noise its spectrum exponent, the correlation between its "
+             "colour channels, and the BN-statistics loss on white noise -> on the fitted noise. One row per seed. Measured on "
              + next(iter(runs.values()))["provenance"]["device"] + ".", "",
              "| teacher | recipe and noise | seed | acc, running stats | acc, test-batch stats | final KD loss "
              "| fitted noise |", "|---|---|---:|---|---|---:|---|"]
@@ -448,10 +460,19 @@ def noise_fit_block():
         for stem in sorted(k for k in runs if k.startswith(f"{teacher}__{arm}__s")):
             r = runs[stem]
             cell = lambda key: " / ".join(pct(at_samples(r["curve"], n, key)) for n in points)
-            fit = (f"1/f^{r['noise/fitted']['alpha']:.1f}; {r['noise/bn_loss_white']:.1f} -> "
-                   f"{r['noise/bn_loss_fitted']:.1f}" if r.get("noise/fitted") else "")
+            fit = ""
+            if r.get("noise/fitted"):
+                L = np.array(r["noise/fitted"]["color"])
+                cov = L @ L.T
+                corr = cov / np.sqrt(np.outer(cov.diagonal(), cov.diagonal()))
+                off = corr[np.triu_indices(len(L), 1)]
+                fit = (f"1/f^{r['noise/fitted']['alpha']:.1f}, colour correlation {off.min():.2f}-{off.max():.2f}; "
+                       f"{r['noise/bn_loss_white']:.1f} -> {r['noise/bn_loss_fitted']:.1f}")
+            loss = f"{r['train/final_loss']:.2f}"
+            if "source" in r:  # the run of the other table: another machine, bf16, and 256k samples
+                fit = f"the run of `{r['source']}` (another CPU, bf16; its loss at {r['samples_seen'] // 1000}k)"
             lines.append(f"| {tlabel} | {label} | {r['args']['seed']} | {cell('eval/acc_running')} "
-                         f"| {cell('eval/acc_batchstats')} | {r['train/final_loss']:.2f} | {fit} |")
+                         f"| {cell('eval/acc_batchstats')} | {loss} | {fit} |")
     lines += ["", "![fitted noise](results/noise_fit.png)"]
     return "\n".join(lines)
 
@@ -460,9 +481,10 @@ def noise_fit_figure(path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    runs = load("noise_fit")
+    runs = noise_fit_runs()
     if not runs:
         return
+    last = max(row["samples_seen"] for r in runs.values() if "source" not in r for row in r["curve"])
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.4))
     colors = {"prior_white": "tab:gray", "prior_fit": "tab:blue", "default_white": "tab:orange",
               "default_fit": "tab:red"}
@@ -470,9 +492,10 @@ def noise_fit_figure(path):
         for stem in sorted(k for k in runs if k.startswith(f"{teacher}__{arm}__s")):
             r, seed = runs[stem], runs[stem]["args"]["seed"]
             style = dict(color=colors[arm], ls="-" if seed == 0 else "--", label=f"{tlabel}: {label}, seed {seed}")
-            x = [row["samples_seen"] / 1000 for row in r["curve"]]
+            curve = [row for row in r["curve"] if row["samples_seen"] <= last]
+            x = [row["samples_seen"] / 1000 for row in curve]
             for ax, key in zip(axes, ("eval/acc_running", "eval/acc_batchstats")):
-                ax.plot(x, [100 * row[key] for row in r["curve"]], marker="o", ms=3, **style)
+                ax.plot(x, [100 * row[key] for row in curve], marker="o", ms=3, **style)
             if r.get("train_loss_curve"):
                 loss = r["train_loss_curve"]
                 axes[2].plot([n / 1000 for n, _ in loss], [v for _, v in loss], lw=0.8, **style)
@@ -481,6 +504,9 @@ def noise_fit_figure(path):
         ax.set_title(title)
         ax.set_xlabel("noise samples seen (thousands)")
         ax.grid(alpha=0.3)
+    for ax in axes[:2]:
+        ax.axhline(10, color="k", lw=0.6, ls=":")  # chance
+        ax.set_ylim(0, None)
     axes[0].set_ylabel("CIFAR-10 test accuracy (%)")
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=8, frameon=False)
