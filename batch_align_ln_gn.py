@@ -297,8 +297,8 @@ def main(argv=None):
             return
         common.save_checkpoint(run_dir / "checkpoint.pt", student=student.state_dict(), optimizer=opt.state_dict(),
                                noise_gen=noise_gen.get_state(), sampler=sampler.state_dict(), step=step,
-                               teacher_sha256=tinfo["sha256"], stats=stats, curve=curve, probe=probe, wall_s=wall_time(), resumed_at=resumed_at,
-                               args=vars(args))
+                               teacher_sha256=tinfo["sha256"], stats=stats, curve=curve, probe=probe,
+                               wall_s=wall_time(), resumed_at=resumed_at, args=vars(args))
 
     def evaluation():
         row = {"samples_seen": stats["student_samples"], "eval/acc_running": evaluate(student, "running"),
@@ -318,11 +318,11 @@ def main(argv=None):
                 g["lr"] = lr_at(args, step)
             with torch.autocast(torch.device(args.device).type, dtype=torch.bfloat16, enabled=args.bf16):
                 z, t_logits, weights = draw_batch(args, teacher_fn, sampler, noise_gen, shape, stats)
-                with common.synced_batch_norm(student):  # a BN student normalizes over the global batch, as in 1 process
+                with common.synced_batch_norm(student):  # BN student: statistics of the global batch, as in 1 process
                     s_logits = net(z.contiguous(memory_format=s_fmt))
             loss = kd_loss(s_logits, t_logits, args.tau, weights)
-            # No host sync inside a step (a GPU keeps running ahead): finiteness is read at the next log line, at most 10
-            # steps later and before any evaluation or checkpoint, so a NaN stops the run and never reaches a checkpoint.
+            # No host sync inside a step (a GPU keeps running ahead): finiteness is read at the next log line, at most
+            # 10 steps later and before any evaluation or checkpoint, so a NaN stops the run and never reaches one.
             nonfinite += (~torch.isfinite(loss.detach())).float()
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -335,7 +335,8 @@ def main(argv=None):
                     raise FloatingPointError(f"distillation loss became non-finite at or before step {step} (teacher "
                                              f"logits finite: {bool(torch.isfinite(t_logits).all())}); lower --lr or "
                                              f"check the teacher")
-                stats["last_loss"] = (common.all_reduce_sum(loss.detach()) / world).item()  # every rank joins; rank 0 logs
+                # every rank joins the all-reduce; rank 0 logs
+                stats["last_loss"] = (common.all_reduce_sum(loss.detach()) / world).item()
                 row = {"train/loss": stats["last_loss"], "train/lr": lr_at(args, step - 1),
                        "train/samples_per_s": stats["student_samples"] / stats["train_s"],
                        "train/acceptance_rate": stats["accepted"] / max(1, stats["teacher_samples"]),

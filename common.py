@@ -301,7 +301,7 @@ def load_checkpoint(path):
         raise InputError(f"{path} is empty, not a checkpoint")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
+    except pickle.UnpicklingError:
         if zipfile.is_zipfile(path):  # a checkpoint in torch.save's format whose contents are more than tensors
             raise InputError(f"{path} holds pickled code or objects, which are never loaded here (Weights only "
                              f"load failed); save a plain state_dict instead") from None

@@ -140,7 +140,7 @@ def global_batch_norm(x, m):
 
 @torch.no_grad()
 def teacher_forward(teacher, z, bn_mode):
-    """Teacher logits on a noise batch; with bn_mode='cs' the batch's own statistics define them (README: How it works)."""
+    """Teacher logits on a noise batch; with bn_mode='cs' the batch's own statistics define them."""
     ctx = current_statistics(teacher) if bn_mode == "cs" else contextlib.nullcontext()
     with ctx:
         return teacher(z).float()
@@ -156,7 +156,9 @@ def fit_noise(teacher, shape, steps, generator, batch_size=128, lr=0.05):
     its power at high frequencies and no correlation between colour channels, unlike anything the teacher was
     trained on; the fitted noise is still fresh Gaussian noise every step. Returns the parameters and the loss of
     white noise and of the fitted noise. The teacher is only read (its parameters need no grad)."""
-    bns = [m for m in teacher.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    bns = [m for m in teacher.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not bns:
+        raise common.InputError("--fit-noise needs BatchNorm layers with running statistics in the teacher")
     inputs = []
     hooks = [m.register_forward_pre_hook(lambda m, a: inputs.append(a[0])) for m in bns]
     dev = next(teacher.parameters()).device
@@ -459,11 +461,11 @@ def main(argv=None):
                 g["lr"] = lr_at(args, step)
             with torch.autocast(torch.device(args.device).type, dtype=torch.bfloat16, enabled=args.bf16):
                 z, t_logits, weights = draw_batch(args, teacher_fn, sampler, noise_gen, shape, stats, noise_params)
-                with common.synced_batch_norm(student):  # a BN student normalizes over the global batch, as in 1 process
+                with common.synced_batch_norm(student):  # BN student: statistics of the global batch, as in 1 process
                     s_logits = net(z.contiguous(memory_format=s_fmt))
             loss = kd_loss(s_logits, t_logits, args.tau, weights)
-            # No host sync inside a step (a GPU keeps running ahead): finiteness is read at the next log line, at most 10
-            # steps later and before any evaluation or checkpoint, so a NaN stops the run and never reaches a checkpoint.
+            # No host sync inside a step (a GPU keeps running ahead): finiteness is read at the next log line, at most
+            # 10 steps later and before any evaluation or checkpoint, so a NaN stops the run and never reaches one.
             nonfinite += (~torch.isfinite(loss.detach())).float()
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -476,7 +478,8 @@ def main(argv=None):
                     raise FloatingPointError(f"distillation loss became non-finite at or before step {step} (teacher "
                                              f"logits finite: {bool(torch.isfinite(t_logits).all())}); lower --lr or "
                                              f"check the teacher")
-                stats["last_loss"] = (common.all_reduce_sum(loss.detach()) / world).item()  # every rank joins; rank 0 logs
+                # every rank joins the all-reduce; rank 0 logs
+                stats["last_loss"] = (common.all_reduce_sum(loss.detach()) / world).item()
                 row = {"train/loss": stats["last_loss"], "train/lr": lr_at(args, step - 1),
                        "train/samples_per_s": stats["student_samples"] / stats["train_s"],
                        "train/acceptance_rate": stats["accepted"] / max(1, stats["teacher_samples"]),
@@ -501,8 +504,8 @@ def main(argv=None):
     results = {"teacher/acc": teacher_acc, "teacher/acc_recorded": tinfo["test_acc"], "teacher/sha256": tinfo["sha256"],
                "teacher/ckpt": tinfo["path"], **final, **noise_summary(stats), **fit_stats,
                "noise/fitted": None if noise_params is None else {k: v.tolist() if torch.is_tensor(v) else v
-                                                                  for k, v in noise_params.items()}, "train/final_loss": stats["last_loss"],
-               "eval/batch_size": args.eval_batch_size,
+                                                                  for k, v in noise_params.items()},
+               "train/final_loss": stats["last_loss"], "eval/batch_size": args.eval_batch_size,
                "eval/num_images": len(y_test), "samples_seen": stats["student_samples"],
                "teacher_samples": stats["teacher_samples"], "shortfall": stats["shortfall"],
                "samples_per_s": stats["student_samples"] / max(stats["train_s"], 1e-9),

@@ -515,6 +515,23 @@ def noise_fit_figure(path):
     plt.close(fig)
 
 
+def calibrate_bn_block():
+    path = RESULTS / "calibrate_bn.json"
+    if not path.exists():
+        return "_Not measured yet: run `python bench/calibrate_bn.py`._"
+    r = json.loads(path.read_text())
+    lines = [f"`{r['command']}`: each student of the table above from its final checkpoint, CIFAR-10 test accuracy (%) "
+             f"in eval mode with its running statistics as trained, after re-estimating them on {r['batches']} batches "
+             f"of {r['batch_size']} samples of the noise fitted to its teacher (no image), and with test-batch "
+             "statistics.", "",
+             "| run | trained on | seed | eval mode, as trained | eval mode, calibrated on fitted noise "
+             "| test-batch statistics |", "|---|---|---:|---:|---:|---:|"]
+    for row in r["rows"]:
+        lines.append(f"| `{row['run']}` | {row['trained_on']} | {row['seed']} | {pct(row['acc_running'])} "
+                     f"| {pct(row['acc_calibrated'])} | {pct(row['acc_batchstats'])} |")
+    return "\n".join(lines)
+
+
 def default_run_block():
     path = RESULTS / "default_run.json"
     if not path.exists():
@@ -566,7 +583,8 @@ def teachers_block():
 BLOCKS = {"bn_variants": bn_variants_block, "throughput": throughput_block, "teachers": teachers_block,
           "bn_ablation": bn_ablation_block, "default_run": default_run_block, "seeds": seeds_block,
           "batch_align": batch_align_block, "student_study": student_study_block, "vit_account": vit_account_block,
-          "vit_failure": vit_failure_block, "noise_fit": noise_fit_block}
+          "vit_failure": vit_failure_block, "noise_fit": noise_fit_block,
+          "calibrate_bn": calibrate_bn_block}
 FIGURES = {"bn_variants.png": bn_variants_figure, "bn_ablation_*.png": lambda path: bn_ablation_figures(),
            "batch_align.png": batch_align_figure, "vit_failure.png": vit_failure_figure, "noise_fit.png": noise_fit_figure}
 

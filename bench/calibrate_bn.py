@@ -1,0 +1,82 @@
+"""Deployable students without data: does re-estimating a noise-trained student's BatchNorm statistics on the noise
+fitted to the teacher (`cs_rejection_bn.fit_noise`) close the gap between plain eval mode and test-batch statistics?
+
+    python bench/calibrate_bn.py --data-dir ../shared/data       # about a minute per student on 2 CPU cores
+    python bench/report.py
+
+For every finished run of bench/noise_fit.py whose run folder is still here: load the student from its final
+checkpoint, reset its BatchNorm running statistics and re-estimate them (cumulative average, BatchNorm's
+momentum=None) on --batches batches of 256 samples of the Gaussian fitted to the run's teacher (the run's own fit when
+it trained on fitted noise; otherwise a fit made here with the same seed and settings). No image is used; the student's
+weights are not changed. Writes results/calibrate_bn.json: accuracy in eval mode as trained, after calibration, and
+with test-batch statistics (the number to reach).
+"""
+import argparse
+import copy
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+import common  # noqa: E402
+import cs_rejection_bn  # noqa: E402
+
+
+@torch.no_grad()
+def calibrate(student, noise_params, shape, batches, generator, batch_size=256):
+    """A copy of student whose BatchNorm running statistics are the average over `batches` batches of fitted noise."""
+    net = copy.deepcopy(student).train()
+    for m in net.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the calibration batches
+    for _ in range(batches):
+        net(common.sample_noise(batch_size, shape, generator, **noise_params))
+    return net.eval()
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data-dir", default="./data", help="folder of cifar10_test.npz")
+    p.add_argument("--batches", type=int, default=20, help="calibration batches of 256 fitted-noise samples")
+    p.add_argument("--out", default=str(REPO / "results" / "calibrate_bn.json"), help="where the results go")
+    args = p.parse_args()
+    start, rows = time.time(), []
+    x, y = common.load_split("cifar10", "test", args.data_dir)
+    for target in sorted((REPO / "results" / "noise_fit").glob("*.json")):
+        run_root = REPO / "runs" / "bench_noise_fit" / target.stem
+        runs = [d for d in run_root.glob("*") if (d / "results.json").exists() and (d / "checkpoint.pt").exists()]
+        if not runs:
+            print(f"{target.stem}: run folder gone; skipped")
+            continue
+        ck = common.load_checkpoint(runs[-1] / "checkpoint.pt")
+        a = ck["args"]
+        teacher, tinfo = common.load_teacher(a["teacher"], common.teacher_ckpt_or_exit(a["teacher"], a["dataset"],
+                                                                                      a["teacher_ckpt"]))
+        shape = (3, *x.shape[1:3])
+        params = ck.get("noise_params")
+        if params is None:  # a white-noise run: fit the noise to its teacher now (same seed and settings as a run)
+            params, _ = cs_rejection_bn.fit_noise(teacher, shape, a["fit_noise_steps"],
+                                                  torch.Generator().manual_seed(a["seed"] + 3_000))
+        student = common.build_model(a["student"], 10, a["student_norm"])
+        common.load_state_strict(student, ck["student"], runs[-1] / "checkpoint.pt")
+        calibrated = calibrate(student, params, shape, args.batches, torch.Generator().manual_seed(a["seed"] + 4_000))
+        acc = lambda model, bn: common.evaluate(model, x, y, tinfo["mean"], tinfo["std"], a["eval_batch_size"], bn)
+        row = {"run": target.stem, "trained_on": "fitted noise" if ck.get("noise_params") else "white noise",
+               "seed": a["seed"], "samples_seen": ck["stats"]["student_samples"],
+               "acc_running": acc(student, "running"), "acc_calibrated": acc(calibrated, "running"),
+               "acc_batchstats": acc(student, "batch")}
+        print(f"{target.stem}: eval mode {row['acc_running']:.4f} -> calibrated {row['acc_calibrated']:.4f}, "
+              f"test-batch statistics {row['acc_batchstats']:.4f}")
+        rows.append(row)
+    common.write_json(args.out, {"batches": args.batches, "batch_size": 256, "rows": rows,
+                                 "command": "python bench/calibrate_bn.py --data-dir " + args.data_dir,
+                                 "provenance": common.provenance("cpu", time.time() - start)})
+
+
+if __name__ == "__main__":
+    main()
