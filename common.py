@@ -344,11 +344,15 @@ def teacher_ckpt_or_exit(name, dataset, ckpt=None, data_dir="./data", norm="bn")
     return str(path)
 
 
-def load_teacher(name, ckpt, num_classes=None, dataset=None):
-    """Load a teacher: our own checkpoints (train_teacher.py) or the akamaster format ({state_dict, best_prec1}, keys
-    prefixed with 'module.'). Returns (model in eval mode, info) where info has mean, std, norm, test_acc, sha256.
-    With `dataset` given, a checkpoint that records another training dataset is refused."""
-    ckpt = Path(ckpt)
+def load_teacher(name, ckpt, num_classes=None, dataset=None, mean=None, std=None, norm="bn"):
+    """Load a teacher: our own checkpoints (train_teacher.py), the akamaster format ({state_dict, best_prec1}, keys
+    prefixed with 'module.'), or a plain state_dict of any model build_model(name, num_classes, norm) makes; a plain
+    state_dict carries no input normalization, so mean and std (per channel, of images in [0, 1]) must be given, and
+    given for the other formats they replace the recorded ones. Returns (model in eval mode, info) where info has
+    mean, std, norm, test_acc, sha256. With `dataset` given, a checkpoint that records another dataset is refused."""
+    ckpt, given = Path(ckpt), (mean, std)
+    if (mean is None) != (std is None) or (mean is not None and not len(mean) == len(std) == 3):
+        raise InputError("--teacher-mean and --teacher-std go together, three numbers each")
     blob = load_checkpoint(ckpt)  # a missing file, a folder, a text file: one clear error each
     if "model" in blob:  # ours
         if blob.get("arch", name) != name:
@@ -363,9 +367,17 @@ def load_teacher(name, ckpt, num_classes=None, dataset=None):
         norm, (mean, std) = "bn", IMAGENET_STATS
         acc = float(blob["best_prec1"]) / 100 if "best_prec1" in blob else None
         num_classes = num_classes or state["linear.weight"].shape[0]
+    elif blob and all(torch.is_tensor(v) for v in blob.values()):  # a plain state_dict: bring your own teacher
+        if mean is None or std is None:
+            raise InputError(f"{ckpt} is a plain state_dict, which records no input normalization: pass "
+                             f"--teacher-mean and --teacher-std (per channel, for images scaled to [0, 1])")
+        state = {k.removeprefix("module."): v for k, v in blob.items()}
+        acc, num_classes = None, num_classes or NUM_CLASSES.get(dataset, 10)
     else:
-        raise InputError(f"{ckpt}: neither our format (key 'model') nor akamaster's (key 'state_dict'); "
-                         f"top-level keys: {sorted(blob)[:10]}")
+        raise InputError(f"{ckpt}: neither our format (key 'model'), akamaster's (key 'state_dict') nor a plain "
+                         f"state_dict; top-level keys: {sorted(blob)[:10]}")
+    if given[0] is not None:  # given by the user: they define the teacher's input space
+        mean, std = tuple(given[0]), tuple(given[1])
     model = build_model(name, num_classes, norm)
     load_state_strict(model, state, ckpt)
     for p in model.parameters():

@@ -260,6 +260,36 @@ def test_fit_noise_run_records_the_fitted_gaussian_and_trains_on_it(tiny_data, t
     assert seen and all(kw["alpha"] == fitted["alpha"] and kw["color"].tolist() == fitted["color"] for kw in seen)
 
 
+def test_a_plain_state_dict_teacher_needs_and_takes_its_normalization(tiny_data, tiny_teacher, tmp_path):
+    plain = tmp_path / "plain.pt"
+    torch.save(common.load_checkpoint(tiny_teacher)["model"], plain)  # what most users have: model.state_dict()
+    with pytest.raises(common.InputError, match="plain state_dict.*--teacher-mean and --teacher-std"):
+        kd.main(tiny_args(tiny_data, plain, tmp_path / "a"))
+    norm = ["--teacher-mean", "0.4", "0.5", "0.6", "--teacher-std", "0.2", "0.3", "0.4"]
+    res = kd.main(tiny_args(tiny_data, plain, tmp_path / "b", *norm))
+    model, info = common.load_teacher("resnet20", plain, 10, "cifar10", (0.4, 0.5, 0.6), (0.2, 0.3, 0.4))
+    x, y = common.load_split("cifar10", "test", tiny_data)
+    assert res["teacher/acc"] == common.evaluate(model, x, y, info["mean"], info["std"], 32)
+    # Given for one of our checkpoints, the flags replace its recorded normalization (which the test data differ from).
+    _, recorded = common.load_teacher("resnet20", tiny_teacher)
+    _, replaced = common.load_teacher("resnet20", tiny_teacher, mean=(0.4, 0.5, 0.6), std=(0.2, 0.3, 0.4))
+    assert recorded["mean"] == (0.5, 0.5, 0.5) and replaced["mean"] == (0.4, 0.5, 0.6)
+
+
+def test_any_module_plugs_in_as_the_teacher(tiny_data, tmp_path, monkeypatch):
+    """The README's bring-your-own-teacher recipe: load_teacher returns a model common.py knows nothing of."""
+    torch.manual_seed(0)
+    mine = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(8, 10)).eval()
+    before = {k: v.clone() for k, v in mine.state_dict().items()}
+    info = {"mean": (0.5,) * 3, "std": (0.25,) * 3, "test_acc": None, "sha256": "mine", "path": "mine.pt",
+            "norm": "bn", "image_size": 32}
+    monkeypatch.setattr(kd, "load_teacher", lambda args, k: (mine, info))
+    res = kd.main(tiny_args(tiny_data, tmp_path / "unused.pt", tmp_path, "--fit-noise", "--fit-noise-steps", "2"))
+    assert res["samples_seen"] == 6 * 16 and res["teacher/sha256"] == "mine"
+    assert all(torch.equal(before[k], v) for k, v in mine.float().state_dict().items())
+
+
 def test_nan_loss_is_a_clear_error(tiny_data, tmp_path):
     model = common.build_model("resnet20")
     with torch.no_grad():
