@@ -9,7 +9,8 @@ GroupNorm/LayerNorm it standardizes the layer's input across the batch, with no 
 then runs the original layer unchanged. Conv features (N, C, H, W) get statistics over (N, H, W) per channel, as BN;
 token features (N, L, D) over N per (token, width) (--align-axes samples) or over (N, L) per width (tokens). The
 wrapper is a set of forward pre-hooks: the teacher's weights are never touched, and removing it restores the teacher
-exactly. Rejection sampling of over-predicted classes is the sampler of cs_rejection_bn.py, imported, not copied.
+exactly. Rejection sampling of over-predicted classes is the sampler of cs_rejection_bn.py, copied here (kept
+identical by tests/test_drift.py) so that this file stands alone with common.py.
 
     python batch_align_ln_gn.py --data-dir ../shared/data      # shipped GroupNorm ResNet-20 -> ResNet-20, 256k noise
     python batch_align_ln_gn.py --balance none --data-dir ../shared/data     # alignment alone: the result quoted below
@@ -36,11 +37,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from tqdm import tqdm
 
 import common
-# The label-balancing machinery is cs_rejection_bn.py's method; one definition, used here as it is.
-from cs_rejection_bn import RejectionSampler, draw_batch, kd_loss, new_stats, noise_summary
 
 
 def parse_args(argv=None):
@@ -190,6 +190,146 @@ def label_probe(teacher, args, shape, num_classes, fmt):
         out.update({f"probe/{tag}_entropy": s["entropy"], f"probe/{tag}_max_share": s["max_share"],
                     f"probe/{tag}_missing": s["missing"], f"probe/{tag}_hist": counts.tolist()})
     return out
+
+
+# ======================================================================================================================
+# ALGO LOGIC, shared with cs_rejection_bn.py: the rejection sampler and the loss. A copy, so that this file stands
+# alone; tests/test_drift.py keeps it identical to the original.
+# ======================================================================================================================
+class RejectionSampler:
+    """Accept sample i with probability min(1, c / p(y_i)), where p is a running estimate of the teacher's argmax
+    label marginal on noise and c the smallest non-negligible p(y): the accepted labels approach a uniform marginal
+    over the classes the teacher predicts at all (README: How it works). Classes it never predicts cannot be fixed."""
+
+    def __init__(self, num_classes, momentum, floor, generator):
+        self.k, self.momentum, self.floor, self.gen = num_classes, momentum, floor, generator
+        self.marginal = None  # estimated p(y) of the teacher's argmax on noise
+
+    def update(self, labels):
+        """Fold the labels of one pool (every rank's, under torchrun) into the estimate; returns their histogram."""
+        counts = common.all_reduce_sum(torch.bincount(labels, minlength=self.k))
+        hist = counts.double() / counts.sum()  # on the labels' device: no host sync
+        prev = self.marginal
+        self.marginal = hist if prev is None else self.momentum * prev.to(hist.device) + (1 - self.momentum) * hist
+        return counts
+
+    def level(self):
+        """c = min p(y) over non-negligible classes (p(y) >= floor / K)."""
+        p = self.marginal
+        return p[p >= self.floor / self.k].min()
+
+    def accept_prob(self, labels):
+        p = self.marginal[labels]
+        return (self.level() / p.clamp_min(1e-12)).clamp(max=1.0)
+
+    def accept(self, labels):
+        """Boolean mask of accepted samples, on the labels' device. The coins come from a CPU generator (the same
+        stream on every device); under torchrun every rank draws the coins of the whole pool and uses its own slice,
+        as one process would."""
+        coins = torch.rand(len(labels) * common.dist_info()[1], generator=self.gen, dtype=torch.float64)
+        return coins[common.my_slice(len(labels))].to(labels.device) < self.accept_prob(labels)
+
+    def state_dict(self):
+        return {"marginal": self.marginal, "generator": self.gen.get_state()}
+
+    def load_state_dict(self, state):
+        self.marginal = state["marginal"]
+        self.gen.set_state(state["generator"])
+
+
+def draw_batch(args, teacher_fn, sampler, noise_gen, shape, stats, noise_params=None):
+    """One training batch of noise, the teacher's targets and per-sample loss weights, by --balance. teacher_fn maps a
+    noise batch to the teacher's logits (here the CS forward; batch_align_ln_gn.py passes its aligned teacher).
+    Updates `stats` (label histograms, teacher samples, sampler time; global under torchrun) in place.
+    Under torchrun every rank draws the global batch's noise from the same generator and keeps its slice: the N
+    processes see exactly the samples one process would (noise costs far less than the teacher's forward).
+    Without rejection nothing here waits for the device; rejection must (the accepted count decides the next pool).
+    noise_params: the Gaussian fitted by fit_noise (alpha, color, mean); None: --noise-alpha's noise."""
+    world = common.dist_info()[1]
+    B, dev = args.batch_size // world, args.device  # this rank's share of the global batch
+    shaping = noise_params or {"alpha": args.noise_alpha}
+    noise = lambda n: common.sample_noise(n * world, shape, noise_gen, device=dev, **shaping)[common.my_slice(n)]
+    if args.balance != "reject":
+        z = noise(B)
+        t = teacher_fn(z)
+        labels = t.argmax(1)
+        t_sampler = time.perf_counter()
+        counts = sampler.update(labels)
+        weights = None
+        if args.balance == "reweight":  # same teacher compute as 'none'; weight 1/p(y), normalized to mean 1
+            w = 1.0 / sampler.marginal[labels].clamp_min(1e-12)
+            weights = (w / (common.all_reduce_sum(w.sum()) / (B * world))).float().to(dev)
+        stats["sampler_s"] += time.perf_counter() - t_sampler
+        stats["accepted"] += B * world
+        stats["acc_counts"] += counts
+        _record_raw(stats, counts, t)
+        return z, t, weights
+    # Rejection: draw pools of M = r * B; the CS teacher runs once per pool and the pool's statistics define the
+    # targets. Keep drawing until B samples are accepted, at most --max-pools pools, then fill up with rejected ones.
+    # Under torchrun each rank fills its own share, and all ranks draw pools until every one is full (the CS teacher
+    # needs every rank in each forward).
+    M = max(B, int(round(args.pool_factor * B)))
+    acc_z, acc_t, rej_z, rej_t, n_acc = [], [], [], [], 0
+    for _ in range(args.max_pools):
+        z = noise(M)
+        t = teacher_fn(z)
+        labels = t.argmax(1)
+        t_sampler = time.perf_counter()
+        counts = sampler.update(labels)
+        keep = sampler.accept(labels)
+        acc_z.append(z[keep]), acc_t.append(t[keep]), rej_z.append(z[~keep]), rej_t.append(t[~keep])
+        n_acc += int(keep.sum())
+        stats["accepted"] += int(common.all_reduce_sum(keep.sum()))
+        stats["sampler_s"] += time.perf_counter() - t_sampler
+        _record_raw(stats, counts, t)
+        if int(common.all_reduce_sum(torch.tensor(int(n_acc < B)))) == 0:  # every rank has its share
+            break
+    t_sampler = time.perf_counter()
+    z, t = torch.cat(acc_z)[:B], torch.cat(acc_t)[:B]
+    stats["shortfall"] += int(common.all_reduce_sum(torch.tensor(B - len(z))))
+    if len(z) < B:  # never loop forever (a class the teacher never predicts can push acceptance very low)
+        z = torch.cat([z, torch.cat(rej_z)[:B - len(z)]])
+        t = torch.cat([t, torch.cat(rej_t)[:B - len(t)]])
+    stats["acc_counts"] += common.all_reduce_sum(torch.bincount(t.argmax(1), minlength=sampler.k))
+    stats["sampler_s"] += time.perf_counter() - t_sampler
+    return z, t, None
+
+
+def new_stats(num_classes, device="cpu", resumed=None):
+    """Counters of a run: teacher labels on raw noise and on the batches used, samples, sampler and step time. The
+    histograms live on the device (read only when logged); `resumed`: the counters of a checkpoint, moved there."""
+    if resumed is not None:
+        return {k: v.to(device) if torch.is_tensor(v) else v for k, v in resumed.items()}
+    zeros = lambda dtype: torch.zeros(num_classes, dtype=dtype, device=device)
+    return {"raw_counts": zeros(torch.long), "acc_counts": zeros(torch.long), "raw_soft": zeros(torch.float64),
+            "teacher_samples": 0, "student_samples": 0, "accepted": 0, "shortfall": 0, "sampler_s": 0.0,
+            "train_s": 0.0, "last_loss": None}
+
+
+def _record_raw(stats, counts, t):
+    """The teacher's argmax label counts (all ranks') and summed probabilities on every noise sample it saw."""
+    stats["teacher_samples"] += len(t) * common.dist_info()[1]  # = counts.sum(), without waiting for the device
+    stats["raw_counts"] += counts
+    stats["raw_soft"] += common.all_reduce_sum(F.softmax(t, 1).sum(0).double())
+
+
+def kd_loss(student_logits, teacher_logits, tau, weights=None):
+    """KL(softmax(t / tau) || softmax(s / tau)) * tau^2 per sample, averaged (optionally weighted)."""
+    kl = F.kl_div(F.log_softmax(student_logits.float() / tau, 1), F.log_softmax(teacher_logits / tau, 1),
+                  log_target=True, reduction="none").sum(1) * tau ** 2
+    return (kl * weights).mean() if weights is not None else kl.mean()
+
+
+def noise_summary(stats):
+    """The teacher's labels on raw noise and on the batches the student trained on (README: How it works)."""
+    raw, acc = common.label_stats(stats["raw_counts"]), common.label_stats(stats["acc_counts"])
+    soft = common.label_stats(stats["raw_soft"])  # the soft marginal: summed teacher probabilities per class
+    return {"noise/label_entropy": raw["entropy"], "noise/label_max_share": raw["max_share"],
+            "noise/label_missing": raw["missing"], "noise/soft_entropy": soft["entropy"],
+            "noise/soft_max_share": soft["max_share"],
+            "noise/accepted_label_entropy": acc["entropy"], "noise/accepted_max_share": acc["max_share"],
+            "noise/acceptance_rate": stats["accepted"] / max(1, stats["teacher_samples"]),
+            "noise/label_hist": stats["raw_counts"].tolist(), "noise/accepted_hist": stats["acc_counts"].tolist()}
 
 
 # ======================================================================================================================

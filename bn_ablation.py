@@ -25,6 +25,7 @@ import contextlib
 import json
 import math
 import random
+import subprocess
 import sys
 import time
 from functools import partial
@@ -37,7 +38,6 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import common
-import train_teacher
 
 
 def parse_args(argv=None):
@@ -148,6 +148,14 @@ def sweep_points(sweep, names, k_list=None):
                 points.append((label + ("" if affine else "-no-affine"), None, [cfg] * L))
         return points
     raise ValueError(f"unknown sweep {sweep!r}")
+
+
+def train_teacher(argv):
+    """Train one teacher of the retraining arm with train_teacher.py (kept beside this file), in its own process."""
+    script = Path(__file__).with_name("train_teacher.py")
+    if not script.is_file():
+        raise common.InputError(f"--retrain trains teachers with train_teacher.py, which is not beside {script.parent}")
+    subprocess.run([sys.executable, str(script), *argv], check=True)
 
 
 def retrain_points(args):
@@ -294,7 +302,7 @@ def main(argv=None):
                 if not args.retrain:
                     print(f"skipped: {path} is missing; --retrain trains it (python train_teacher.py {' '.join(train)})")
                     return None, None, None, None
-                train_teacher.main(train)
+                train_teacher(train)
             model, info = common.load_teacher(args.teacher, path, num_classes, args.dataset)
             model = model.to(args.device).to(memory_format=common.memory_format(model, args.bf16))
             stats = (info["mean"], info["std"])

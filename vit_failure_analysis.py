@@ -44,9 +44,79 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import common
-# The two batch couplings under study, used as their scripts define them (not copies).
-from batch_align_ln_gn import batch_aligned
-from cs_rejection_bn import current_statistics
+
+
+# ======================================================================================================================
+# The two batch couplings under study, copied from cs_rejection_bn.py (CS) and batch_align_ln_gn.py (alignment) so that
+# this file stands alone; tests/test_drift.py keeps the copies identical to the originals.
+# ======================================================================================================================
+PER_SAMPLE_NORMS = (nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
+ALIGN_EPS = 1e-5  # as BatchNorm's
+
+
+@contextlib.contextmanager
+def current_statistics(model):
+    """Inside this context every BatchNorm of `model` normalizes with the mean and (biased) variance of the current
+    batch, per channel over (N, H, W), as in training mode - but its running buffers are neither read nor written, so
+    the teacher comes out bit-identical (the prior work put the teacher in train mode and overwrote them)."""
+    patched = []
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            # An instance attribute shadows the class's forward; deleting it restores the original exactly.
+            m.forward = lambda x, m=m: F.batch_norm(x, None, None, m.weight, m.bias, training=True, eps=m.eps)
+            if common.dist_info()[1] > 1:  # under torchrun the statistics are those of the global batch
+                m.forward = lambda x, m=m: global_batch_norm(x, m)
+            patched.append(m)
+    try:
+        yield model
+    finally:
+        for m in patched:
+            del m.forward
+
+
+def global_batch_norm(x, m):
+    """BatchNorm m with the statistics of the batch summed over all ranks: with the batch split over N processes the
+    teacher's outputs are those one process gives on the whole batch (SyncBatchNorm's idea, without its buffers)."""
+    dims = (0, *range(2, x.ndim))
+    var, mean = common.batch_var_mean(x.float(), dims)
+    shape = [1, -1] + [1] * (x.ndim - 2)
+    y = (x.float() - mean) * torch.rsqrt(var + m.eps)
+    return (y * m.weight.view(shape) + m.bias.view(shape) if m.affine else y).to(x.dtype)
+
+
+def per_sample_norms(model):
+    """(name, module) of every per-sample norm layer, in registration order (= forward order in our models)."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, PER_SAMPLE_NORMS)]
+
+
+def align(x, axes="samples", strength=1.0):
+    """Standardize x across the batch, per feature, with no parameters, and blend: lerp(x, x_hat, strength).
+    (N, C, H, W): over (N, H, W) per C, BatchNorm's axes. (N, L, D): over (N, L) per D ('tokens') or over N per
+    (L, D) ('samples'). (N, D): over N. Statistics in fp32 (of all ranks' samples under torchrun); the result keeps
+    x's dtype."""
+    dims = {4: (0, 2, 3), 3: (0, 1) if axes == "tokens" else (0,), 2: (0,)}.get(x.ndim)
+    if dims is None:
+        raise ValueError(f"batch alignment handles (N, D), (N, L, D) and (N, C, H, W) inputs, got shape {tuple(x.shape)}")
+    xf = x.float()
+    var, mean = common.batch_var_mean(xf, dims)  # biased, as BatchNorm; over the global batch under torchrun
+    x_hat = (xf - mean) * torch.rsqrt(var + ALIGN_EPS)
+    return torch.lerp(xf, x_hat, strength).to(x.dtype)  # lerp with weight 0 returns x itself, bit for bit
+
+
+@contextlib.contextmanager
+def batch_aligned(model, axes="samples", strength=1.0, layers=0):
+    """Inside this context, the input of every per-sample norm layer of `model` (the first `layers` of them when
+    layers > 0) is batch-aligned before the layer runs. Forward pre-hooks, removed on exit: no weight or buffer is
+    touched, so the model outside the context is exactly the original. Yields the names of the wrapped layers."""
+    norms = per_sample_norms(model)
+    norms = norms[:layers] if layers else norms
+    hook = lambda module, inputs: (align(inputs[0], axes, strength), *inputs[1:])
+    handles = [m.register_forward_pre_hook(hook) for _, m in norms]
+    try:
+        yield [n for n, _ in norms]
+    finally:
+        for h in handles:
+            h.remove()
 
 
 # The shipped teachers, relative to the repository (found from any working folder).

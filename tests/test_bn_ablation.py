@@ -115,12 +115,12 @@ def test_the_retrain_sweep_trains_missing_teachers_once_and_distils_from_each(ti
                                                                                monkeypatch, capsys):
     monkeypatch.setattr(common, "REPO", tmp_path)  # retrained teachers go to tmp_path/teachers, not the repo's
     calls = []
-    real_train = ab.train_teacher.main
+    real_train = ab.train_teacher
 
     def small_train(argv):  # the shipped recipe, on 64 generated images: a smaller batch and one epoch
         calls.append(argv)
         return real_train(argv + ["--batch-size", "16", "--epochs", "1"])
-    monkeypatch.setattr(ab.train_teacher, "main", small_train)
+    monkeypatch.setattr(ab, "train_teacher", small_train)
     argv = ["--data-dir", str(tiny_data), "--teacher-ckpt", str(tiny_teacher), "--out-dir", str(tmp_path / "runs"),
             "--sweep", "retrain", "--retrain-k", "1", "2", "--diag-samples", "32", "--batch-size", "16",
             "--steps", "2", "--eval-batch-size", "32"]

@@ -1,7 +1,9 @@
 """The method scripts duplicate their boilerplate on purpose (one file, one method); this keeps the copies in step:
 a flag that two scripts share means the same thing, with the same default and help, unless listed here as meant."""
 import argparse
+import ast
 import importlib
+import inspect
 import itertools
 
 import pytest
@@ -57,3 +59,32 @@ def test_no_file_refers_to_design_notes_outside_the_repository():
     needles = ("shared/" + "docs", "methods" + ".md")  # split, so that this file does not name them
     offenders = [str(p.relative_to(REPO)) for p in tracked if any(n in p.read_text(errors="ignore") for n in needles)]
     assert not offenders, offenders
+
+
+# Method code two scripts need: each carries its own copy (so that it can be copied alone with common.py), and the
+# copies must stay identical to the original.
+COPIES = [("cs_rejection_bn", "batch_align_ln_gn",
+           ["RejectionSampler", "draw_batch", "new_stats", "_record_raw", "kd_loss", "noise_summary"]),
+          ("cs_rejection_bn", "vit_failure_analysis", ["current_statistics", "global_batch_norm"]),
+          ("batch_align_ln_gn", "vit_failure_analysis", ["per_sample_norms", "align", "batch_aligned",
+                                                         "PER_SAMPLE_NORMS", "ALIGN_EPS"])]
+
+
+@pytest.mark.parametrize("original,copy,names", COPIES)
+def test_copied_method_code_is_identical_to_the_original(original, copy, names):
+    a, b = importlib.import_module(original), importlib.import_module(copy)
+    for name in names:
+        x, y = getattr(a, name), getattr(b, name)
+        if callable(x) and not isinstance(x, tuple):
+            assert inspect.getsource(x) == inspect.getsource(y), f"{copy}.{name} drifted from {original}.{name}"
+        else:
+            assert x == y, f"{copy}.{name} drifted from {original}.{name}"
+
+
+@pytest.mark.parametrize("script", METHOD_SCRIPTS + ["vit_failure_analysis", "train_teacher"])
+def test_no_script_imports_another(script):
+    siblings = {p.stem for p in REPO.glob("*.py")} - {"common", script}
+    tree = ast.parse((REPO / f"{script}.py").read_text())
+    imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    assert not imported & siblings, f"{script}.py imports {imported & siblings}"

@@ -1,0 +1,55 @@
+"""Each method script, copied alone with common.py into an empty folder, runs: --help and a 2-step run there."""
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import common
+from conftest import REPO, save_teacher
+
+
+def run_alone(script, tmp_path, *args):
+    """Copy script + common.py into an empty folder and run it there, away from the repository."""
+    alone = tmp_path / "alone"
+    alone.mkdir(exist_ok=True)
+    for name in (script, "common.py"):
+        shutil.copy(REPO / name, alone / name)
+    out = subprocess.run([sys.executable, script, *args], cwd=alone, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ""})
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def teachers(tmp_path_factory):
+    d = tmp_path_factory.mktemp("teachers")
+    torch.manual_seed(3)
+    model = common.build_model("resnet20")
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(32, 3, 32, 32))
+    return {"bn": save_teacher(d / "bn.pt", model.eval()),
+            "gn": save_teacher(d / "gn.pt", common.build_model("resnet20", norm="gn"), norm="gn")}
+
+
+SMALL = ["--steps", "2", "--batch-size", "16", "--eval-batch-size", "32", "--out-dir", "runs"]
+RUNS = {
+    "cs_rejection_bn.py": lambda t, d: ["--teacher-ckpt", str(t["bn"]), "--data-dir", str(d), *SMALL],
+    "batch_align_ln_gn.py": lambda t, d: ["--teacher-ckpt", str(t["gn"]), "--data-dir", str(d), "--probe-samples",
+                                          "32", *SMALL],
+    "bn_ablation.py": lambda t, d: ["--teacher-ckpt", str(t["bn"]), "--data-dir", str(d), "--sweep", "first-k",
+                                    "--k-list", "0", "--distill-k", "0", "--diag-samples", "32", *SMALL],
+    "vit_failure_analysis.py": lambda t, d: ["--teacher-ckpts", str(t["bn"]), str(t["gn"]), "--data-dir", str(d),
+                                             "--sizes", "16", "32", "--samples", "16", "--batch-size", "8",
+                                             "--out-dir", "runs"],
+}
+
+
+@pytest.mark.parametrize("script", list(RUNS))
+def test_a_method_script_runs_copied_alone_with_common(script, teachers, tiny_data, tmp_path):
+    assert run_alone(script, tmp_path, "--help").stdout.startswith("usage:")
+    run_alone(script, tmp_path, *RUNS[script](teachers, tiny_data))
+    assert list((tmp_path / "alone" / "runs").glob("*/results.json"))
