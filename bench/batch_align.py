@@ -24,7 +24,8 @@ TEACHERS = {  # name: (script, flags that pick the teacher)
     "gn": (batch_align_ln_gn, ["--teacher", "resnet20", "--teacher-norm", "gn"]),
     "ln": (batch_align_ln_gn, ["--teacher", "resnet20", "--teacher-norm", "ln"]),
     "vit": (batch_align_ln_gn, ["--teacher", "vit_tiny", "--teacher-norm", "ln"]),
-    "bn": (cs_rejection_bn, ["--teacher", "resnet20", "--teacher-ckpt", str(REPO / "teachers/resnet20_cifar10_bn.pt")]),
+    "bn": (cs_rejection_bn, ["--teacher", "resnet20", "--teacher-ckpt", str(REPO / "teachers/resnet20_cifar10_bn.pt"),
+                             "--no-fit-noise"]),  # white noise, as the per-sample teachers' arms
 }
 ARMS = {  # arm: flags for the per-sample teachers, flags for the BN control
     "plain": (["--align-strength", "0", "--balance", "none"], ["--teacher-bn", "running", "--balance", "none"]),

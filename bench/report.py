@@ -22,7 +22,7 @@ BN_VARIANTS = [  # (file stem, label): the order of the table's rows
     ("prior_recipe", "prior work's recipe: CS, no balancing, Adam 1e-3 constant"),
     ("running", "baseline: teacher in eval mode (running statistics)"),
     ("cs", "CS"),
-    ("cs_reject", "CS + rejection (NormShift-KD, default)"),
+    ("cs_reject", "CS + rejection (NormShift-KD, white noise)"),
     ("cs_reweight", "CS + reweighting"),
     ("cs_reject_alpha2", "CS + rejection, 1/f^2 noise (`--noise-alpha 2`)"),
     ("cs_b64", "CS, batch 64 (4x the updates for the same samples)"),
@@ -535,7 +535,7 @@ def calibrate_bn_block():
 def default_run_block():
     path = RESULTS / "default_run.json"
     if not path.exists():
-        return "_Not measured yet._"
+        return "_Not measured yet: `python cs_rejection_bn.py`, then copy its results.json to results/default_run.json._"
     r = json.loads(path.read_text())
     return (f"Measured (`python cs_rejection_bn.py --data-dir {r['args']['data_dir']}`, the data read from elsewhere, "
             f"everything else the defaults): with the shipped teacher ({pct(r['teacher/acc'])}%), the student reached {pct(r['eval/acc_running'])}% "

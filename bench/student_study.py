@@ -35,7 +35,7 @@ import common  # noqa: E402
 
 TEACHERS = {  # name: (script, flags)
     "bn": (cs_rejection_bn, ["--teacher", "resnet20", "--teacher-ckpt", str(REPO / "teachers/resnet20_cifar10_bn.pt"),
-                             "--teacher-bn", "cs", "--balance", "none"]),
+                             "--teacher-bn", "cs", "--balance", "none", "--no-fit-noise"]),
     "gn": (batch_align_ln_gn, ["--teacher", "resnet20", "--teacher-norm", "gn", "--balance", "none"]),
 }
 STUDENTS = {

@@ -43,6 +43,7 @@ def test_student_study_test_time_statistics(tiny_data, tmp_path):
 def test_student_study_reevaluates_finished_runs_from_their_checkpoints(tiny_data, tiny_teacher, tmp_path):
     run_root = tmp_path / "runs" / "bench_student_study_s0" / "bn__resnet20_gn"
     res = cs_rejection_bn.main(["--data-dir", str(tiny_data), "--teacher-ckpt", str(tiny_teacher), "--steps", "2",
+                                "--no-fit-noise",  # as bench/student_study.py runs it
                                 "--batch-size", "16", "--eval-batch-size", "32", "--student-norm", "gn",
                                 "--out-dir", str(run_root)])
     student_study.test_time(argparse.Namespace(seed=0, data_dir=str(tiny_data)), tmp_path, tmp_path / "runs")

@@ -62,5 +62,5 @@ def test_train_and_distil_on_a_folder_dataset(folder_tree, tmp_path):
     assert np.allclose(blob["mean"], common.IMAGENET_STATS[0])
     res = kd.main(["--teacher", "imagenet_resnet18", "--student", "imagenet_resnet18", "--dataset", "folder",
                    "--data-dir", str(folder_tree), "--teacher-ckpt", str(ckpt), "--out-dir", str(tmp_path / "runs"),
-                   "--steps", "2", "--batch-size", "8", "--eval-every", "2", "--no-bf16"])
+                   "--steps", "2", "--batch-size", "8", "--eval-every", "2", "--no-bf16", "--fit-noise-steps", "2"])
     assert res["eval/num_images"] == 6 and res["samples_seen"] == 16 and len(res["noise/label_hist"]) == 2
