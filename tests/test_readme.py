@@ -232,3 +232,15 @@ def test_what_the_readme_says_about_the_fitted_noise_holds():
         assert fit["args"]["fit_noise"] and fit["args"]["lr"] == white["args"]["lr"] == 1e-3
         assert fit["noise/bn_loss_fitted"] < fit["noise/bn_loss_white"] / 5
     assert runs["aka20__prior_white__s1"]["train/final_loss"] > 1.6  # "near 1.7 nats"
+
+
+def test_what_the_readme_says_about_calibration_on_fitted_noise_holds():
+    path = REPO / "results" / "calibrate_bn.json"
+    if not path.exists():
+        pytest.skip("not measured yet")
+    rows = {r["run"]: r for r in json.loads(path.read_text())["rows"]}
+    white = rows["aka20__prior_white__s1"]
+    assert white["acc_running"] < white["acc_batchstats"] <= white["acc_calibrated"]  # "to its test-batch level"
+    assert all(abs(r["acc_calibrated"] - r["acc_running"]) < 0.01 for r in rows.values()
+               if r["trained_on"] == "fitted noise")  # "under a point"
+    assert [r["trained_on"] for r in rows.values()].count("white noise") == 1
