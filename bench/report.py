@@ -532,6 +532,36 @@ def calibrate_bn_block():
     return "\n".join(lines)
 
 
+HEADLINE = [  # (results file, what it is): the README's first table
+    ("default_run.json", "`python cs_rejection_bn.py` (the default: fitted noise, CS + rejection)"),
+    ("noise_fit/ours20__default_fit__s1.json", "the same, seed 1"),
+    ("default_run_white_256k.json", "the same with the paper's white noise (`--no-fit-noise`), twice the budget"),
+    ("noise_fit/aka20__prior_fit__s0.json", "prior work's recipe with fitted noise, the shared teacher"),
+    ("noise_fit/aka20__prior_fit__s1.json", "the same, seed 1"),
+    ("bn_variants/prior_recipe.json", "prior work's recipe, white noise (the paper's), the shared teacher"),
+    ("noise_fit/aka20__prior_white__s1.json", "the same, seed 1, 128k samples"),
+]
+
+
+def headline_block():
+    lines = ["| run | teacher -> student | noise samples | student, eval mode | student, test-batch statistics "
+             "| wall time | hardware |", "|---|---|---:|---:|---:|---:|---|"]
+    for name, label in HEADLINE:
+        if not (RESULTS / name).exists():
+            continue
+        r = json.loads((RESULTS / name).read_text())
+        a, prov = r["args"], r["provenance"]
+        device = prov["device"].split("(", 1)[-1].rsplit(")", 1)[0] if "(" in prov["device"] else prov["device"]
+        device = device.replace("cpu,", "CPU (name not recorded),", 1) if device.startswith("cpu,") else device
+        wall = f"{prov['wall_time_s'] / 60:.0f} min" if prov.get("wall_time_s") else "n/a"
+        lines.append(f"| {label} | {a['teacher']} ({pct(r['teacher/acc'])}%) -> {a['student']} "
+                     f"| {r['samples_seen'] // 1000}k | {pct(r['eval/acc_running'])}% | {pct(r['eval/acc_batchstats'])}% "
+                     f"| {wall} | {device}{', bf16' if a.get('bf16') else ''} |")
+    lines += ["", "Wall time as measured on a shared 2-core machine: tests ran beside some of these runs, so it is an upper "
+              "bound; the AMD EPYC has no bf16 and runs fp32, about 4x slower per step than the Xeon with bf16."]
+    return "\n".join(lines)
+
+
 def default_run_block():
     path = RESULTS / "default_run.json"
     if not path.exists():
@@ -584,7 +614,7 @@ BLOCKS = {"bn_variants": bn_variants_block, "throughput": throughput_block, "tea
           "bn_ablation": bn_ablation_block, "default_run": default_run_block, "seeds": seeds_block,
           "batch_align": batch_align_block, "student_study": student_study_block, "vit_account": vit_account_block,
           "vit_failure": vit_failure_block, "noise_fit": noise_fit_block,
-          "calibrate_bn": calibrate_bn_block}
+          "calibrate_bn": calibrate_bn_block, "headline": headline_block}
 FIGURES = {"bn_variants.png": bn_variants_figure, "bn_ablation_*.png": lambda path: bn_ablation_figures(),
            "batch_align.png": batch_align_figure, "vit_failure.png": vit_failure_figure, "noise_fit.png": noise_fit_figure}
 
