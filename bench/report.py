@@ -558,7 +558,7 @@ def headline_block():
                      f"| {r['samples_seen'] // 1000}k | {pct(r['eval/acc_running'])}% | {pct(r['eval/acc_batchstats'])}% "
                      f"| {wall} | {device}{', bf16' if a.get('bf16') else ''} |")
     lines += ["", "Wall time as measured on a shared 2-core machine: tests ran beside some of these runs, so it is an upper "
-              "bound; the AMD EPYC has no bf16 and runs fp32, about 4x slower per step than the Xeon with bf16."]
+              "bound; the AMD EPYC has no bf16 and runs fp32, several times slower per step than the Xeon with bf16."]
     return "\n".join(lines)
 
 
