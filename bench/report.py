@@ -29,6 +29,14 @@ BN_VARIANTS = [  # (file stem, label): the order of the table's rows
 ]
 
 
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display needed), imported only when a figure is drawn."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
 def load(folder):
     return {p.stem: json.loads(p.read_text()) for p in sorted((RESULTS / folder).glob("*.json"))}
 
@@ -95,9 +103,7 @@ def seeds_block():
 
 
 def bn_variants_figure(path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     runs = load("bn_variants")
     if not runs:
         return
@@ -159,9 +165,7 @@ def bn_ablation_block():
 
 
 def bn_ablation_figures():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     for stem, r in bn_ablation_results():
         taught_any = any("eval/acc_running" in row for row in r["points"])
         fig, axes = plt.subplots(1, 2 if taught_any else 1, figsize=(11 if taught_any else 6, 4), squeeze=False)
@@ -244,9 +248,7 @@ def batch_align_block():
 
 
 def batch_align_figure(path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     runs = load("batch_align")
     if not runs:
         return
@@ -383,9 +385,7 @@ def vit_failure_block():
 
 
 def vit_failure_figure(path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     src = RESULTS / "vit_failure" / "analysis.json"
     if not src.exists():
         return
@@ -478,9 +478,7 @@ def noise_fit_block():
 
 
 def noise_fit_figure(path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     runs = noise_fit_runs()
     if not runs:
         return
