@@ -198,11 +198,11 @@ def test_missing_vit_teacher_hint_names_a_command_that_works(tmp_path, monkeypat
     train_teacher.parse_args(cmd[2:])  # the suggested command parses (it would train the right model)
 
 
-def test_default_teachers_are_found_from_any_working_folder(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    assert all((REPO / p).is_file() for p in vfa.DEFAULT_TEACHERS)
-    args = vfa.parse_args([])
-    assert args.teacher_ckpts == vfa.DEFAULT_TEACHERS  # main() reads them under the repository, not the cwd
+def test_default_teachers_are_found_from_any_working_folder(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # not the repository: "teachers/..." does not exist here
+    res = vfa.main(["--data-dir", str(tiny_data), "--sizes", "32", "--samples", "16", "--batch-size", "8",
+                    "--out-dir", str(tmp_path / "runs")])
+    assert {r["model"] for r in res["rows"]} == {"vit_tiny/ln", "resnet20/gn", "resnet20/bn"}  # the shipped three
     assert kd.parse_args([]).teacher_ckpt is None and common.teacher_ckpt_or_exit("resnet20", "cifar10") == \
         str(REPO / "teachers" / "resnet20_cifar10_bn.pt")
 
