@@ -64,7 +64,8 @@ def parse_args(argv=None):
     p.add_argument("--diag-samples", type=int, default=2048, help="noise samples for the teacher's label histogram")
     p.add_argument("--steps", type=int, default=500, help="student steps per distilled point")
     p.add_argument("--batch-size", type=int, default=256, help="noise batch (the teacher's CS batch)")
-    p.add_argument("--lr", type=float, default=2e-3, help="peak Adam learning rate (linear warm-up for min(50, steps // 10) steps, then cosine decay)")
+    p.add_argument("--lr", type=float, default=2e-3,
+                   help="peak Adam learning rate (linear warm-up for min(50, steps // 10) steps, then cosine decay)")
     p.add_argument("--eval-batch-size", type=int, default=256, help="test batch size (CS layers use its statistics)")
     p.add_argument("--eval-subset", type=int, default=0, help="evaluate on the first N test images (0 = all)")
     p.add_argument("--seed", type=int, default=0, help="seed of student init and noise (the same for every point)")
