@@ -5,8 +5,9 @@ space, runs the teacher with every BatchNorm normalizing by the statistics of th
 mode a BN teacher puts all noise into two or three classes), rejects samples of over-predicted classes so that the
 accepted batch has a near-uniform teacher label marginal, and minimizes KL(softmax(T(z)/tau) || softmax(S(z)/tau))
 * tau^2. The noise is z ~ N(0, I) in the paper (--no-fit-noise); by default (ours) it is a Gaussian whose spectrum,
-colour covariance and mean are first fitted to the teacher's BatchNorm running statistics (fit_noise), which makes
-the student learn several times faster and work in plain eval mode. Real test images are used only to evaluate.
+colour covariance and mean are first fitted to the teacher's BatchNorm running statistics (fit_noise): the student
+learns much faster and works in plain eval mode (README: "What limits learning from noise"). Real test images are
+used only to evaluate.
 Design: the README's "How it works"; numbers: the README's tables, generated from results/.
 
     python cs_rejection_bn.py        # shipped ResNet-20 teacher -> ResNet-20, CIFAR-10, 128k noise samples
