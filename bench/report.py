@@ -37,6 +37,16 @@ def pyplot():
     return plt
 
 
+def save_with_legend(plt, fig, ax, path, ncol, bottom):
+    """Label ax's y axis as test accuracy, put its legend under the figure, save the figure to path and close it."""
+    ax.set_ylabel("CIFAR-10 test accuracy (%)")
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, bottom, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def load(folder):
     return {p.stem: json.loads(p.read_text()) for p in sorted((RESULTS / folder).glob("*.json"))}
 
@@ -119,12 +129,7 @@ def bn_variants_figure(path):
         ax.set_title(title)
         ax.set_xlabel("noise samples seen (thousands)")
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("CIFAR-10 test accuracy (%)")
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.14, 1, 1))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_with_legend(plt, fig, axes[0], path, ncol=3, bottom=0.14)
 
 
 def bn_ablation_results():
@@ -505,12 +510,7 @@ def noise_fit_figure(path):
     for ax in axes[:2]:
         ax.axhline(10, color="k", lw=0.6, ls=":")  # chance
         ax.set_ylim(0, None)
-    axes[0].set_ylabel("CIFAR-10 test accuracy (%)")
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.2, 1, 1))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_with_legend(plt, fig, axes[0], path, ncol=2, bottom=0.2)
 
 
 def calibrate_bn_block():
