@@ -368,7 +368,7 @@ def load_teacher(name, ckpt, num_classes=None, dataset=None, mean=None, std=None
         acc = float(blob["best_prec1"]) / 100 if "best_prec1" in blob else None
         num_classes = num_classes or state["linear.weight"].shape[0]
     elif blob and all(torch.is_tensor(v) for v in blob.values()):  # a plain state_dict: bring your own teacher
-        if mean is None or std is None:
+        if mean is None:  # (mean and std come together: checked above)
             raise InputError(f"{ckpt} is a plain state_dict, which records no input normalization: pass "
                              f"--teacher-mean and --teacher-std (per channel, for images scaled to [0, 1])")
         state = {k.removeprefix("module."): v for k, v in blob.items()}
@@ -480,15 +480,16 @@ def load_split(name, split, data_dir="./data", image_size=224):
         cache.parent.mkdir(parents=True, exist_ok=True)
         np.savez(cache, x=np.ascontiguousarray(x, dtype=np.uint8), y=y.astype(np.int64))
     try:  # allow_pickle=False (numpy's default): an .npz that needs pickle is refused, never loaded with it
-        with np.load(cache, allow_pickle=False) as f:
-            if not isinstance(f, np.lib.npyio.NpzFile) or not {"x", "y"} <= set(f.files):
-                raise InputError(f"{cache}: expected an .npz with arrays x (uint8 [N, H, W, 3]) and y (labels), got "
-                                 f"{sorted(f.files) if isinstance(f, np.lib.npyio.NpzFile) else 'a single array'}")
-            x, y = f["x"], f["y"]
+        f = np.load(cache, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
-        if isinstance(e, InputError):
-            raise
         raise InputError(f"{cache} is not a readable .npz with arrays x and y ({type(e).__name__})") from None
+    expected = f"{cache}: expected an .npz with arrays x (uint8 [N, H, W, 3]) and y (labels), got"
+    if not isinstance(f, np.lib.npyio.NpzFile):  # an .npy under an .npz name
+        raise InputError(f"{expected} a single array")
+    with f:
+        if not {"x", "y"} <= set(f.files):
+            raise InputError(f"{expected} {sorted(f.files)}")
+        x, y = f["x"], f["y"]
     if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] != 3 or len(x) != len(y):
         raise InputError(f"{cache}: expected x uint8 [N, H, W, 3] and y [N], got x {x.dtype} {x.shape}, y {y.shape}")
     if name in FIXED_SIZE and x.shape[1:3] != (FIXED_SIZE[name],) * 2:
@@ -726,6 +727,15 @@ def resume_args(parser, args, script, extra_keys=()):
         parser.error(f"--resume {run}: a run of another script (its settings {sorted(foreign)[:3]} "
                      f"are not {script}.py's)")
     return argparse.Namespace(**{**defaults, **saved, "resume": str(run)})
+
+
+def check_same_teacher(ckpt, tinfo, run_dir):
+    """A resumed run must continue with the teacher it started with: its checkpoint records the teacher's sha256
+    (checkpoints made before that record pass)."""
+    started = ckpt.get("teacher_sha256", tinfo["sha256"])
+    if started != tinfo["sha256"]:
+        raise InputError(f"{tinfo['path']} is not the teacher {run_dir} started with (sha256 {tinfo['sha256'][:12]}... "
+                         f"vs {started[:12]}...): put that file back or start a new run")
 
 
 def check_device(parser, device):

@@ -432,10 +432,7 @@ def main(argv=None):
         if not (run_dir / "checkpoint.pt").is_file():
             sys.exit(f"{run_dir} has no checkpoint.pt (the run stopped before its first one): start it again")
         ck = common.load_checkpoint(run_dir / "checkpoint.pt")
-        if ck.get("teacher_sha256", tinfo["sha256"]) != tinfo["sha256"]:  # the teacher file changed since the start
-            raise common.InputError(f"{tinfo['path']} is not the teacher {run_dir} started with (sha256 "
-                                    f"{tinfo['sha256'][:12]}... vs {ck['teacher_sha256'][:12]}...): put that file back "
-                                    f"or start a new run")
+        common.check_same_teacher(ck, tinfo, run_dir)
         student.load_state_dict(ck["student"])
         opt.load_state_dict(ck["optimizer"])
         noise_gen.set_state(ck["noise_gen"])
