@@ -61,7 +61,7 @@ def parse_args(argv=None):
                    help="first-k / last-k points that also get a student (every stage / components point does not)")
     p.add_argument("--distill-points", nargs="*", default=["cs-mean", "cs-var"],
                    help="stage / components points (by name) that also get a student")
-    p.add_argument("--diag-samples", type=int, default=2048, help="noise samples for the teacher's label histogram")
+    p.add_argument("--probe-samples", type=int, default=2048, help="noise samples for the teacher's label histogram")
     p.add_argument("--steps", type=int, default=500, help="student steps per distilled point")
     p.add_argument("--batch-size", type=int, default=256, help="noise batch (the teacher's CS batch)")
     p.add_argument("--lr", type=float, default=2e-3,
@@ -81,8 +81,8 @@ def parse_args(argv=None):
     common.check_device(p, args.device)
     if args.bf16 is None:
         args.bf16 = common.bf16_supported(args.device)
-    if args.batch_size < 2 or args.diag_samples < 1 or args.steps < 1:
-        p.error("need --batch-size >= 2 (CS needs a batch), --diag-samples >= 1 and --steps >= 1")
+    if args.batch_size < 2 or args.probe_samples < 1 or args.steps < 1:
+        p.error("need --batch-size >= 2 (CS needs a batch), --probe-samples >= 1 and --steps >= 1")
     if args.lr < 0 or args.eval_batch_size < 1 or args.eval_subset < 0:
         p.error("need --lr >= 0, --eval-batch-size >= 1 and --eval-subset >= 0")
     return args
@@ -179,11 +179,11 @@ def retrain_points(args):
 
 @torch.no_grad()
 def noise_labels(teacher, configs, args, generator, shape, num_classes):
-    """The teacher's argmax histogram on args.diag_samples noise samples, in CS batches of args.batch_size."""
+    """The teacher's argmax histogram on args.probe_samples noise samples, in CS batches of args.batch_size."""
     counts, world = torch.zeros(num_classes, dtype=torch.long), common.dist_info()[1]
     n = args.batch_size // world  # under torchrun each rank labels its slice of every global batch
     with bn_config(teacher, configs), torch.autocast(torch.device(args.device).type, torch.bfloat16, enabled=args.bf16):
-        for _ in range(math.ceil(args.diag_samples / args.batch_size)):
+        for _ in range(math.ceil(args.probe_samples / args.batch_size)):
             z = common.sample_noise(n * world, shape, generator, device=args.device)[common.my_slice(n)]
             counts += torch.bincount(teacher(z).argmax(1).cpu(), minlength=num_classes)
     return common.all_reduce_sum(counts)

@@ -64,7 +64,6 @@ DATASETS = sorted(NUM_CLASSES) + ["folder"]
 # ImageFolder trees (--data-dir with train/ and val/, one subfolder per class), decoded once into the uint8 cache.
 FOLDER_DATASETS = ("imagenet100", "folder")
 FIXED_SIZE = {"cifar10": 32, "cifar100": 32, "svhn": 32}  # the image size of the cached datasets (the models' input)
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -413,29 +412,19 @@ def _download(name, split, root):
 
 
 def _decode_folder(root, split, size):
-    """An ImageFolder split (root/train, or root/val for the test split; one subfolder per class, sorted = labels)
-    as uint8 [N, size, size, 3]: the shorter side resized to size * 256 / 224, then the centre crop (the usual
-    ImageNet evaluation transform; train_teacher.py crops and flips from there)."""
-    from PIL import Image
+    """An ImageFolder split (root/train, or root/val for the test split) as uint8 [N, size, size, 3], labels and
+    class names: torchvision's ImageFolder with the usual ImageNet evaluation transform (shorter side to
+    size * 256 / 224, centre crop; train_teacher.py crops and flips from there)."""
     folder = Path(root) / ("train" if split == "train" else "val")
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder} does not exist: --data-dir must point at an ImageFolder tree with train/ "
                                 f"and val/, one subfolder of images per class")
-    classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
-    files = [(f, i) for i, c in enumerate(classes) for f in sorted((folder / c).iterdir())
-             if f.suffix.lower() in IMAGE_EXTENSIONS]
-    if not files:
-        raise FileNotFoundError(f"{folder} has no images ({', '.join(IMAGE_EXTENSIONS)}) in class subfolders")
-    x = np.empty((len(files), size, size, 3), dtype=np.uint8)
-    for k, (f, _) in enumerate(tqdm(files, desc=f"decoding {folder} at {size}px (once; cached)", leave=False)):
-        with Image.open(f) as img:
-            img = img.convert("RGB")
-            scale = round(size * 256 / 224) / min(img.size)
-            img = img.resize((max(size, round(img.width * scale)), max(size, round(img.height * scale))),
-                             Image.BILINEAR)
-            left, top = (img.width - size) // 2, (img.height - size) // 2
-            x[k] = np.asarray(img.crop((left, top, left + size, top + size)))
-    return x, np.array([i for _, i in files]), classes
+    T = torchvision.transforms
+    crop = T.Compose([T.Lambda(lambda img: img.convert("RGB")), T.Resize(round(size * 256 / 224)), T.CenterCrop(size)])
+    ds = torchvision.datasets.ImageFolder(folder, transform=lambda img: np.asarray(crop(img)))
+    x = np.stack([ds[i][0] for i in tqdm(range(len(ds)), desc=f"decoding {folder} at {size}px (once; cached)",
+                                         leave=False)])
+    return x, np.array(ds.targets), ds.classes
 
 
 def num_classes(name, data_dir="./data"):
@@ -705,6 +694,9 @@ def make_run_dir(out_dir, dataset, script, teacher, seed):
     raise InputError(f"{out_dir}: 10,000 run folders named {run_dir.name} already; use another --out-dir")
 
 
+RENAMED = {"diag_samples": "probe_samples"}  # old args.json key: its name now
+
+
 def resume_args(parser, args, script, extra_keys=()):
     """The settings of the run folder args.resume, which `script` continues. Exits with one line (parser.error) when
     the folder is missing or not a run of this script, or when other flags were given beside --resume: a resumed run
@@ -721,6 +713,7 @@ def resume_args(parser, args, script, extra_keys=()):
     if not (run / "args.json").is_file():
         parser.error(f"--resume {run}: not a run folder (it has no args.json)")
     saved = json.loads((run / "args.json").read_text())
+    saved = {RENAMED.get(k, k): v for k, v in saved.items()}  # runs started before a flag was renamed
     defaults = {a.dest: a.default for a in parser._actions if a.dest != "help"}
     foreign = set(saved) - set(defaults) - set(extra_keys)
     if foreign:

@@ -131,17 +131,20 @@ def parse_args(argv=None):
     p.add_argument("--data-dir", default="./data", help="folder of the <dataset>_test.npz cache (downloaded if missing)")
     p.add_argument("--sizes", type=int, nargs="+", default=[16, 24, 32, 48, 64],
                    help="input sizes; L = (size / 4)^2 tokens (ViT) or pooled positions (ResNet)")
-    p.add_argument("--samples", type=int, default=512, help="images per condition (noise or real)")
+    p.add_argument("--probe-samples", type=int, default=512, help="images per condition (noise or real)")
     p.add_argument("--batch-size", type=int, default=256, help="batch (the coupled teachers' statistics use it)")
     p.add_argument("--align-axes", default="samples", choices=["samples", "tokens"], help="as in batch_align_ln_gn.py")
     p.add_argument("--seed", type=int, default=0, help="seed of the noise and of the choice of test images")
     p.add_argument("--out-dir", default="runs", help="run folders go here")
     p.add_argument("--copy-results-to", default=None, help="also write the results here (e.g. results/vit_failure/)")
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=False,
+                   help="bf16 autocast for the models' forward passes (faster on a GPU; the metrics are computed in "
+                        "fp32 either way); off by default: the README's numbers are fp32")
     p.add_argument("--device", default=common.default_device(), help="cpu or cuda")
     args = p.parse_args(argv)
     common.check_device(p, args.device)
-    if args.batch_size < 2 or args.samples < args.batch_size or any(s < 4 or s % 4 for s in args.sizes):
-        p.error("need --batch-size >= 2, --samples >= --batch-size and every --sizes a multiple of 4")
+    if args.batch_size < 2 or args.probe_samples < args.batch_size or any(s < 4 or s % 4 for s in args.sizes):
+        p.error("need --batch-size >= 2, --probe-samples >= --batch-size and every --sizes a multiple of 4")
     return args
 
 
@@ -218,11 +221,12 @@ def coupling(model, on, axes):
 
 
 @torch.no_grad()
-def measure(model, inputs, batch_size, coupled, axes):
+def measure(model, inputs, batch_size, coupled, axes, bf16=False):
     """All metrics for one model on one set of inputs (already normalized, one size), averaged over batches."""
     logits, pooled, per_batch = [], [], []
+    amp = torch.autocast(inputs.device.type, dtype=torch.bfloat16, enabled=bf16)
     for i in range(0, len(inputs), batch_size):
-        with coupling(model, coupled, axes), recording(model) as rec:
+        with coupling(model, coupled, axes), recording(model) as rec, amp:
             logits.append(model(inputs[i:i + batch_size]).float())
         pooled.append(rec["pooled"])
         per_batch.append((rec["attn_entropy"], rec["token_cosine"]))
@@ -298,7 +302,7 @@ def main(argv=None):
     noise_gen = torch.Generator().manual_seed(args.seed + 1_000)
 
     x_test, y_test = common.load_split(args.dataset, "test", args.data_dir)
-    pick = torch.randperm(len(y_test), generator=torch.Generator().manual_seed(args.seed))[:args.samples]
+    pick = torch.randperm(len(y_test), generator=torch.Generator().manual_seed(args.seed))[:args.probe_samples]
     num_classes = common.num_classes(args.dataset, args.data_dir)
     teachers = []
     for path in args.teacher_ckpts:
@@ -320,7 +324,7 @@ def main(argv=None):
     t0, rows = time.time(), []
     grid = [(arch, model, info, size, source, coupled) for arch, model, info in teachers for size in args.sizes
             for source in ("noise", "real") for coupled in (False, True)]
-    noise = {size: torch.randn((args.samples, 3, size, size), generator=noise_gen) for size in args.sizes}
+    noise = {size: torch.randn((args.probe_samples, 3, size, size), generator=noise_gen) for size in args.sizes}
     for arch, model, info, size, source, coupled in tqdm(grid, desc="conditions"):
         if source == "noise":  # the same noise for every model at a size: N(0, I) in each model's input space
             inputs = noise[size]
@@ -328,7 +332,8 @@ def main(argv=None):
             inputs = common.normalize(x_test[pick], info["mean"], info["std"])
             if size != inputs.shape[-1]:
                 inputs = F.interpolate(inputs, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        m = measure(at_size(model, size), inputs.to(args.device), args.batch_size, coupled, args.align_axes)
+        m = measure(at_size(model, size), inputs.to(args.device), args.batch_size, coupled, args.align_axes,
+                    args.bf16)
         rows.append({"model": f"{arch}/{info['norm']}", "arch": arch, "norm": info["norm"],
                      "teacher/acc": info["test_acc"], "size": size,
                      "input": source, "coupled": coupled, **m})

@@ -1,7 +1,12 @@
 """One helper the benchmark scripts share: run a method script once into its own folder, resume it if an earlier
 attempt stopped, and copy its results.json to where the README's tables are generated from."""
+import json
 import shutil
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import common  # noqa: E402
 
 
 def run_or_resume(script, argv, run_root, target):
@@ -14,3 +19,21 @@ def run_or_resume(script, argv, run_root, target):
     script.main(argv)
     run = max((d for d in run_root.glob("*") if (d / "results.json").exists()), key=lambda d: d.stat().st_mtime)
     shutil.copy(run / "results.json", target)
+
+
+def attach_loss_curve(target, run_root):
+    """Add the KD loss logged every 10 steps (the run's metrics.jsonl) to its results file as `train_loss_curve`
+    ([noise samples seen, loss]): can the student fit the teacher on this noise is the question the accuracy curve
+    alone does not answer."""
+    result = json.loads(Path(target).read_text())
+    if "train_loss_curve" in result:
+        return
+    run = [d for d in Path(run_root).glob("*") if (d / "results.json").exists()
+           and json.loads((d / "results.json").read_text())["curve"] == result["curve"]]
+    if not run:
+        print(f"{Path(target).name}: its run folder is gone; no loss curve")
+        return
+    rows = common.MetricsLog.read(run[0] / "metrics.jsonl")
+    result["train_loss_curve"] = [[r["step"] * result["args"]["batch_size"], r["train/loss"]] for r in rows
+                                  if "train/loss" in r]
+    common.write_json(target, result)

@@ -11,15 +11,13 @@ logged every 10 steps (`train_loss_curve`: [noise samples seen, loss]).
 Finished arms are skipped; an interrupted one resumes from its checkpoint.
 """
 import argparse
-import json
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-import common  # noqa: E402
 import cs_rejection_bn  # noqa: E402
-from _runs import run_or_resume  # noqa: E402
+from _runs import attach_loss_curve, run_or_resume  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "teachers"
 TEACHERS = {  # name: flags; the akamaster teachers are the ones users bring (we did not train them)
@@ -59,23 +57,6 @@ def main():
             run_or_resume(cs_rejection_bn, [*TEACHERS[teacher], "--data-dir", args.data_dir, "--steps",
                                             str(args.steps), "--seed", seed, *ARMS[arm]], run_root, target)
         attach_loss_curve(target, run_root)
-
-
-def attach_loss_curve(target, run_root):
-    """Add the KD loss logged every 10 steps (the run's metrics.jsonl) to its results file: can the student fit the
-    teacher on this noise is the question the accuracy curve alone does not answer."""
-    result = json.loads(target.read_text())
-    if "train_loss_curve" in result:
-        return
-    run = [d for d in run_root.glob("*") if (d / "results.json").exists()
-           and json.loads((d / "results.json").read_text())["curve"] == result["curve"]]
-    if not run:
-        print(f"{target.name}: its run folder is gone; no loss curve")
-        return
-    rows = common.MetricsLog.read(run[0] / "metrics.jsonl")
-    result["train_loss_curve"] = [[r["step"] * result["args"]["batch_size"], r["train/loss"]] for r in rows
-                                  if "train/loss" in r]
-    common.write_json(target, result)
 
 
 if __name__ == "__main__":

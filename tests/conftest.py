@@ -1,5 +1,6 @@
-"""Shared fixtures: small generated data and a small teacher, so that most tests need neither ../shared nor the
-internet. The tests that check the real shared teachers skip with a reason when ../shared is absent."""
+"""Shared fixtures: small generated data and small teachers, so that most tests need neither ../shared nor the
+internet, and a temporary results folder for bench/report.py. The tests that check the real shared teachers skip with a
+reason when ../shared is absent."""
 import sys
 from pathlib import Path
 
@@ -8,7 +9,7 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path[:0] = [str(REPO), str(REPO / "bench")]  # the method scripts and the benchmarks (bench/report.py), by name
 SHARED = REPO.parent / "shared"
 
 import common  # noqa: E402
@@ -41,3 +42,18 @@ def tiny_teacher(tmp_path_factory):
         for _ in range(3):
             model(torch.randn(32, 3, 32, 32) * 2 + 0.5)
     return save_teacher(tmp_path_factory.mktemp("teacher") / "resnet20.pt", model.eval())
+
+
+@pytest.fixture(scope="session")
+def gn_teacher(tmp_path_factory):
+    """A ResNet-20 with GroupNorm(8) and random weights (seed 7), saved in our checkpoint format."""
+    torch.manual_seed(7)
+    return save_teacher(tmp_path_factory.mktemp("gn") / "gn.pt", common.build_model("resnet20", norm="gn"), norm="gn")
+
+
+@pytest.fixture
+def tmp_results(tmp_path, monkeypatch):
+    """An empty results folder, tmp_path/results, that bench/report.py reads instead of the repository's results/."""
+    import report
+    monkeypatch.setattr(report, "RESULTS", tmp_path / "results")
+    return tmp_path / "results"

@@ -1,10 +1,13 @@
 """batch_align_ln_gn.py: the batch-alignment wrapper, and whole runs on generated data."""
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 import batch_align_ln_gn as ba
 import common
+import report
 from conftest import save_teacher
 from test_cs_rejection_bn import (assert_same_tensors, crash_after_second_save, final_state, host_reads_per_step,
                                   spy_on_loaded_teacher, without_timing)
@@ -23,11 +26,6 @@ def tiny_args(data, teacher, out, *extra):
     return ["--data-dir", str(data), "--teacher-ckpt", str(teacher), "--out-dir", str(out), "--steps", "6",
             "--batch-size", "16", "--eval-every", "3", "--ckpt-every", "2", "--eval-batch-size", "32",
             "--warmup-steps", "0", "--lr", "1e-2", "--probe-samples", "32", *extra]
-
-
-@pytest.fixture(scope="module")
-def gn_teacher(tmp_path_factory):
-    return save_teacher(tmp_path_factory.mktemp("gn") / "gn.pt", fresh("resnet20", "gn", 7), norm="gn")
 
 
 # --- the wrapper -----------------------------------------------------------------------------------------------------
@@ -196,17 +194,11 @@ def test_bad_flag_values_are_argument_errors(flags, capsys):
     assert "error:" in capsys.readouterr().err
 
 
-def test_the_report_renders_the_arms_it_has(tiny_data, gn_teacher, tmp_path, monkeypatch):
-    import json
-    import sys
-    from conftest import REPO
-    sys.path.insert(0, str(REPO / "bench"))
-    import report
-    (tmp_path / "results" / "batch_align").mkdir(parents=True)
+def test_the_report_renders_the_arms_it_has(tiny_data, gn_teacher, tmp_path, tmp_results):
+    (tmp_results / "batch_align").mkdir(parents=True)
     for arm, flags in (("plain", ["--align-strength", "0", "--balance", "none"]), ("align_reject", [])):
         res = ba.main(tiny_args(tiny_data, gn_teacher, tmp_path / arm, "--steps", "2", "--eval-every", "2", *flags))
-        (tmp_path / "results" / "batch_align" / f"gn__{arm}.json").write_text(json.dumps(res))
-    monkeypatch.setattr(report, "RESULTS", tmp_path / "results")
+        (tmp_results / "batch_align" / f"gn__{arm}.json").write_text(json.dumps(res))
     block = report.batch_align_block()
     gn_row = next(line for line in block.splitlines() if line.startswith("| ResNet-20, GroupNorm(8)"))
     assert gn_row.count("not run yet") == 1 and "%), - |" in gn_row  # the align arm is missing: "-", "not run yet"

@@ -1,17 +1,14 @@
 """The benchmark scripts' own logic on tiny settings (the measurements themselves live in results/)."""
 import argparse
 import json
-import sys
 
 import torch
-from conftest import REPO
 
-sys.path.insert(0, str(REPO / "bench"))
-import batch_align_ln_gn  # noqa: E402
-import common  # noqa: E402
-import cs_rejection_bn  # noqa: E402
-import gpu_speed  # noqa: E402
-import student_study  # noqa: E402
+import batch_align_ln_gn
+import common
+import cs_rejection_bn
+import gpu_speed
+import student_study
 
 
 def test_gpu_speed_times_both_paths_and_names_the_device(tmp_path):

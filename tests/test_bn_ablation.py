@@ -1,10 +1,13 @@
 """bn_ablation.py: the per-layer BatchNorm switch against hand computation, the sweeps' end points, a tiny sweep."""
+import json
+
 import pytest
 import torch
 import torch.nn as nn
 
 import bn_ablation as ab
 import common
+import report
 
 
 def bn_with_stats():
@@ -77,7 +80,7 @@ def test_a_tiny_sweep_runs_end_to_end_and_resumes(tiny_data, tiny_teacher, tmp_p
     real_distill = ab.distill
     argv = ["--data-dir", str(tiny_data), "--teacher-ckpt", str(tiny_teacher), "--out-dir", str(tmp_path),
             "--sweep", "first-k", "components", "--k-list", "0", "19", "--distill-k", "0",
-            "--distill-points", "cs-var", "cs-both", "--diag-samples", "64", "--batch-size", "32", "--steps", "3",
+            "--distill-points", "cs-var", "cs-both", "--probe-samples", "64", "--batch-size", "32", "--steps", "3",
             "--eval-batch-size", "32"]
     trained = []
     monkeypatch.setattr(ab, "distill", lambda *a, **kw: trained.append(a[-1]) or real_distill(*a, **kw))
@@ -122,7 +125,7 @@ def test_the_retrain_sweep_trains_missing_teachers_once_and_distils_from_each(ti
         return real_train(argv + ["--batch-size", "16", "--epochs", "1"])
     monkeypatch.setattr(ab, "train_teacher", small_train)
     argv = ["--data-dir", str(tiny_data), "--teacher-ckpt", str(tiny_teacher), "--out-dir", str(tmp_path / "runs"),
-            "--sweep", "retrain", "--retrain-k", "1", "2", "--diag-samples", "32", "--batch-size", "16",
+            "--sweep", "retrain", "--retrain-k", "1", "2", "--probe-samples", "32", "--batch-size", "16",
             "--steps", "2", "--eval-batch-size", "32"]
     skipped = ab.main(argv)
     assert skipped["points"] == [] and "--retrain trains it" in capsys.readouterr().out and not calls
@@ -136,12 +139,9 @@ def test_the_retrain_sweep_trains_missing_teachers_once_and_distils_from_each(ti
     assert len(calls) == 2 and [r["point"] for r in again["points"]] == list(rows)
 
 
-def test_the_report_renders_sweeps_twins_and_a_retrain_only_file(tiny_data, tiny_teacher, tmp_path, monkeypatch):
-    import json
-    import sys
-    sys.path.insert(0, str(common.REPO / "bench"))
-    import report
-    small = ["--data-dir", str(tiny_data), "--diag-samples", "32", "--batch-size", "16", "--steps", "2",
+def test_the_report_renders_sweeps_twins_and_a_retrain_only_file(tiny_data, tiny_teacher, tmp_path, monkeypatch,
+                                                                   tmp_results):
+    small = ["--data-dir", str(tiny_data), "--probe-samples", "32", "--batch-size", "16", "--steps", "2",
              "--eval-batch-size", "32"]
     sweep = ab.main([*small, "--teacher-ckpt", str(tiny_teacher), "--out-dir", str(tmp_path / "runs"), "--sweep",
                      "first-k", "last-k", "--k-list", "0", "19", "--distill-k", "0", "19"])
@@ -149,12 +149,11 @@ def test_the_report_renders_sweeps_twins_and_a_retrain_only_file(tiny_data, tiny
     monkeypatch.setattr(ab, "retrain_points", lambda args: [(p, k, tiny_teacher, t) for p, k, _, t in real_points(args)])
     retrain = ab.main([*small, "--teacher-ckpt", str(tiny_teacher), "--out-dir", str(tmp_path / "runs"), "--sweep",
                        "retrain", "--retrain-k", "0", "1"])  # the tiny teacher stands in for each retrained one
-    (tmp_path / "results" / "bn_ablation").mkdir(parents=True)
+    (tmp_results / "bn_ablation").mkdir(parents=True)
     for name, res in (("sweep", sweep), ("retrain", retrain)):
-        (tmp_path / "results" / "bn_ablation" / f"{name}.json").write_text(json.dumps(res))
-    monkeypatch.setattr(report, "RESULTS", tmp_path / "results")
+        (tmp_results / "bn_ablation" / f"{name}.json").write_text(json.dumps(res))
     block = report.bn_ablation_block()
     assert "| last-k/last-0 |" in block and "(the student of first-k/first-0: same configuration)" in block
     assert "| retrain/gn-stages-1 |" in block
     report.bn_ablation_figures()
-    assert all((tmp_path / "results" / f"bn_ablation_{n}.png").stat().st_size > 10_000 for n in ("sweep", "retrain"))
+    assert all((tmp_results / f"bn_ablation_{n}.png").stat().st_size > 10_000 for n in ("sweep", "retrain"))

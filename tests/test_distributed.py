@@ -11,7 +11,7 @@ import torch
 import batch_align_ln_gn as ba
 import common
 import cs_rejection_bn as kd
-from conftest import REPO, save_teacher
+from conftest import REPO
 from test_cs_rejection_bn import final_state, tiny_args
 
 
@@ -25,12 +25,6 @@ def torchrun(*args, nproc=2):
                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return out
-
-
-@pytest.fixture(scope="module")
-def gn_teacher(tmp_path_factory):
-    torch.manual_seed(7)
-    return save_teacher(tmp_path_factory.mktemp("gn") / "gn.pt", common.build_model("resnet20", norm="gn"), norm="gn")
 
 
 def test_coupled_teachers_and_the_sampler_see_the_global_batch(tiny_teacher, gn_teacher, tmp_path):
@@ -87,7 +81,7 @@ def test_a_batch_that_does_not_split_is_refused(tiny_data, tiny_teacher, tmp_pat
 
 def test_the_bn_ablation_under_torchrun_gives_the_single_process_teacher_diagnostics(tiny_data, tiny_teacher, tmp_path):
     argv = ["--data-dir", tiny_data, "--teacher-ckpt", tiny_teacher, "--sweep", "first-k", "--k-list", "0", "5",
-            "--distill-k", "0", "--diag-samples", "64", "--batch-size", "16", "--steps", "2", "--eval-batch-size", "32",
+            "--distill-k", "0", "--probe-samples", "64", "--batch-size", "16", "--steps", "2", "--eval-batch-size", "32",
             "--no-bf16"]
     import bn_ablation
     one = bn_ablation.main([*map(str, argv), "--out-dir", str(tmp_path / "one")])

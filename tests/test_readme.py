@@ -1,14 +1,11 @@
 """The README's result tables are generated from results/*.json; they must agree, and every run they show must be
 complete and say where it came from."""
 import json
-import sys
 
 import pytest
+import report
 
 from conftest import REPO
-
-sys.path.insert(0, str(REPO / "bench"))
-import report  # noqa: E402
 
 
 def test_readme_tables_match_the_committed_results():

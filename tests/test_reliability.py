@@ -136,6 +136,13 @@ def test_flags_beside_resume_are_refused_not_ignored(tmp_path, capsys):
     assert "drop --steps --lr" in err
 
 
+def test_a_run_started_before_a_flag_was_renamed_resumes_with_its_setting(tmp_path):
+    saved = vars(bn_ablation.parse_args([]))
+    saved["diag_samples"] = saved.pop("probe_samples") + 7  # bn_ablation's --probe-samples was --diag-samples
+    (tmp_path / "args.json").write_text(json.dumps(saved))
+    assert bn_ablation.parse_args(["--resume", str(tmp_path)]).probe_samples == saved["diag_samples"]
+
+
 # --- bad checkpoints, data and flags ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("content,message", [(b"", "is empty"), (b"not a checkpoint\n", "not a readable PyTorch"),
                                              (None, "is a folder, not a checkpoint")])
@@ -200,7 +207,7 @@ def test_missing_vit_teacher_hint_names_a_command_that_works(tmp_path, monkeypat
 
 def test_default_teachers_are_found_from_any_working_folder(tiny_data, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # not the repository: "teachers/..." does not exist here
-    res = vfa.main(["--data-dir", str(tiny_data), "--sizes", "32", "--samples", "16", "--batch-size", "8",
+    res = vfa.main(["--data-dir", str(tiny_data), "--sizes", "32", "--probe-samples", "16", "--batch-size", "8",
                     "--out-dir", str(tmp_path / "runs")])
     assert {r["model"] for r in res["rows"]} == {"vit_tiny/ln", "resnet20/gn", "resnet20/bn"}  # the shipped three
     assert kd.parse_args([]).teacher_ckpt is None and common.teacher_ckpt_or_exit("resnet20", "cifar10") == \

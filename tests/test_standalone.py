@@ -42,9 +42,9 @@ RUNS = {
     "batch_align_ln_gn.py": lambda t, d: ["--teacher-ckpt", str(t["gn"]), "--data-dir", str(d), "--probe-samples",
                                           "32", *SMALL],
     "bn_ablation.py": lambda t, d: ["--teacher-ckpt", str(t["bn"]), "--data-dir", str(d), "--sweep", "first-k",
-                                    "--k-list", "0", "--distill-k", "0", "--diag-samples", "32", *SMALL],
+                                    "--k-list", "0", "--distill-k", "0", "--probe-samples", "32", *SMALL],
     "vit_failure_analysis.py": lambda t, d: ["--teacher-ckpts", str(t["bn"]), str(t["gn"]), "--data-dir", str(d),
-                                             "--sizes", "16", "32", "--samples", "16", "--batch-size", "8",
+                                             "--sizes", "16", "32", "--probe-samples", "16", "--batch-size", "8",
                                              "--out-dir", "runs"],
 }
 

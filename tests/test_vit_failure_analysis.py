@@ -1,11 +1,13 @@
 """vit_failure_analysis.py: the metrics on constructed cases, the models at other sizes, a run end to end."""
 import math
+import re
 
 import pytest
 import torch
 import torch.nn as nn
 
 import common
+import report
 import vit_failure_analysis as vfa
 from conftest import save_teacher
 
@@ -66,13 +68,28 @@ def test_recording_sees_every_attention_layer_block_and_the_pooled_features():
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in cnn.modules())
 
 
+def test_bf16_runs_the_models_in_bfloat16_and_gives_the_fp32_metrics_up_to_rounding():
+    torch.manual_seed(0)
+    cnn = common.build_model("resnet20", norm="gn").eval()
+    dtypes = []
+    hook = cnn.linear.register_forward_hook(lambda m, i, out: dtypes.append(out.dtype))
+    x = torch.randn(8, 3, 32, 32)
+    fp32 = vfa.measure(cnn, x, 4, False, "samples")
+    bf16 = vfa.measure(cnn, x, 4, False, "samples", bf16=True)
+    hook.remove()
+    assert dtypes == [torch.float32] * 2 + [torch.bfloat16] * 2  # two batches each
+    assert bf16.keys() == fp32.keys() and bf16["logit_var"] != fp32["logit_var"]
+    assert bf16["logit_var"] == pytest.approx(fp32["logit_var"], rel=0.1)
+    assert bf16["sample_cosine"] == pytest.approx(fp32["sample_cosine"], abs=0.02)
+
+
 def test_the_analysis_runs_end_to_end_on_tiny_models(tiny_data, tiny_teacher, tmp_path):
     torch.manual_seed(1)
     vit = save_teacher(tmp_path / "vit.pt", common.build_model("vit_tiny"), arch="vit_tiny", norm="ln")
     gn = save_teacher(tmp_path / "gn.pt", common.build_model("resnet20", norm="gn"), norm="gn")
     before = common.load_checkpoint(vit)["model"]
     res = vfa.main(["--teacher-ckpts", str(vit), str(gn), str(tiny_teacher), "--data-dir", str(tiny_data),
-                    "--sizes", "8", "16", "32", "--samples", "16", "--batch-size", "8", "--out-dir", str(tmp_path),
+                    "--sizes", "8", "16", "32", "--probe-samples", "16", "--batch-size", "8", "--out-dir", str(tmp_path),
                     "--copy-results-to", str(tmp_path / "copy.json")])
     assert len(res["rows"]) == 3 * 3 * 2 * 2  # models x sizes x (noise, real) x (plain, coupled)
     assert {r["model"] for r in res["rows"]} == {"vit_tiny/ln", "resnet20/gn", "resnet20/bn"}
@@ -92,36 +109,30 @@ def test_a_missing_teacher_is_a_clear_error(tiny_data, tmp_path):
         vfa.main(["--teacher-ckpts", str(tmp_path / "nowhere.pt"), "--data-dir", str(tiny_data)])
 
 
-@pytest.mark.parametrize("flags", [["--sizes", "30"], ["--samples", "8", "--batch-size", "16"], ["--batch-size", "1"]])
+@pytest.mark.parametrize("flags", [["--sizes", "30"], ["--probe-samples", "8", "--batch-size", "16"], ["--batch-size", "1"]])
 def test_bad_flag_values_are_argument_errors(flags, capsys):
     with pytest.raises(SystemExit):
         vfa.parse_args(flags)
     assert "error:" in capsys.readouterr().err
 
 
-def test_the_report_renders_the_analysis_and_its_checks(tiny_data, tmp_path, monkeypatch):
-    import sys
-    from conftest import REPO
-    sys.path.insert(0, str(REPO / "bench"))
-    import report
+def test_the_report_renders_the_analysis_and_its_checks(tiny_data, tmp_path, tmp_results):
     torch.manual_seed(1)
     vit = save_teacher(tmp_path / "vit.pt", common.build_model("vit_tiny"), arch="vit_tiny", norm="ln")
-    vfa.main(["--teacher-ckpts", str(vit), "--data-dir", str(tiny_data), "--sizes", "8", "16", "32", "--samples", "16",
+    vfa.main(["--teacher-ckpts", str(vit), "--data-dir", str(tiny_data), "--sizes", "8", "16", "32", "--probe-samples", "16",
               "--batch-size", "8", "--out-dir", str(tmp_path), "--copy-results-to",
-              str(tmp_path / "results" / "vit_failure" / "analysis.json")])
-    monkeypatch.setattr(report, "RESULTS", tmp_path / "results")
+              str(tmp_results / "vit_failure" / "analysis.json")])
     block = report.vit_failure_block()
     assert "| vit_tiny/ln (" in block and block.count("| vit_tiny/ln | P") == 5
     report.vit_failure_figure(tmp_path / "fig.png")
     assert (tmp_path / "fig.png").stat().st_size > 10_000
 
 
-def test_the_readme_states_the_account_from_the_docstring():
-    import sys
-    from conftest import REPO
-    sys.path.insert(0, str(REPO / "bench"))
-    import report
-    block = report.vit_account_block()
+def test_the_readme_states_the_account_of_the_docstring():
+    # bench/report.py keeps the account as the README shows it (a list of predictions); word for word, it is the one
+    # this script's docstring states and checks
+    block = report.BLOCKS["vit_account"]()
     assert [line[4:6] for line in block.splitlines() if line.startswith("- **P")] == ["P1", "P2", "P3", "P4", "P5"]
-    assert block.startswith("Cut an image of iid N(0, 1) pixels") and "shrinks like 1/L" in block
+    words = lambda text: " ".join(re.sub(r"^- \*\*(P\d)\*\*", r"\1", text, flags=re.M).split())
+    assert words(block).startswith("Cut an image of iid N(0, 1) pixels") and words(block) in words(vfa.__doc__)
     assert "python vit_failure_analysis.py" not in block  # the usage line is not part of the account
