@@ -505,6 +505,72 @@ def noise_fit_figure(path):
     save(fig, path, axes[0], ncol=2, bottom=0.2)
 
 
+FACTORS = [  # (arm, what changes): the rows of the factor study, in bench/factors.py's order
+    ("centre", "nothing: the prior work's recipe on the fitted noise"),
+    ("white", "noise: white N(0, I), the paper's"),
+    ("alpha2", "noise: 1/f^2 set by hand, no colour or mean"),
+    ("running", "teacher BatchNorm: running statistics (eval mode), not CS"),
+    ("lr3e-3", "learning rate 3e-3"),
+    ("lr3e-4", "learning rate 3e-4"),
+    ("tau4", "temperature 4"),
+    ("batch64", "batch 64: 4x the updates for the same samples"),
+]
+
+
+def factors_runs():
+    """[(arm, label, seed, results)] in FACTORS' order, one per finished seed."""
+    runs = load("factors")
+    return [(arm, label, r["args"]["seed"], r) for arm, label in FACTORS
+            for stem, r in sorted(runs.items()) if stem.startswith(f"{arm}__s")]
+
+
+def factors_block():
+    rows = factors_runs()
+    if not rows:
+        return "_No results yet: run `python bench/factors.py`._"
+    r0 = rows[0][3]
+    points = sorted({x["samples_seen"] for *_, r in rows for x in r["curve"]})
+    tail = lambda r: np.mean([v for _, v in r["train_loss_curve"][-5:]]) if r.get("train_loss_curve") else None
+    lines = [f"Shared ResNet-20 (91.7%) -> ResNet-20; one change per row from the centre (the prior work's recipe on the "
+             f"noise fitted to the teacher's BN statistics). CIFAR-10 test accuracy (%) after "
+             f"{' / '.join(f'{n / 1000:g}k' for n in points)} noise samples, with the student's running statistics and "
+             "with test-batch statistics (batch 256); KD loss: the mean of the last 50 steps' logged losses; "
+             "input-free level: the KD loss of the best student that ignores its input (it predicts the teacher's mean "
+             "probabilities on this noise): a student at that level has learned nothing about the teacher. Measured on "
+             f"{r0['provenance']['device']}.", ""]
+    cells = []
+    for arm, label, seed, r in rows:
+        at = lambda n, key: next((x[key] for x in r["curve"] if x["samples_seen"] == n), None)
+        level = r.get("bench/kd_loss_constant_student")
+        cells.append([f"`{arm}`", label, seed, *(" / ".join(pct(at(n, key)) for n in points) for key in PROTOCOLS),
+                      "n/a" if tail(r) is None else f"{tail(r):.2f}", "n/a" if level is None else f"{level:.2f}"])
+    lines += table("llrllrr", ["arm", "what changes", "seed", "acc, running stats", "acc, test-batch stats",
+                               "KD loss", "input-free level"], cells)
+    return "\n".join(lines + ["", "![factors](results/factors.png)"])
+
+
+def factors_figure(path):
+    rows = factors_runs()
+    if not rows:
+        return
+    colors = dict(zip([a for a, _ in FACTORS], ["k", "tab:gray", "tab:brown", "tab:purple", "tab:red", "tab:orange",
+                                                "tab:green", "tab:blue"]))
+    styled = [(r, dict(color=colors[arm], ls="-" if seed == 0 else "--", label=f"{arm}: {label}, seed {seed}"))
+              for arm, label, seed, r in rows]
+    fig, axes = learning_curves([(r["curve"], style) for r, style in styled], (14, 4.6), titles=(
+        "student in eval mode (running statistics)", "test-batch statistics", "KD loss (KL, nats)"))
+    for r, style in styled:
+        if r.get("train_loss_curve"):
+            loss = r["train_loss_curve"]
+            axes[2].plot([n / 1000 for n, _ in loss], [v for _, v in loss], lw=0.8, **style)
+            if r.get("bench/kd_loss_constant_student") is not None:
+                axes[2].axhline(r["bench/kd_loss_constant_student"], color=style["color"], lw=0.6, ls=":")
+    for ax in axes[:2]:
+        ax.axhline(10, color="k", lw=0.6, ls=":")  # chance
+        ax.set_ylim(0, None)
+    save(fig, path, axes[0], ncol=2, bottom=0.25)
+
+
 def calibrate_bn_block():
     r = read("calibrate_bn.json")
     if r is None:
@@ -601,10 +667,10 @@ BLOCKS = {"bn_variants": bn_variants_block, "throughput": throughput_block, "tea
           "bn_ablation": bn_ablation_block, "default_run": default_run_block, "seeds": seeds_block,
           "batch_align": batch_align_block, "student_study": student_study_block, "vit_account": lambda: VIT_ACCOUNT,
           "vit_failure": vit_failure_block, "noise_fit": noise_fit_block,
-          "calibrate_bn": calibrate_bn_block, "headline": headline_block}
+          "calibrate_bn": calibrate_bn_block, "headline": headline_block, "factors": factors_block}
 FIGURES = {"bn_variants.png": bn_variants_figure, "bn_ablation_*.png": lambda path: bn_ablation_figures(),
            "batch_align.png": batch_align_figure, "vit_failure.png": vit_failure_figure,
-           "noise_fit.png": noise_fit_figure}
+           "noise_fit.png": noise_fit_figure, "factors.png": factors_figure}
 
 
 def render(readme):

@@ -2,11 +2,13 @@
 import argparse
 import json
 
+import pytest
 import torch
 
 import batch_align_ln_gn
 import common
 import cs_rejection_bn
+import factors
 import gpu_speed
 import student_study
 
@@ -48,3 +50,25 @@ def test_student_study_reevaluates_finished_runs_from_their_checkpoints(tiny_dat
     assert [(r["teacher"], r["student"]) for r in rows] == [("bn", "resnet20_gn")]  # the other runs: skipped
     assert rows[0]["plain/acc"] == res["eval/acc_running"]  # the final checkpoint is the evaluated student
     assert sum(rows[0]["coupled/pred_hist"]) == 64 and 0.1 <= rows[0]["coupled/pred_max_share"] <= 1
+
+
+def test_the_constant_student_level_is_the_best_input_free_loss_and_zero_for_a_constant_teacher(tiny_teacher,
+                                                                                                monkeypatch):
+    monkeypatch.setattr(factors, "TEACHER", ["--teacher-ckpt", str(tiny_teacher)])
+    args = {"teacher": "resnet20", "noise_alpha": 0.0, "seed": 0, "batch_size": 64, "teacher_bn": "cs", "tau": 1.0}
+    level = factors.constant_student_loss({"args": args, "noise/fitted": None}, samples=256)
+    # The same noise and teacher outputs, scored against other constant students: none does better.
+    teacher, _ = common.load_teacher("resnet20", tiny_teacher)
+    gen = torch.Generator().manual_seed(5_000)
+    t = torch.cat([cs_rejection_bn.teacher_forward(teacher, common.sample_noise(64, (3, 32, 32), gen), "cs")
+                   for _ in range(4)])
+    mean_p = torch.softmax(t, 1).mean(0)
+    assert cs_rejection_bn.kd_loss(mean_p.log().expand_as(t), t, 1.0) == pytest.approx(level, rel=1e-5)
+    for other in (torch.zeros(10), torch.randn(10), t[0]):
+        assert cs_rejection_bn.kd_loss(other.expand_as(t), t, 1.0) > level
+    # A teacher whose output does not depend on its input: a constant student fits it exactly.
+    blob = common.load_checkpoint(tiny_teacher)
+    blob["model"]["linear.weight"].zero_()
+    common.save_checkpoint(tiny_teacher.parent / "constant.pt", **blob)
+    monkeypatch.setattr(factors, "TEACHER", ["--teacher-ckpt", str(tiny_teacher.parent / "constant.pt")])
+    assert factors.constant_student_loss({"args": args, "noise/fitted": None}, samples=256) == pytest.approx(0, abs=1e-6)
