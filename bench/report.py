@@ -531,8 +531,8 @@ def factors_block():
     r0 = rows[0][3]
     points = sorted({x["samples_seen"] for *_, r in rows for x in r["curve"]})
     tail = lambda r: np.mean([v for _, v in r["train_loss_curve"][-5:]]) if r.get("train_loss_curve") else None
-    lines = [f"Shared ResNet-20 (91.7%) -> ResNet-20; one change per row from the centre (the prior work's recipe on the "
-             f"noise fitted to the teacher's BN statistics). CIFAR-10 test accuracy (%) after "
+    lines = ["Shared ResNet-20 (91.7%) -> ResNet-20; one change per row from the centre (the prior work's recipe on "
+             f"the noise fitted to the teacher's BN statistics). CIFAR-10 test accuracy (%) after "
              f"{' / '.join(f'{n / 1000:g}k' for n in points)} noise samples, with the student's running statistics and "
              "with test-batch statistics (batch 256); KD loss: the mean of the last 50 steps' logged losses; "
              "input-free level: the KD loss of the best student that ignores its input (it predicts the teacher's mean "

@@ -8,9 +8,8 @@ import torch.nn.functional as F
 import batch_align_ln_gn as ba
 import common
 import report
-from conftest import save_teacher
-from test_cs_rejection_bn import (assert_same_tensors, crash_after_second_save, final_state, host_reads_per_step,
-                                  spy_on_loaded_teacher, without_timing)
+from conftest import (assert_same_tensors, crash_after_second_save, final_state, host_reads_per_step, save_teacher,
+                      spy_on_loaded_teacher, without_timing)
 
 # One model per layout the wrapper must handle: GroupNorm(8) and GroupNorm(1) on conv maps, ConvNeXt-style LayerNorm
 # over channels (applied to NCHW maps), and LayerNorm on (N, L, D) tokens.

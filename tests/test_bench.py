@@ -71,4 +71,5 @@ def test_the_constant_student_level_is_the_best_input_free_loss_and_zero_for_a_c
     blob["model"]["linear.weight"].zero_()
     common.save_checkpoint(tiny_teacher.parent / "constant.pt", **blob)
     monkeypatch.setattr(factors, "TEACHER", ["--teacher-ckpt", str(tiny_teacher.parent / "constant.pt")])
-    assert factors.constant_student_loss({"args": args, "noise/fitted": None}, samples=256) == pytest.approx(0, abs=1e-6)
+    level = factors.constant_student_loss({"args": args, "noise/fitted": None}, samples=256)
+    assert level == pytest.approx(0, abs=1e-6)

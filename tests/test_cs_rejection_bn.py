@@ -1,6 +1,5 @@
 """cs_rejection_bn.py: CS inference, the rejection sampler, and whole runs on generated data."""
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -10,55 +9,8 @@ import torch.nn.functional as F
 
 import common
 import cs_rejection_bn as kd
-from conftest import save_teacher
-
-
-def tiny_args(data, teacher, out, *extra):
-    return ["--data-dir", str(data), "--teacher-ckpt", str(teacher), "--out-dir", str(out), "--steps", "6",
-            "--batch-size", "16", "--eval-every", "3", "--ckpt-every", "2", "--eval-batch-size", "32",
-            "--warmup-steps", "0", "--lr", "1e-2", "--fit-noise-steps", "2", *extra]
-
-
-def final_state(run_root):
-    """The student's and the optimizer's tensors in the final checkpoint of the one run under run_root."""
-    ck = common.load_checkpoint(next(run_root.iterdir()) / "checkpoint.pt")
-    flat = dict(ck["student"])
-    for i, state in ck["optimizer"]["state"].items():
-        flat.update({f"opt.{i}.{k}": v for k, v in state.items()})
-    return flat
-
-
-def assert_same_tensors(a, b):
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
-def without_timing(results):
-    """The metrics of a run, less what depends on the machine's speed and the clock."""
-    drop = ("samples_per_s", "teacher_samples_per_s", "sampler_time_frac", "provenance", "args")
-    return {k: v for k, v in results.items() if k not in drop}
-
-
-def spy_on_loaded_teacher(monkeypatch):
-    """Patch common.load_teacher so that the model a run loads is kept in the returned dict under 'model'."""
-    loaded, real_load = {}, common.load_teacher
-
-    def spy(*a, **kw):
-        loaded["model"], info = real_load(*a, **kw)
-        return loaded["model"], info
-    monkeypatch.setattr(common, "load_teacher", spy)
-    return loaded
-
-
-def crash_after_second_save(monkeypatch):
-    """Patch common.save_checkpoint so that the process "dies" right after writing its second checkpoint."""
-    real_save, saves = common.save_checkpoint, []
-
-    def save_then_crash(*a, **kw):
-        real_save(*a, **kw)
-        saves.append(1)
-        if len(saves) == 2:
-            raise KeyboardInterrupt
-    monkeypatch.setattr(common, "save_checkpoint", save_then_crash)
+from conftest import (assert_same_tensors, crash_after_second_save, final_state, host_reads_per_step, save_teacher,
+                      spy_on_loaded_teacher, tiny_args, without_timing)
 
 
 # --- CS inference --------------------------------------------------------------------------------------------------
@@ -301,33 +253,6 @@ def test_nan_loss_is_a_clear_error(tiny_data, tmp_path):
     assert not list(tmp_path.glob("*/checkpoint.pt"))
 
 
-HOST_READS = ("item", "cpu", "tolist", "numpy", "__bool__", "__int__", "__float__")
-
-
-def host_reads_per_step(monkeypatch, module, files):
-    """Record every read of a tensor's value on the host (.item(), .cpu(), bool(t), ...) made directly by code in
-    `files`, with the step it happens in (steps counted by module.draw_batch calls; 0 = before the first step). On a
-    GPU each such read waits for the device. Reads inside PyTorch itself (the optimizer's CPU step counter) are not ours
-    and not counted."""
-    reads, step = [], [0]
-    for name in HOST_READS:
-        real = getattr(torch.Tensor, name)
-
-        def spy(self, *a, _real=real, _name=name, **kw):
-            caller = sys._getframe(1)
-            if Path(caller.f_code.co_filename).name in files:
-                reads.append((step[0], _name, f"{Path(caller.f_code.co_filename).name}:{caller.f_lineno}"))
-            return _real(self, *a, **kw)
-        monkeypatch.setattr(torch.Tensor, name, spy)
-    real_draw = module.draw_batch
-
-    def counting_draw(*a, **kw):
-        step[0] += 1
-        return real_draw(*a, **kw)
-    monkeypatch.setattr(module, "draw_batch", counting_draw)
-    return reads
-
-
 @pytest.mark.parametrize("balance", ["none", "reweight"])
 def test_steps_between_log_lines_do_not_wait_for_the_device(tiny_data, tiny_teacher, tmp_path, monkeypatch, balance):
     reads = host_reads_per_step(monkeypatch, kd, {"cs_rejection_bn.py", "common.py"})
@@ -335,7 +260,6 @@ def test_steps_between_log_lines_do_not_wait_for_the_device(tiny_data, tiny_teac
                       "--balance", balance))
     steps_with_reads = {s for s, _, _ in reads if s > 0}
     assert steps_with_reads == {6, 10, 12}, reads  # the log (every 10), evaluation and checkpoint steps only
-
 
 
 def test_missing_teacher_says_which_command_makes_one(tiny_data, tmp_path):

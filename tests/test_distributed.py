@@ -11,8 +11,7 @@ import torch
 import batch_align_ln_gn as ba
 import common
 import cs_rejection_bn as kd
-from conftest import REPO
-from test_cs_rejection_bn import final_state, tiny_args
+from conftest import REPO, final_state, tiny_args
 
 
 def torchrun(*args, nproc=2):

@@ -18,8 +18,7 @@ import common
 import cs_rejection_bn as kd
 import train_teacher
 import vit_failure_analysis as vfa
-from conftest import REPO, save_teacher
-from test_cs_rejection_bn import crash_after_second_save, tiny_args
+from conftest import REPO, crash_after_second_save, save_teacher, tiny_args
 
 
 def argument_error(capsys, fn, *flags):
