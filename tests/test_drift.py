@@ -20,6 +20,7 @@ MEANT_TO_DIFFER = {
     "--resume": "a run resumes from its checkpoint, a sweep from its finished points",
     "--eval-batch-size": "the ablation's teacher uses it too",
     "--teacher-ckpt": "the default file name carries the teacher's norm (bn for the BatchNorm scripts)",
+    "--probe-samples": "noise samples of a diagnostic, not of training: each study sets its own count",
 }
 
 

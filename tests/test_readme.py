@@ -259,3 +259,23 @@ def test_what_the_readme_says_about_the_fitted_default_run_holds():
         gaps.append(round(100 * (r["eval/acc_batchstats"] - r["eval/acc_running"]), 1))
         assert r["eval/acc_running"] / r["teacher/acc"] < 0.3 and r["eval/acc_batchstats"] / r["teacher/acc"] < 0.33
     assert gaps == [3.4, 4.4] and white["samples_seen"] == 256_000
+
+
+def test_the_numbers_in_the_method_scripts_headers_are_the_committed_results():
+    import batch_align_ln_gn
+    import cs_rejection_bn
+    doc = " ".join(cs_rejection_bn.__doc__.split())
+    r = json.loads((REPO / "results" / "default_run.json").read_text())
+    assert r["args"]["steps"] == 500 and r["args"]["fit_noise"] and "AMD EPYC, 2 threads" in r["provenance"]["device"]
+    assert (f"took {round(r['provenance']['wall_time_s'] / 60)} minutes on 2 cores of an AMD EPYC without bf16" in doc
+            and f"gave a {100 * r['eval/acc_running']:.1f}% student (eval mode) / {100 * r['eval/acc_batchstats']:.1f}% "
+            f"(test-batch statistics) from the {100 * r['teacher/acc']:.1f}% teacher" in doc)
+    doc = " ".join(batch_align_ln_gn.__doc__.split())
+    align, plain = (json.loads((REPO / "results" / "batch_align" / f"gn__{arm}.json").read_text())
+                    for arm in ("align", "plain"))
+    assert (f"teacher ({100 * align['teacher/acc']:.1f}%) and --balance none, the student reached "
+            f"{100 * align['eval/acc_running']:.1f}% (running statistics) / {100 * align['eval/acc_batchstats']:.1f}% "
+            f"(test-batch statistics) after {align['samples_seen'] // 1000}k noise samples, in "
+            f"{round(align['provenance']['wall_time_s'] / 60)} minutes on 2 cores of an Intel Xeon with bf16" in doc)
+    assert f"stayed at chance, {100 * plain['eval/acc_running']:.1f}% / {100 * plain['eval/acc_batchstats']:.1f}%" in doc
+    assert align["args"]["balance"] == "none" and plain["args"]["align_strength"] == 0
