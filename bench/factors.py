@@ -6,7 +6,9 @@ at the same budget of noise samples per arm, learning curves under both protocol
 
 The centre: the shared ResNet-20 (91.7%, a teacher we did not train) -> ResNet-20, the prior work's recipe (CS teacher,
 no balancing, Adam 1e-3 constant, T = 1, batch 256) on the Gaussian fitted to the teacher's BN statistics
-(`--fit-noise`). Each arm changes one thing (flags below, also in each results file's `args`). With a constant
+(`--fit-noise`). Each arm changes one thing (flags below, also in each results file's `args`). The teacher arms
+change the teacher: ResNet-20s trained by train_teacher.py's recipe for 1, 2 and 5 epochs (trained here when missing,
+into runs/bench_factors/teachers/), and the shipped teacher, which is the same recipe for 20 epochs. With a constant
 learning rate a run's first N samples do not depend on its length, so arms can be compared at any common budget.
 Each arm is one run of cs_rejection_bn.py; its results.json, with the KD loss logged every 10 steps
 (`train_loss_curve`), is copied to results/factors/<arm>__s<seed>.json. Finished arms are skipped; an interrupted one
@@ -14,6 +16,7 @@ resumes from its checkpoint.
 """
 import argparse
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -28,6 +31,7 @@ from _runs import attach_loss_curve, run_or_resume  # noqa: E402
 
 TEACHER = ["--teacher", "resnet20", "--teacher-ckpt",
            str(REPO.parent / "shared" / "teachers" / "akamaster_resnet20-12fca82f.th")]
+TRAINED = REPO / "runs" / "bench_factors" / "teachers"  # the short-trained teachers of the teacher arms
 CENTRE = ["--teacher-bn", "cs", "--balance", "none", "--optimizer", "adam", "--lr", "1e-3", "--schedule", "constant",
           "--tau", "1", "--fit-noise"]
 ARMS = {  # name: (flags on top of CENTRE, what changes); the README lists them in this order
@@ -39,9 +43,32 @@ ARMS = {  # name: (flags on top of CENTRE, what changes); the README lists them 
     "lr3e-4": (["--lr", "3e-4"], "learning rate 3e-4"),
     "tau4": (["--tau", "4"], "temperature 4"),
     "batch64": (["--batch-size", "64"], "batch 64: 4x the updates for the same samples"),
+    "teacher_e1": ([], "teacher: our recipe, 1 epoch"),
+    "teacher_e2": ([], "teacher: our recipe, 2 epochs"),
+    "teacher_e5": ([], "teacher: our recipe, 5 epochs"),
+    "teacher_e20": ([], "teacher: our recipe, 20 epochs (the shipped teacher)"),
 }
+TEACHER_EPOCHS = {"teacher_e1": 1, "teacher_e2": 2, "teacher_e5": 5}
 DEFAULT_RUNS = ["centre:0", "centre:1", "white:0", "running:0", "lr3e-3:0", "tau4:0", "batch64:0", "alpha2:0",
-                "lr3e-4:0", "white:1", "running:1", "lr3e-3:1", "tau4:1", "batch64:1", "alpha2:1", "lr3e-4:1"]
+                "lr3e-4:0", "teacher_e1:0", "teacher_e2:0", "teacher_e5:0", "teacher_e20:0", "white:1", "running:1",
+                "lr3e-3:1", "tau4:1", "batch64:1", "alpha2:1", "lr3e-4:1", "teacher_e1:1", "teacher_e2:1",
+                "teacher_e5:1", "teacher_e20:1"]
+
+
+def teacher_flags(arm, data_dir):
+    """The --teacher flags of an arm; a teacher arm's short-trained teacher is trained first when missing
+    (train_teacher.py as a process, the recipe of the shipped teacher with fewer epochs; resumable)."""
+    if arm == "teacher_e20":
+        return ["--teacher", "resnet20"]  # teachers/resnet20_cifar10_bn.pt: the same recipe, 20 epochs
+    if arm not in TEACHER_EPOCHS:
+        return TEACHER
+    ckpt = TRAINED / f"resnet20_e{TEACHER_EPOCHS[arm]}.pt"
+    if not ckpt.exists():
+        subprocess.run([sys.executable, str(REPO / "train_teacher.py"), "--model", "resnet20", "--data-dir", data_dir,
+                        "--epochs", str(TEACHER_EPOCHS[arm]), "--seed", "0", "--out", str(ckpt), "--resume",
+                        "--bf16" if common.bf16_supported("cpu") else "--no-bf16"],
+                       check=True)
+    return ["--teacher", "resnet20", "--teacher-ckpt", str(ckpt)]
 
 
 def main():
@@ -64,24 +91,25 @@ def main():
         if target.exists():
             print(f"{target.name}: done already")
         else:
-            run_or_resume(cs_rejection_bn, [*TEACHER, *CENTRE, *flags, "--data-dir", args.data_dir, "--seed", seed,
+            run_or_resume(cs_rejection_bn, [*teacher_flags(arm, args.data_dir), *CENTRE, *flags, "--data-dir", args.data_dir, "--seed", seed,
                                             "--steps", str(steps), "--eval-every", str(steps // args.evals),
                                             "--ckpt-every", str(max(1, steps // args.evals))], run_root, target)
         attach_loss_curve(target, run_root)
         result = json.loads(target.read_text())
         if "bench/kd_loss_constant_student" not in result:
-            result["bench/kd_loss_constant_student"] = constant_student_loss(result)
+            result["bench/kd_loss_constant_student"] = constant_student_loss(result, teacher_flags(arm, args.data_dir))
             common.write_json(target, result)
 
 
 @torch.no_grad()
-def constant_student_loss(result, samples=2048):
+def constant_student_loss(result, teacher, samples=2048):
     """The KD loss of the best student that ignores its input: it predicts the teacher's mean probabilities on this
     noise (the minimizer of the expected KL over constant predictions). A student whose loss sits at this level has
     learned nothing about the teacher on this noise. Measured on fresh noise of the run's own distribution, in the run's
-    teacher mode, batch size and temperature."""
+    teacher mode, batch size and temperature; teacher: the arm's --teacher flags."""
     a = result["args"]
-    teacher, _ = common.load_teacher(a["teacher"], TEACHER[-1])
+    ckpt = teacher[teacher.index("--teacher-ckpt") + 1] if "--teacher-ckpt" in teacher else None
+    teacher, _ = common.load_teacher(a["teacher"], common.teacher_ckpt_or_exit(a["teacher"], a["dataset"], ckpt))
     fit = result.get("noise/fitted")
     shaping = {"alpha": a["noise_alpha"]} if fit is None else {
         "alpha": fit["alpha"], "color": torch.tensor(fit["color"]), "mean": torch.tensor(fit["mean"])}

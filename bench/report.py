@@ -514,6 +514,10 @@ FACTORS = [  # (arm, what changes): the rows of the factor study, in bench/facto
     ("lr3e-4", "learning rate 3e-4"),
     ("tau4", "temperature 4"),
     ("batch64", "batch 64: 4x the updates for the same samples"),
+    ("teacher_e1", "teacher: ours (train_teacher.py's recipe), 1 epoch"),
+    ("teacher_e2", "teacher: ours, 2 epochs"),
+    ("teacher_e5", "teacher: ours, 5 epochs"),
+    ("teacher_e20", "teacher: ours, 20 epochs (the shipped teacher)"),
 ]
 
 
@@ -531,8 +535,8 @@ def factors_block():
     r0 = rows[0][3]
     points = sorted({x["samples_seen"] for *_, r in rows for x in r["curve"]})
     tail = lambda r: np.mean([v for _, v in r["train_loss_curve"][-5:]]) if r.get("train_loss_curve") else None
-    lines = ["Shared ResNet-20 (91.7%) -> ResNet-20; one change per row from the centre (the prior work's recipe on "
-             f"the noise fitted to the teacher's BN statistics). CIFAR-10 test accuracy (%) after "
+    lines = ["ResNet-20 students; one change per row from the centre (the shared ResNet-20 teacher, the prior work's "
+             f"recipe on the noise fitted to the teacher's BN statistics). CIFAR-10 test accuracy (%) after "
              f"{' / '.join(f'{n / 1000:g}k' for n in points)} noise samples, with the student's running statistics and "
              "with test-batch statistics (batch 256); KD loss: the mean of the last 50 steps' logged losses; "
              "input-free level: the KD loss of the best student that ignores its input (it predicts the teacher's mean "
@@ -542,10 +546,11 @@ def factors_block():
     for arm, label, seed, r in rows:
         at = lambda n, key: next((x[key] for x in r["curve"] if x["samples_seen"] == n), None)
         level = r.get("bench/kd_loss_constant_student")
-        cells.append([f"`{arm}`", label, seed, *(" / ".join(pct(at(n, key)) for n in points) for key in PROTOCOLS),
+        cells.append([f"`{arm}`", label, pct(r["teacher/acc"]), seed,
+                      *(" / ".join(pct(at(n, key)) for n in points) for key in PROTOCOLS),
                       "n/a" if tail(r) is None else f"{tail(r):.2f}", "n/a" if level is None else f"{level:.2f}"])
-    lines += table("llrllrr", ["arm", "what changes", "seed", "acc, running stats", "acc, test-batch stats",
-                               "KD loss", "input-free level"], cells)
+    lines += table("llrrllrr", ["arm", "what changes", "teacher acc", "seed", "acc, running stats",
+                                "acc, test-batch stats", "KD loss", "input-free level"], cells)
     return "\n".join(lines + ["", "![factors](results/factors.png)"])
 
 
@@ -554,7 +559,7 @@ def factors_figure(path):
     if not rows:
         return
     colors = dict(zip([a for a, _ in FACTORS], ["k", "tab:gray", "tab:brown", "tab:purple", "tab:red", "tab:orange",
-                                                "tab:green", "tab:blue"]))
+                                                "tab:green", "tab:blue", "gold", "tab:olive", "tab:cyan", "tab:pink"]))
     styled = [(r, dict(color=colors[arm], ls="-" if seed == 0 else "--", label=f"{arm}: {label}, seed {seed}"))
               for arm, label, seed, r in rows]
     fig, axes = learning_curves([(r["curve"], style) for r, style in styled], (14, 4.6), titles=(

@@ -52,11 +52,11 @@ def test_student_study_reevaluates_finished_runs_from_their_checkpoints(tiny_dat
     assert sum(rows[0]["coupled/pred_hist"]) == 64 and 0.1 <= rows[0]["coupled/pred_max_share"] <= 1
 
 
-def test_the_constant_student_level_is_the_best_input_free_loss_and_zero_for_a_constant_teacher(tiny_teacher,
-                                                                                                monkeypatch):
-    monkeypatch.setattr(factors, "TEACHER", ["--teacher-ckpt", str(tiny_teacher)])
-    args = {"teacher": "resnet20", "noise_alpha": 0.0, "seed": 0, "batch_size": 64, "teacher_bn": "cs", "tau": 1.0}
-    level = factors.constant_student_loss({"args": args, "noise/fitted": None}, samples=256)
+def test_the_constant_student_level_is_the_best_input_free_loss_and_zero_for_a_constant_teacher(tiny_teacher):
+    args = {"teacher": "resnet20", "dataset": "cifar10", "noise_alpha": 0.0, "seed": 0, "batch_size": 64,
+            "teacher_bn": "cs", "tau": 1.0}
+    result = {"args": args, "noise/fitted": None}
+    level = factors.constant_student_loss(result, ["--teacher-ckpt", str(tiny_teacher)], samples=256)
     # The same noise and teacher outputs, scored against other constant students: none does better.
     teacher, _ = common.load_teacher("resnet20", tiny_teacher)
     gen = torch.Generator().manual_seed(5_000)
@@ -70,6 +70,40 @@ def test_the_constant_student_level_is_the_best_input_free_loss_and_zero_for_a_c
     blob = common.load_checkpoint(tiny_teacher)
     blob["model"]["linear.weight"].zero_()
     common.save_checkpoint(tiny_teacher.parent / "constant.pt", **blob)
-    monkeypatch.setattr(factors, "TEACHER", ["--teacher-ckpt", str(tiny_teacher.parent / "constant.pt")])
-    level = factors.constant_student_loss({"args": args, "noise/fitted": None}, samples=256)
+    level = factors.constant_student_loss(result, ["--teacher-ckpt", str(tiny_teacher.parent / "constant.pt")], 256)
     assert level == pytest.approx(0, abs=1e-6)
+
+
+def test_a_teacher_arm_trains_its_short_teacher_once_and_the_others_use_theirs(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setattr(factors, "TRAINED", tmp_path / "teachers")
+    calls = []
+    real_run = factors.subprocess.run
+    monkeypatch.setattr(factors.subprocess, "run", lambda cmd, **kw: calls.append(cmd) or real_run(
+        [*cmd, "--batch-size", "32"], **kw))
+    flags = factors.teacher_flags("teacher_e1", str(tiny_data))
+    assert flags == ["--teacher", "resnet20", "--teacher-ckpt", str(tmp_path / "teachers" / "resnet20_e1.pt")]
+    blob = common.load_checkpoint(flags[-1])
+    assert blob["args"]["epochs"] == 1 and blob["args"]["label_smoothing"] == 0.1  # the shipped recipe, 1 epoch
+    assert factors.teacher_flags("teacher_e1", str(tiny_data)) == flags and len(calls) == 1  # trained once
+    assert factors.teacher_flags("teacher_e20", str(tiny_data)) == ["--teacher", "resnet20"]  # the shipped one
+    assert factors.teacher_flags("centre", str(tiny_data)) == factors.TEACHER and len(calls) == 1
+
+
+def test_the_factor_table_has_a_row_per_finished_arm_and_seed_and_says_what_is_missing(tmp_results):
+    import report
+    assert "run `python bench/factors.py`" in report.factors_block()
+    (tmp_results / "factors").mkdir(parents=True)
+    for arm, seed, acc in (("centre", 0, 0.2), ("centre", 1, 0.25), ("white", 0, 0.1)):
+        curve = [{"samples_seen": n, "eval/acc_running": acc * n / 64_000, "eval/acc_batchstats": acc}
+                 for n in (32_000, 64_000)]
+        result = {"curve": curve, "args": {"seed": seed}, "teacher/acc": 0.9173, "provenance": {"device": "cpu (x)"},
+                  "train_loss_curve": [[n, 1.5] for n in range(2_560, 64_001, 2_560)],
+                  "bench/kd_loss_constant_student": 1.65}
+        (tmp_results / "factors" / f"{arm}__s{seed}.json").write_text(json.dumps(result))
+    block = report.factors_block()
+    rows = [line for line in block.splitlines() if line.startswith("| `")]
+    assert [row.split(" | ")[0] for row in rows] == ["| `centre`", "| `centre`", "| `white`"]  # FACTORS' order
+    assert "| 91.7 | 1 | 12.5 / 25.0 | 25.0 / 25.0 | 1.50 | 1.65 |" in rows[1]
+    assert "32k / 64k noise samples" in block
+    report.factors_figure(tmp_results / "factors.png")
+    assert (tmp_results / "factors.png").stat().st_size > 10_000
