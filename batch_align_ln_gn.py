@@ -51,6 +51,10 @@ def parse_args(argv=None):
                    help="picks the default checkpoint teachers/<teacher>_<dataset>_<norm>.pt (vit_tiny: ln)")
     p.add_argument("--teacher-ckpt", default=None,
                    help="teacher checkpoint (ours or akamaster's); default teachers/<teacher>_<dataset>_<teacher-norm>.pt")
+    p.add_argument("--teacher-mean", type=float, nargs=3, default=None, metavar="M",
+                   help="the teacher's input normalization (images in [0, 1]): needed for a plain state_dict, "
+                        "replaces the recorded one otherwise")
+    p.add_argument("--teacher-std", type=float, nargs=3, default=None, metavar="S", help="see --teacher-mean")
     p.add_argument("--student", default="resnet20", choices=common.MODEL_NAMES, help="student architecture, from scratch")
     p.add_argument("--student-norm", default=None, choices=common.NORMS,
                    help="student normalization (default: bn for CNNs, ln for vit_tiny)")
@@ -116,6 +120,24 @@ def parse_args(argv=None):
     if not 0 <= args.align_strength <= 1 or args.align_layers < 0 or args.probe_samples < 2:
         p.error("need 0 <= --align-strength <= 1, --align-layers >= 0 and --probe-samples >= 2")
     return args
+
+
+# ======================================================================================================================
+# YOUR TEACHER: the one place to plug in any nn.Module
+# ======================================================================================================================
+def load_teacher(args, num_classes):
+    """The teacher and its info (mean, std: its input normalization; test_acc; sha256; path; norm; image_size).
+    To distil a model of your own, return it here in eval mode, e.g.
+
+        model = MyNet(); model.load_state_dict(torch.load("my.pt", weights_only=True))
+        return model.eval(), {"mean": (0.49, 0.48, 0.45), "std": (0.25, 0.24, 0.26), "test_acc": None,
+                              "sha256": common.sha256_of("my.pt"), "path": "my.pt", "norm": "gn", "image_size": 32}
+
+    Alignment wraps its GroupNorm / LayerNorm layers (torch.nn's or common.ChannelLayerNorm); its parameters are never
+    changed."""
+    ckpt = common.teacher_ckpt_or_exit(args.teacher, args.dataset, args.teacher_ckpt, args.data_dir, args.teacher_norm)
+    return common.load_teacher(args.teacher, ckpt, num_classes, args.dataset, args.teacher_mean, args.teacher_std,
+                               norm=args.teacher_norm)  # the norm of a plain state_dict (a checkpoint of ours records it)
 
 
 # ======================================================================================================================
@@ -364,8 +386,7 @@ def main(argv=None):
 
     # --- data (test split only: evaluation), teacher, student
     num_classes = common.num_classes(args.dataset, args.data_dir)
-    ckpt = common.teacher_ckpt_or_exit(args.teacher, args.dataset, args.teacher_ckpt, args.data_dir, args.teacher_norm)
-    teacher, tinfo = common.load_teacher(args.teacher, ckpt, num_classes, args.dataset)
+    teacher, tinfo = load_teacher(args, num_classes)  # YOUR TEACHER: see load_teacher above
     x_test, y_test = common.load_split(args.dataset, "test", args.data_dir, tinfo["image_size"])
     if args.eval_subset:
         x_test, y_test = x_test[:args.eval_subset], y_test[:args.eval_subset]

@@ -45,6 +45,10 @@ def parse_args(argv=None):
     p.add_argument("--teacher", default="resnet20", choices=common.MODEL_NAMES, help="teacher architecture")
     p.add_argument("--teacher-ckpt", default=None,
                    help="teacher checkpoint (ours or akamaster's); default teachers/<teacher>_<dataset>_bn.pt")
+    p.add_argument("--teacher-mean", type=float, nargs=3, default=None, metavar="M",
+                   help="the teacher's input normalization (images in [0, 1]): needed for a plain state_dict, "
+                        "replaces the recorded one otherwise")
+    p.add_argument("--teacher-std", type=float, nargs=3, default=None, metavar="S", help="see --teacher-mean")
     p.add_argument("--student", default="resnet20", choices=common.MODEL_NAMES, help="student architecture, from scratch")
     p.add_argument("--dataset", default="cifar10", choices=common.DATASETS, help="evaluation data")
     p.add_argument("--data-dir", default="./data", help="folder of the <dataset>_test.npz cache (downloaded if missing)")
@@ -86,6 +90,23 @@ def parse_args(argv=None):
     if args.lr < 0 or args.eval_batch_size < 1 or args.eval_subset < 0:
         p.error("need --lr >= 0, --eval-batch-size >= 1 and --eval-subset >= 0")
     return args
+
+
+# ======================================================================================================================
+# YOUR TEACHER: the one place to plug in any nn.Module
+# ======================================================================================================================
+def load_teacher(args, num_classes):
+    """The teacher and its info (mean, std: its input normalization; test_acc; sha256; path; norm; image_size).
+    To study a model of your own, return it here in eval mode, e.g.
+
+        model = MyNet(); model.load_state_dict(torch.load("my.pt", weights_only=True))
+        return model.eval(), {"mean": (0.49, 0.48, 0.45), "std": (0.25, 0.24, 0.26), "test_acc": None,
+                              "sha256": common.sha256_of("my.pt"), "path": "my.pt", "norm": "bn", "image_size": 32}
+
+    The ablation switches its BatchNorm layers one by one (the retrain sweep trains its own teachers instead); its
+    parameters are never changed."""
+    ckpt = common.teacher_ckpt_or_exit(args.teacher, args.dataset, args.teacher_ckpt, args.data_dir)
+    return common.load_teacher(args.teacher, ckpt, num_classes, args.dataset, args.teacher_mean, args.teacher_std)
 
 
 # ======================================================================================================================
@@ -244,8 +265,7 @@ def main(argv=None):
     torch.manual_seed(args.seed)
 
     num_classes = common.num_classes(args.dataset, args.data_dir)
-    ckpt = common.teacher_ckpt_or_exit(args.teacher, args.dataset, args.teacher_ckpt, args.data_dir)
-    teacher, tinfo = common.load_teacher(args.teacher, ckpt, num_classes, args.dataset)
+    teacher, tinfo = load_teacher(args, num_classes)  # YOUR TEACHER: see load_teacher above
     x_test, y_test = common.load_split(args.dataset, "test", args.data_dir, tinfo["image_size"])
     if args.eval_subset:
         x_test, y_test = x_test[:args.eval_subset], y_test[:args.eval_subset]

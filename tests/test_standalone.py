@@ -54,3 +54,28 @@ def test_a_method_script_runs_copied_alone_with_common(script, teachers, tiny_da
     assert run_alone(script, tmp_path, "--help").stdout.startswith("usage:")
     run_alone(script, tmp_path, *RUNS[script](teachers, tiny_data))
     assert list((tmp_path / "alone" / "runs").glob("*/results.json"))
+
+
+@pytest.mark.parametrize("script", ["batch_align_ln_gn", "bn_ablation"])
+def test_every_distilling_script_takes_a_plain_state_dict_with_its_normalization(script, teachers, tiny_data,
+                                                                                  tmp_path):
+    import importlib
+    module = importlib.import_module(script)
+    norm = "gn" if script == "batch_align_ln_gn" else "bn"
+    plain = tmp_path / "plain.pt"
+    torch.save(common.load_checkpoint(teachers[norm])["model"], plain)  # what most users have: model.state_dict()
+    argv = [*RUNS[f"{script}.py"]({**teachers, norm: plain}, tiny_data), "--out-dir", str(tmp_path / "runs")]
+    if script == "batch_align_ln_gn":
+        argv += ["--teacher-norm", "gn"]
+    with pytest.raises(common.InputError, match="plain state_dict.*--teacher-mean and --teacher-std"):
+        module.main(argv)
+    stats = ["--teacher-mean", "0.4", "0.5", "0.6", "--teacher-std", "0.2", "0.3", "0.4"]
+    res = module.main([*argv, *stats])
+    model, info = common.load_teacher("resnet20", plain, 10, "cifar10", (0.4, 0.5, 0.6), (0.2, 0.3, 0.4),
+                                      norm=norm)
+    x, y = common.load_split("cifar10", "test", tiny_data)
+    if script == "batch_align_ln_gn":  # the teacher's own accuracy, in the normalization given
+        assert res["teacher/acc"] == common.evaluate(model, x, y, info["mean"], info["std"], 32)
+    else:  # the point with no CS layer is the teacher as given, in eval mode
+        point = next(r for r in res["points"] if r["k"] == 0)
+        assert point["teacher/acc"] == common.evaluate(model, x, y, info["mean"], info["std"], 32)
