@@ -464,7 +464,26 @@ def main(argv=None):
         row = {k: v for k, v in row.items() if not k.endswith("_hist")}
         curve.append({"step": step, **row})
         log.log(step, **row)
+        tqdm.write(f"step {step}: acc running {row['eval/acc_running']:.4f}, test-batch stats "
+                   f"{row['eval/acc_batchstats']:.4f}, noise label entropy {row['noise/label_entropy']:.3f}")
         return row
+
+    def log_train(loss, t_logits):
+        """Every 10 steps and before an evaluation or checkpoint: stop on a non-finite loss, log loss, speed and
+        acceptance. The loop's only host syncs (a GPU runs ahead in between); every rank joins, rank 0 writes."""
+        if common.all_reduce_sum(nonfinite).item():  # every rank stops together
+            raise FloatingPointError(f"distillation loss became non-finite at or before step {step} (teacher "
+                                     f"logits finite: {bool(torch.isfinite(t_logits).all())}); lower --lr or "
+                                     f"check the teacher")
+        stats["last_loss"] = (common.all_reduce_sum(loss.detach()) / world).item()
+        row = {"train/loss": stats["last_loss"], "train/lr": lr_at(args, step - 1),
+               "train/samples_per_s": stats["student_samples"] / stats["train_s"],
+               "train/acceptance_rate": stats["accepted"] / max(1, stats["teacher_samples"]),
+               "train/sampler_time_frac": stats["sampler_s"] / stats["train_s"]}
+        if rank == 0:
+            log.log(step, **row)
+        bar.set_postfix(loss=f"{row['train/loss']:.3f}", acc_rate=f"{row['train/acceptance_rate']:.2f}",
+                        sps=f"{row['train/samples_per_s']:.0f}")
 
     t_start, nonfinite = time.time(), torch.zeros((), device=args.device)
     wall_time = lambda: None if wall_before is None else wall_before + time.time() - t_start
@@ -475,39 +494,25 @@ def main(argv=None):
             for g in opt.param_groups:
                 g["lr"] = lr_at(args, step)
             with torch.autocast(torch.device(args.device).type, dtype=torch.bfloat16, enabled=args.bf16):
+                # ALGO LOGIC: noise -> teacher (aligned) -> accept / reject: a batch of noise and the teacher's logits on it
                 z, t_logits, weights = draw_batch(args, teacher_fn, sampler, noise_gen, shape, stats)
                 with common.synced_batch_norm(student):  # BN student: statistics of the global batch, as in 1 process
                     s_logits = net(z.contiguous(memory_format=s_fmt))
-            loss = kd_loss(s_logits, t_logits, args.tau, weights)
-            # No host sync inside a step (a GPU keeps running ahead): finiteness is read at the next log line, at most
-            # 10 steps later and before any evaluation or checkpoint, so a NaN stops the run and never reaches one.
-            nonfinite += (~torch.isfinite(loss.detach())).float()
+            loss = kd_loss(s_logits, t_logits, args.tau, weights)  # ALGO LOGIC: KL(teacher || student) * tau^2
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            # Bookkeeping. No host sync inside a step (a GPU keeps running ahead): finiteness is read by log_train, at
+            # most 10 steps later and before any evaluation or checkpoint, so a NaN stops the run and never reaches one.
+            nonfinite += (~torch.isfinite(loss.detach())).float()
             step += 1
             stats["student_samples"] += len(z) * world
             stats["train_s"] += time.perf_counter() - t_step
             if step % 10 == 0 or step == args.steps or step % args.eval_every == 0 or step % args.ckpt_every == 0:
-                if common.all_reduce_sum(nonfinite).item():  # every rank stops together
-                    raise FloatingPointError(f"distillation loss became non-finite at or before step {step} (teacher "
-                                             f"logits finite: {bool(torch.isfinite(t_logits).all())}); lower --lr or "
-                                             f"check the teacher")
-                # every rank joins the all-reduce; rank 0 logs
-                stats["last_loss"] = (common.all_reduce_sum(loss.detach()) / world).item()
-                row = {"train/loss": stats["last_loss"], "train/lr": lr_at(args, step - 1),
-                       "train/samples_per_s": stats["student_samples"] / stats["train_s"],
-                       "train/acceptance_rate": stats["accepted"] / max(1, stats["teacher_samples"]),
-                       "train/sampler_time_frac": stats["sampler_s"] / stats["train_s"]}
-                if rank == 0:
-                    log.log(step, **row)
-                bar.set_postfix(loss=f"{row['train/loss']:.3f}", acc_rate=f"{row['train/acceptance_rate']:.2f}",
-                                sps=f"{row['train/samples_per_s']:.0f}")
+                log_train(loss, t_logits)
             bar.update(1)
             if rank == 0 and (step % args.eval_every == 0 or step == args.steps):
-                row = evaluation()
-                tqdm.write(f"step {step}: acc running {row['eval/acc_running']:.4f}, test-batch stats "
-                           f"{row['eval/acc_batchstats']:.4f}, noise label entropy {row['noise/label_entropy']:.3f}")
+                evaluation()
             if step % args.ckpt_every == 0 or step == args.steps:
                 save()
     bar.close()
