@@ -538,7 +538,7 @@ def factors_block():
     lines = ["ResNet-20 students; one change per row from the centre (the shared ResNet-20 teacher, the prior work's "
              f"recipe on the noise fitted to the teacher's BN statistics). CIFAR-10 test accuracy (%) after "
              f"{' / '.join(f'{n / 1000:g}k' for n in points)} noise samples, with the student's running statistics and "
-             "with test-batch statistics (batch 256); KD loss: the mean of the last 50 steps' logged losses; "
+             "with test-batch statistics (batch 256); KD loss: the mean of the last 50 steps' logged losses (x tau^2); "
              "input-free level: the KD loss of the best student that ignores its input (it predicts the teacher's mean "
              "probabilities on this noise): a student at that level has learned nothing about the teacher. Measured on "
              f"{r0['provenance']['device']}.", ""]
@@ -563,13 +563,13 @@ def factors_figure(path):
     styled = [(r, dict(color=colors[arm], ls="-" if seed == 0 else "--", label=f"{arm}: {label}, seed {seed}"))
               for arm, label, seed, r in rows]
     fig, axes = learning_curves([(r["curve"], style) for r, style in styled], (14, 4.6), titles=(
-        "student in eval mode (running statistics)", "test-batch statistics", "KD loss (KL, nats)"))
-    for r, style in styled:
-        if r.get("train_loss_curve"):
-            loss = r["train_loss_curve"]
-            axes[2].plot([n / 1000 for n, _ in loss], [v for _, v in loss], lw=0.8, **style)
-            if r.get("bench/kd_loss_constant_student") is not None:
-                axes[2].axhline(r["bench/kd_loss_constant_student"], color=style["color"], lw=0.6, ls=":")
+        "student in eval mode (running statistics)", "test-batch statistics",
+        "KD loss / input-free level (1: nothing learned)"))
+    for r, style in styled:  # the ratio compares arms whose teachers, modes and temperatures differ
+        if r.get("train_loss_curve") and r.get("bench/kd_loss_constant_student"):
+            loss, level = r["train_loss_curve"], r["bench/kd_loss_constant_student"]
+            axes[2].plot([n / 1000 for n, _ in loss], [v / level for _, v in loss], lw=0.8, **style)
+    axes[2].axhline(1, color="k", lw=0.6, ls=":")
     for ax in axes[:2]:
         ax.axhline(10, color="k", lw=0.6, ls=":")  # chance
         ax.set_ylim(0, None)
