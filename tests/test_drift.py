@@ -89,3 +89,13 @@ def test_no_script_imports_another(script):
     imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
     assert not imported & siblings, f"{script}.py imports {imported & siblings}"
+
+
+def test_the_training_loops_bookkeeping_is_the_same_in_both_distilling_scripts():
+    """log_train (nested in main: it reads the loop's state) is copied between the two distilling scripts."""
+    def nested(script, name):
+        tree = ast.parse((REPO / f"{script}.py").read_text())
+        main = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "main")
+        return ast.dump(next(n for n in main.body if isinstance(n, ast.FunctionDef) and n.name == name))
+    for name in ("log_train", "evaluation"):
+        assert nested("cs_rejection_bn", name) == nested("batch_align_ln_gn", name), name
