@@ -305,3 +305,7 @@ def test_what_the_readme_says_about_the_factor_study_holds():
     assert 0.255 <= min(arms) and max(arms) < 0.26 and max(centre) < min(arms) < max(centre) + 0.05
     assert [round(100 * c, 1) for c in centre] == [23.2, 24.4]
     assert all(final(k) > final("white__s0") + 0.1 for k in ("centre__s0", "centre__s1"))  # the fitted-white gap
+    if "alpha2__s0" in runs:
+        pair = lambda k: (round(100 * final(k, "eval/acc_running"), 1), round(100 * final(k), 1))
+        assert pair("alpha2__s0") == (13.4, 18.3) and pair("white__s0")[1] == 12.6
+        assert [pair(k)[0] for k in ("centre__s0", "centre__s1")] == [23.5, 24.7]
