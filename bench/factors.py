@@ -91,9 +91,10 @@ def main():
         if target.exists():
             print(f"{target.name}: done already")
         else:
-            run_or_resume(cs_rejection_bn, [*teacher_flags(arm, args.data_dir), *CENTRE, *flags, "--data-dir", args.data_dir, "--seed", seed,
-                                            "--steps", str(steps), "--eval-every", str(steps // args.evals),
-                                            "--ckpt-every", str(max(1, steps // args.evals))], run_root, target)
+            argv = [*teacher_flags(arm, args.data_dir), *CENTRE, *flags, "--data-dir", args.data_dir, "--seed", seed,
+                    "--steps", str(steps), "--eval-every", str(steps // args.evals),
+                    "--ckpt-every", str(max(1, steps // args.evals))]
+            run_or_resume(cs_rejection_bn, argv, run_root, target)
         attach_loss_curve(target, run_root)
         result = json.loads(target.read_text())
         if "bench/kd_loss_constant_student" not in result:
