@@ -95,6 +95,20 @@ def learning_curves(runs, figsize, titles=("student in eval mode (running statis
     return fig, axes
 
 
+def curve_cells(r, points):
+    """One table cell per protocol: the run's accuracies (%) at the given noise-sample counts, 'n/a' where it has no
+    evaluation there."""
+    at = lambda n, key: next((x[key] for x in r["curve"] if x["samples_seen"] == n), None)
+    return [" / ".join(pct(at(n, key)) for n in points) for key in PROTOCOLS]
+
+
+def mark_chance(axes):
+    """A dotted line at chance (10%) and a y axis from 0 on the accuracy panels."""
+    for ax in axes:
+        ax.axhline(10, color="k", lw=0.6, ls=":")
+        ax.set_ylim(0, None)
+
+
 def save(fig, path, legend_of=None, ncol=1, bottom=0.0):
     """Lay the figure out, save it to path and close it. legend_of: an axes of test accuracies, whose y axis is
     labelled so and whose legend goes under the figure, in ncol columns within the bottom margin."""
@@ -464,7 +478,6 @@ def noise_fit_block():
              + ".", ""]
     rows = []
     for _, tlabel, label, r in table_rows:
-        at = lambda n, key: next((x[key] for x in r["curve"] if x["samples_seen"] == n), None)  # None: no such point
         fit = ""
         if r.get("noise/fitted"):
             L = np.array(r["noise/fitted"]["color"])
@@ -476,7 +489,7 @@ def noise_fit_block():
         if "source" in r:  # the run of the other table: another machine, bf16, and 256k samples
             fit = f"the run of `{r['source']}` (another CPU, bf16; its loss at {r['samples_seen'] // 1000}k)"
         rows.append([tlabel, label, r["args"]["seed"],
-                     *(" / ".join(pct(at(n, key)) for n in points) for key in PROTOCOLS),
+                     *curve_cells(r, points),
                      f"{r['train/final_loss']:.2f}", fit])
     lines += table("llrllrl", ["teacher", "recipe and noise", "seed", "acc, running stats", "acc, test-batch stats",
                                "final KD loss", "fitted noise"], rows)
@@ -499,9 +512,7 @@ def noise_fit_figure(path):
         if r.get("train_loss_curve"):
             loss = r["train_loss_curve"]
             axes[2].plot([n / 1000 for n, _ in loss], [v for _, v in loss], lw=0.8, **style)
-    for ax in axes[:2]:
-        ax.axhline(10, color="k", lw=0.6, ls=":")  # chance
-        ax.set_ylim(0, None)
+    mark_chance(axes[:2])
     save(fig, path, axes[0], ncol=2, bottom=0.2)
 
 
@@ -544,10 +555,9 @@ def factors_block():
              f"{r0['provenance']['device']}.", ""]
     cells = []
     for arm, label, seed, r in rows:
-        at = lambda n, key: next((x[key] for x in r["curve"] if x["samples_seen"] == n), None)
         level = r.get("bench/kd_loss_constant_student")
         cells.append([f"`{arm}`", label, pct(r["teacher/acc"]), seed,
-                      *(" / ".join(pct(at(n, key)) for n in points) for key in PROTOCOLS),
+                      *curve_cells(r, points),
                       "n/a" if tail(r) is None else f"{tail(r):.2f}", "n/a" if level is None else f"{level:.2f}"])
     lines += table("llrrllrr", ["arm", "what changes", "teacher acc", "seed", "acc, running stats",
                                 "acc, test-batch stats", "KD loss", "input-free level"], cells)
@@ -570,9 +580,7 @@ def factors_figure(path):
             loss, level = r["train_loss_curve"], r["bench/kd_loss_constant_student"]
             axes[2].plot([n / 1000 for n, _ in loss], [v / level for _, v in loss], lw=0.8, **style)
     axes[2].axhline(1, color="k", lw=0.6, ls=":")
-    for ax in axes[:2]:
-        ax.axhline(10, color="k", lw=0.6, ls=":")  # chance
-        ax.set_ylim(0, None)
+    mark_chance(axes[:2])
     save(fig, path, axes[0], ncol=2, bottom=0.25)
 
 
