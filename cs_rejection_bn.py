@@ -72,6 +72,9 @@ def parse_args(argv=None):
                         "--no-fit-noise: the paper's white noise")
     p.add_argument("--fit-noise-steps", type=int, default=100, help="--fit-noise: Adam steps of the fit")
     p.add_argument("--tau", type=float, default=1.0, help="distillation temperature")
+    p.add_argument("--loss", default="kl", choices=["kl", "mse"],
+                   help="kl: KL(teacher || student) at --tau, the paper's; mse (ours, a study arm): mean squared error "
+                        "between the logits, each centred on its mean over the classes")
     # --- optimization
     p.add_argument("--steps", type=int, default=500, help="student updates; noise samples seen = steps * batch-size")
     p.add_argument("--batch-size", type=int, default=256, help="noise samples per student update")
@@ -109,6 +112,8 @@ def parse_args(argv=None):
         p.error(f"--noise-alpha must be in [0, 8] (0 = white, natural images near 2), got {args.noise_alpha}")
     if args.fit_noise and args.noise_alpha:
         p.error("--noise-alpha sets the spectrum by hand: add --no-fit-noise (the default --fit-noise fits it)")
+    if args.loss == "mse" and args.tau != 1:
+        p.error("--tau applies to --loss kl only; --loss mse matches the logits themselves")
     if args.fit_noise_steps < 1:
         p.error("--fit-noise-steps must be at least 1")
     return args
@@ -350,6 +355,14 @@ def kd_loss(student_logits, teacher_logits, tau, weights=None):
     return (kl * weights).mean() if weights is not None else kl.mean()
 
 
+def logit_mse_loss(student_logits, teacher_logits, weights=None):
+    """Mean squared error between the logits, each centred on its mean over the classes (a softmax does not see a
+    shift of all logits, so neither does this loss), averaged over classes, per sample (optionally weighted)."""
+    d = student_logits.float() - teacher_logits
+    se = (d - d.mean(1, keepdim=True)).pow(2).mean(1)
+    return (se * weights).mean() if weights is not None else se.mean()
+
+
 def noise_summary(stats):
     """The teacher's labels on raw noise and on the batches the student trained on (README: How it works)."""
     raw, acc = common.label_stats(stats["raw_counts"]), common.label_stats(stats["acc_counts"])
@@ -505,7 +518,9 @@ def main(argv=None):
                 z, t_logits, weights = draw_batch(args, teacher_fn, sampler, noise_gen, shape, stats, noise_params)
                 with common.synced_batch_norm(student):  # BN student: statistics of the global batch, as in 1 process
                     s_logits = net(z.contiguous(memory_format=s_fmt))
-            loss = kd_loss(s_logits, t_logits, args.tau, weights)  # ALGO LOGIC: KL(teacher || student) * tau^2
+            # ALGO LOGIC: KL(teacher || student) * tau^2 (the paper's), or MSE between centred logits (--loss mse)
+            loss = (kd_loss(s_logits, t_logits, args.tau, weights) if args.loss == "kl"
+                    else logit_mse_loss(s_logits, t_logits, weights))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -43,6 +43,7 @@ ARMS = {  # name: (flags on top of CENTRE, what changes); the README lists them 
     "lr3e-4": (["--lr", "3e-4"], "learning rate 3e-4"),
     "tau4": (["--tau", "4"], "temperature 4"),
     "batch64": (["--batch-size", "64"], "batch 64: 4x the updates for the same samples"),
+    "mse": (["--loss", "mse"], "loss: MSE between centred logits, not KL"),
     "teacher_e1": ([], "teacher: our recipe, 1 epoch"),
     "teacher_e2": ([], "teacher: our recipe, 2 epochs"),
     "teacher_e5": ([], "teacher: our recipe, 5 epochs"),
@@ -52,7 +53,7 @@ TEACHER_EPOCHS = {"teacher_e1": 1, "teacher_e2": 2, "teacher_e5": 5}
 DEFAULT_RUNS = ["centre:0", "centre:1", "white:0", "running:0", "lr3e-3:0", "tau4:0", "batch64:0", "alpha2:0",
                 "lr3e-4:0", "teacher_e1:0", "teacher_e2:0", "teacher_e5:0", "teacher_e20:0", "white:1", "running:1",
                 "lr3e-3:1", "tau4:1", "batch64:1", "alpha2:1", "lr3e-4:1", "teacher_e1:1", "teacher_e2:1",
-                "teacher_e5:1", "teacher_e20:1"]
+                "teacher_e5:1", "teacher_e20:1", "mse:0", "mse:1"]
 
 
 def teacher_flags(arm, data_dir):
@@ -104,10 +105,11 @@ def main():
 
 @torch.no_grad()
 def constant_student_loss(result, teacher, samples=2048):
-    """The KD loss of the best student that ignores its input: it predicts the teacher's mean probabilities on this
-    noise (the minimizer of the expected KL over constant predictions). A student whose loss sits at this level has
-    learned nothing about the teacher on this noise. Measured on fresh noise of the run's own distribution, in the run's
-    teacher mode, batch size and temperature; teacher: the arm's --teacher flags."""
+    """The KD loss of the best student that ignores its input: for KL it predicts the teacher's mean probabilities on
+    this noise (the minimizer of the expected KL over constant predictions), for --loss mse the teacher's mean centred
+    logits. A student whose loss sits at this level has learned nothing about the teacher on this noise. Measured on
+    fresh noise of the run's own distribution, in the run's teacher mode, batch size and temperature; teacher: the
+    arm's --teacher flags."""
     a = result["args"]
     ckpt = teacher[teacher.index("--teacher-ckpt") + 1] if "--teacher-ckpt" in teacher else None
     teacher, _ = common.load_teacher(a["teacher"], common.teacher_ckpt_or_exit(a["teacher"], a["dataset"], ckpt))
@@ -115,9 +117,12 @@ def constant_student_loss(result, teacher, samples=2048):
     shaping = {"alpha": a["noise_alpha"]} if fit is None else {
         "alpha": fit["alpha"], "color": torch.tensor(fit["color"]), "mean": torch.tensor(fit["mean"])}
     gen = torch.Generator().manual_seed(a["seed"] + 5_000)
-    logp = torch.cat([F.log_softmax(cs_rejection_bn.teacher_forward(
-        teacher, common.sample_noise(a["batch_size"], (3, 32, 32), gen, **shaping), a["teacher_bn"]) / a["tau"], 1)
+    logits = torch.cat([cs_rejection_bn.teacher_forward(
+        teacher, common.sample_noise(a["batch_size"], (3, 32, 32), gen, **shaping), a["teacher_bn"])
         for _ in range(samples // a["batch_size"])])
+    if a.get("loss", "kl") == "mse":
+        return cs_rejection_bn.logit_mse_loss(logits.mean(0).expand_as(logits), logits).item()
+    logp = F.log_softmax(logits / a["tau"], 1)
     mean_log = logp.exp().mean(0).log()
     return ((logp.exp() * (logp - mean_log)).sum(1).mean() * a["tau"] ** 2).item()
 

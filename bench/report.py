@@ -525,6 +525,7 @@ FACTORS = [  # (arm, what changes): the rows of the factor study, in bench/facto
     ("lr3e-4", "learning rate 3e-4"),
     ("tau4", "temperature 4"),
     ("batch64", "batch 64: 4x the updates for the same samples"),
+    ("mse", "loss: MSE between centred logits, not KL"),
     ("teacher_e1", "teacher: ours (train_teacher.py's recipe), 1 epoch"),
     ("teacher_e2", "teacher: ours, 2 epochs"),
     ("teacher_e5", "teacher: ours, 5 epochs"),
@@ -551,7 +552,7 @@ def factors_block():
              f"{' / '.join(f'{n / 1000:g}k' for n in points)} noise samples, with the student's running statistics and "
              "with test-batch statistics (batch 256); KD loss: the mean of the last 50 steps' logged losses (x tau^2); "
              "input-free level: the KD loss of the best student that ignores its input (it predicts the teacher's mean "
-             "probabilities on this noise): a student at that level has learned nothing about the teacher. Measured on "
+             "probabilities on this noise; for the MSE arm, its mean logits): a student at that level has learned nothing about the teacher. Measured on "
              f"{r0['provenance']['device']}.", ""]
     cells = []
     for arm, label, seed, r in rows:
@@ -569,7 +570,8 @@ def factors_figure(path):
     if not rows:
         return
     colors = dict(zip([a for a, _ in FACTORS], ["k", "tab:gray", "tab:brown", "tab:purple", "tab:red", "tab:orange",
-                                                "tab:green", "tab:blue", "gold", "tab:olive", "tab:cyan", "tab:pink"]))
+                                                "tab:green", "tab:blue", "lime", "gold", "tab:olive", "tab:cyan",
+                                                "tab:pink"]))
     styled = [(r, dict(color=colors[arm], ls="-" if seed == 0 else "--", label=f"{arm}: {label}, seed {seed}"))
               for arm, label, seed, r in rows]
     fig, axes = learning_curves([(r["curve"], style) for r, style in styled], (14, 4.6), titles=(

@@ -74,6 +74,20 @@ def test_the_constant_student_level_is_the_best_input_free_loss_and_zero_for_a_c
     assert level == pytest.approx(0, abs=1e-6)
 
 
+def test_the_constant_student_level_of_the_logit_mse_is_that_of_the_teachers_mean_logits(tiny_teacher):
+    args = {"teacher": "resnet20", "dataset": "cifar10", "noise_alpha": 0.0, "seed": 0, "batch_size": 64,
+            "teacher_bn": "cs", "tau": 1.0, "loss": "mse"}
+    level = factors.constant_student_loss({"args": args, "noise/fitted": None}, ["--teacher-ckpt", str(tiny_teacher)],
+                                          samples=256)
+    teacher, _ = common.load_teacher("resnet20", tiny_teacher)
+    gen = torch.Generator().manual_seed(5_000)
+    t = torch.cat([cs_rejection_bn.teacher_forward(teacher, common.sample_noise(64, (3, 32, 32), gen), "cs")
+                   for _ in range(4)])
+    assert cs_rejection_bn.logit_mse_loss(t.mean(0).expand_as(t), t) == pytest.approx(level, rel=1e-5)
+    for other in (torch.zeros(10), torch.randn(10), t[0], t.mean(0) + torch.randn(10) * 0.1):
+        assert cs_rejection_bn.logit_mse_loss(other.expand_as(t), t) > level
+
+
 def test_a_teacher_arm_trains_its_short_teacher_once_and_the_others_use_theirs(tiny_data, tmp_path, monkeypatch):
     monkeypatch.setattr(factors, "TRAINED", tmp_path / "teachers")
     calls = []

@@ -1,5 +1,6 @@
 """cs_rejection_bn.py: CS inference, the rejection sampler, and whole runs on generated data."""
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -110,6 +111,26 @@ def test_kd_loss_is_zero_for_equal_logits_and_scales_with_tau_squared():
     s = torch.randn(8, 10)
     kl = F.kl_div(F.log_softmax(s / 4, 1), F.softmax(t / 4, 1), reduction="batchmean")
     assert kd.kd_loss(s, t, 4.0).item() == pytest.approx(16 * kl.item(), rel=1e-5)
+
+
+def test_logit_mse_loss_ignores_a_shift_of_all_logits_and_weights_samples():
+    t = torch.randn(8, 10)
+    assert kd.logit_mse_loss(t + torch.randn(8, 1), t).item() == pytest.approx(0, abs=1e-6)  # softmax's invariance
+    s = torch.randn(8, 10)
+    d = (s - s.mean(1, keepdim=True)) - (t - t.mean(1, keepdim=True))
+    assert kd.logit_mse_loss(s, t).item() == pytest.approx(d.pow(2).mean().item(), rel=1e-5)
+    w = torch.zeros(8)
+    w[3] = 8.0  # all the weight on one sample
+    assert kd.logit_mse_loss(s, t, w).item() == pytest.approx(d[3].pow(2).mean().item(), rel=1e-5)
+
+
+def test_loss_mse_trains_on_the_logit_mse_and_never_calls_the_kl(tiny_data, tiny_teacher, tmp_path, monkeypatch):
+    calls = []
+    real = kd.logit_mse_loss
+    monkeypatch.setattr(kd, "logit_mse_loss", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(kd, "kd_loss", lambda *a: pytest.fail("--loss mse computed the KL"))
+    res = kd.main(tiny_args(tiny_data, tiny_teacher, tmp_path, "--loss", "mse", "--balance", "reweight"))
+    assert len(calls) == 6 and res["args"]["loss"] == "mse" and math.isfinite(res["train/final_loss"])
 
 
 # --- whole runs on generated data ----------------------------------------------------------------------------------
@@ -289,7 +310,7 @@ def test_teacher_trained_on_another_dataset_is_refused(tiny_data, tiny_teacher, 
 @pytest.mark.parametrize("flags", [["--eval-every", "0"], ["--max-pools", "0"], ["--batch-size", "1"],
                                    ["--tau", "0"], ["--pool-factor", "0.5"], ["--accept-floor", "2"],
                                    ["--noise-alpha", "-1"], ["--noise-alpha", "30"], ["--fit-noise-steps", "0"],
-                                   ["--fit-noise", "--noise-alpha", "2"]])
+                                   ["--fit-noise", "--noise-alpha", "2"], ["--loss", "mse", "--tau", "4"]])
 def test_bad_flag_values_are_argument_errors(flags, capsys):
     with pytest.raises(SystemExit):
         kd.parse_args(flags)
