@@ -11,6 +11,7 @@ import cs_rejection_bn
 import factors
 import gpu_speed
 import student_study
+import teacher_on_noise
 
 
 def test_gpu_speed_times_both_paths_and_names_the_device(tmp_path):
@@ -121,3 +122,48 @@ def test_the_factor_table_has_a_row_per_finished_arm_and_seed_and_says_what_is_m
     assert "32k / 64k noise samples" in block
     report.factors_figure(tmp_results / "factors.png")
     assert (tmp_results / "factors.png").stat().st_size > 10_000
+
+
+def test_teacher_on_noise_bn_modes_are_cs_and_eval_mode_and_leave_the_teacher_untouched(tiny_teacher):
+    teacher, _ = common.load_teacher("resnet20", tiny_teacher)
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    z = common.sample_noise(32, (3, 32, 32), torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        with teacher_on_noise.bn_statistics(teacher, "cs"):
+            cs = teacher(z)
+        with teacher_on_noise.bn_statistics(teacher, "running"):
+            running = teacher(z)
+        with teacher_on_noise.bn_statistics(teacher, "bm_rv"):
+            mixed = teacher(z)
+        assert torch.allclose(cs, cs_rejection_bn.teacher_forward(teacher, z, "cs"), atol=1e-4)
+        assert torch.allclose(running, teacher(z), atol=1e-5)  # teacher(z) outside: plain eval mode
+    assert not torch.allclose(mixed, cs, atol=1e-3) and not torch.allclose(mixed, running, atol=1e-3)
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items()) and not teacher.training
+
+
+def test_teacher_on_noise_measures_are_zero_for_a_teacher_that_ignores_its_input(tiny_teacher, tmp_path):
+    teacher, _ = common.load_teacher("resnet20", tiny_teacher)
+    gen = torch.Generator().manual_seed(0)
+    batches = [common.sample_noise(64, (3, 32, 32), gen) for _ in range(2)]
+    m = teacher_on_noise.answers(teacher, batches, "cs", 0.5, gen)
+    assert m["input_free_level"] > 0 and m["roughness"] > 0 and 0 <= m["label_entropy"] <= 1
+    assert teacher_on_noise.answers(teacher, batches, "cs", 0.0, gen)["roughness"] == pytest.approx(0, abs=1e-6)
+    teacher.linear.weight.zero_()  # the logits are the bias: the same answer for every input
+    m = teacher_on_noise.answers(teacher, batches, "cs", 0.5, gen)
+    assert m["input_free_level"] == pytest.approx(0, abs=1e-6) and m["roughness"] == pytest.approx(0, abs=1e-6)
+    assert m["label_entropy"] == 0 and m["label_max_share"] == 1
+
+
+def test_teacher_on_noise_writes_every_mode_for_every_teacher_it_finds(tiny_data, tiny_teacher, tmp_path,
+                                                                        monkeypatch):
+    monkeypatch.setattr(teacher_on_noise, "TEACHERS", [("tiny", "resnet20", tiny_teacher),
+                                                       ("gone", "resnet20", tmp_path / "missing.pt")])
+    out = tmp_path / "t.json"
+    teacher_on_noise.main(["--data-dir", str(tiny_data), "--fit-steps", "2", "--batches", "1", "--batch-size", "16",
+                           "--out", str(out)])
+    saved = json.loads(out.read_text())
+    [row] = saved["rows"]  # the missing teacher is skipped
+    assert row["teacher"] == "tiny" and not row["checkpoint"].startswith("/")
+    keys = {f"{noise}_{mode}" for noise in ("white", "fitted") for mode in teacher_on_noise.MODES}
+    assert keys | {"images_running"} <= set(row)
+    assert all(row[k]["roughness"] >= 0 and row[k]["input_free_level"] >= 0 for k in keys)
