@@ -552,8 +552,8 @@ def factors_block():
              f"{' / '.join(f'{n / 1000:g}k' for n in points)} noise samples, with the student's running statistics and "
              "with test-batch statistics (batch 256); KD loss: the mean of the last 50 steps' logged losses (x tau^2); "
              "input-free level: the KD loss of the best student that ignores its input (it predicts the teacher's mean "
-             "probabilities on this noise; for the MSE arm, its mean logits): a student at that level has learned nothing about the teacher. Measured on "
-             f"{r0['provenance']['device']}.", ""]
+             "probabilities on this noise; for the MSE arm, its mean logits): a student at that level has learned "
+             f"nothing about the teacher. Measured on {r0['provenance']['device']}.", ""]
     cells = []
     for arm, label, seed, r in rows:
         level = r.get("bench/kd_loss_constant_student")
@@ -599,6 +599,30 @@ def calibrate_bn_block():
                    "test-batch statistics"],
         [[f"`{x['run']}`", x["trained_on"], x["seed"], pct(x["acc_running"]), pct(x["acc_calibrated"]),
           pct(x["acc_batchstats"])] for x in r["rows"]]))
+
+
+TEACHER_ON_NOISE = [  # (key, column): inputs and BatchNorm statistics of bench/teacher_on_noise.py
+    ("images_running", "test images, eval mode"), ("fitted_cs", "fitted noise, CS"),
+    ("fitted_running", "fitted noise, eval mode"), ("fitted_bm_rv", "fitted noise, batch mean + running variance"),
+    ("fitted_rm_bv", "fitted noise, running mean + batch variance"), ("white_cs", "white noise, CS"),
+    ("white_running", "white noise, eval mode")]
+
+
+def teacher_on_noise_block():
+    r = read("teacher_on_noise.json")
+    if r is None:
+        return "_Not measured yet: run `python bench/teacher_on_noise.py`._"
+    lines = [f"`{r['command']}`: each teacher's answers on {r['samples']:,} inputs (batches of {r['batch_size']}) "
+             "under each BatchNorm statistics; per cell: label entropy (of its argmax labels, / log 10; 1 = balanced) "
+             "/ input-free level (nats: KL from its answers to its mean answer; 0 = it ignores its input) / roughness "
+             f"(nats: mean KL between its answers on z and on z + {r['sigma']:g} eps, eps white, in its normalized "
+             "input space). Roughness above the input-free level: a jitter that small changes the answer more than "
+             f"drawing a new sample does. Measured on {r['provenance']['device']}.", ""]
+    cell = lambda m: f"{m['label_entropy']:.2f} / {m['input_free_level']:.2f} / {m['roughness']:.2f}"
+    return "\n".join(lines + table("lr" + "l" * len(TEACHER_ON_NOISE), ["teacher", "test acc",
+                                                                        *[c for _, c in TEACHER_ON_NOISE]],
+                                   [[x["teacher"], pct(x["test_acc"]), *[cell(x[k]) for k, _ in TEACHER_ON_NOISE]]
+                                    for x in r["rows"]]))
 
 
 HEADLINE = [  # (results file, what it is): the README's first table
@@ -682,7 +706,8 @@ BLOCKS = {"bn_variants": bn_variants_block, "throughput": throughput_block, "tea
           "bn_ablation": bn_ablation_block, "default_run": default_run_block, "seeds": seeds_block,
           "batch_align": batch_align_block, "student_study": student_study_block, "vit_account": lambda: VIT_ACCOUNT,
           "vit_failure": vit_failure_block, "noise_fit": noise_fit_block,
-          "calibrate_bn": calibrate_bn_block, "headline": headline_block, "factors": factors_block}
+          "calibrate_bn": calibrate_bn_block, "headline": headline_block, "factors": factors_block,
+          "teacher_on_noise": teacher_on_noise_block}
 FIGURES = {"bn_variants.png": bn_variants_figure, "bn_ablation_*.png": lambda path: bn_ablation_figures(),
            "batch_align.png": batch_align_figure, "vit_failure.png": vit_failure_figure,
            "noise_fit.png": noise_fit_figure, "factors.png": factors_figure}

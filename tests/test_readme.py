@@ -315,3 +315,23 @@ def test_what_the_readme_says_about_the_factor_study_holds():
         pair = lambda k: (round(100 * final(k, "eval/acc_running"), 1), round(100 * final(k), 1))
         assert pair("alpha2__s0") == (13.4, 18.3) and pair("white__s0")[1] == 12.6
         assert [pair(k)[0] for k in ("centre__s0", "centre__s1")] == [23.5, 24.7]
+
+
+def test_what_the_readme_says_about_the_teachers_on_noise_holds():
+    r = json.loads((REPO / "results" / "teacher_on_noise.json").read_text())
+    rows = {x["teacher"]: x for x in r["rows"]}
+    well = [rows[k] for k in ("shared ResNet-20", "shared ResNet-56", "ours, 20 epochs (shipped)")]
+    level = lambda x, k: round(x[k]["input_free_level"], 2)
+    rough = lambda x, k: round(x[k]["roughness"], 2)
+    assert [level(x, "fitted_bm_rv") for x in well] == [0.16, 0.04, 0.00]
+    assert [level(x, "fitted_cs") for x in well] == [1.65, 1.71, 0.67]
+    assert [level(x, "fitted_rm_bv") for x in well] == [1.59, 1.60, 0.56]
+    shared = well[:2]
+    assert [rough(x, "fitted_cs") for x in shared] == [1.78, 2.17]
+    assert all(0.9 < x["fitted_cs"]["roughness"] / x["fitted_cs"]["input_free_level"] < 1.3 for x in shared)
+    assert [rough(x, "images_running") for x in shared] == [0.41, 0.36]
+    assert all(4 <= x["fitted_cs"]["roughness"] / x["images_running"]["roughness"] <= 6.1 for x in shared)
+    assert (rough(well[2], "fitted_cs"), level(well[2], "fitted_cs")) == (0.41, 0.67)
+    assert (rough(rows["ours, 1 epoch"], "fitted_cs"), level(rows["ours, 1 epoch"], "fitted_cs")) == (0.01, 0.28)
+    assert [rough(x, "white_cs") for x in shared] == [0.49, 0.55]
+    assert r["sigma"] == 0.1 and r["samples"] == 1024
