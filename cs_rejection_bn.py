@@ -4,10 +4,10 @@ The student never sees an image while it learns. Each step draws Gaussian noise 
 space, runs the teacher with every BatchNorm normalizing by the statistics of the current noise batch (CS; in eval
 mode a BN teacher puts all noise into two or three classes), rejects samples of over-predicted classes so that the
 accepted batch has a near-uniform teacher label marginal, and minimizes KL(softmax(T(z)/tau) || softmax(S(z)/tau))
-* tau^2. The noise is z ~ N(0, I) in the paper (--no-fit-noise); by default (ours) it is a Gaussian whose spectrum,
-colour covariance and mean are first fitted to the teacher's BatchNorm running statistics (fit_noise): the student
-learns much faster and works in plain eval mode (README: "What limits learning from noise"). Real test images are
-used only to evaluate.
+* tau^2 (or, with --loss mse, the squared error between centred logits). The noise is z ~ N(0, I) in the paper
+(--no-fit-noise); by default (ours) it is a Gaussian whose spectrum, colour covariance and mean are first fitted to the
+teacher's BatchNorm running statistics (fit_noise): the student learns much faster and works in plain eval mode
+(README: "What limits learning from noise"). Real test images are used only to evaluate.
 Design: the README's "How it works"; numbers: the README's tables, generated from results/. The default command
 below took 29 minutes on 2 cores of an AMD EPYC without bf16 (fp32) and gave a 25.7% student (eval mode) / 29.1%
 (test-batch statistics) from the 89.9% teacher (results/default_run.json; throughput with bf16: README, Speed).
