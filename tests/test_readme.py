@@ -315,6 +315,16 @@ def test_what_the_readme_says_about_the_factor_study_holds():
         pair = lambda k: (round(100 * final(k, "eval/acc_running"), 1), round(100 * final(k), 1))
         assert pair("alpha2__s0") == (13.4, 18.3) and pair("white__s0")[1] == 12.6
         assert [pair(k)[0] for k in ("centre__s0", "centre__s1")] == [23.5, 24.7]
+    if {"teacher_e1__s0", "teacher_e2__s0"} <= set(runs):
+        pair = lambda k: (round(100 * final(k, "eval/acc_running"), 1), round(100 * final(k), 1))
+        of_teacher = lambda k: tuple(round(final(k, key) / runs[k]["teacher/acc"], 2)
+                                     for key in ("eval/acc_running", "eval/acc_batchstats"))
+        assert [round(100 * runs[k]["teacher/acc"], 1) for k in ("teacher_e1__s0", "teacher_e2__s0")] == [51.3, 66.2]
+        assert pair("teacher_e1__s0") == (37.8, 39.5) and of_teacher("teacher_e1__s0") == (0.74, 0.77)
+        assert pair("teacher_e2__s0") == (28.4, 33.2) and of_teacher("teacher_e2__s0") == (0.43, 0.50)
+        gaps = [e - c for k in ("centre__s0", "centre__s1") for e, c in zip(pair("teacher_e1__s0"), pair(k))]
+        assert 13 <= min(gaps) and max(gaps) < 16.5  # each protocol, against either centre seed
+        assert [round(ratio[k], 2) for k in ("teacher_e1__s0", "teacher_e2__s0")] == [0.25, 0.53]
 
 
 def test_what_the_readme_says_about_the_teachers_on_noise_holds():
