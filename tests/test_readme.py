@@ -330,6 +330,10 @@ def test_what_the_readme_says_about_the_factor_study_holds():
         assert round(100 * runs["teacher_e20__s0"]["teacher/acc"], 1) == 89.9
         assert pair("teacher_e20__s0") == (25.4, 26.3) and of_teacher("teacher_e20__s0") == (0.28, 0.29)
         assert round(ratio["teacher_e20__s0"], 2) == 0.81
+    if "teacher_e5__s0" in runs:
+        assert round(100 * runs["teacher_e5__s0"]["teacher/acc"], 1) == 82.4
+        assert pair("teacher_e5__s0") == (25.1, 27.4) and of_teacher("teacher_e5__s0") == (0.3, 0.33)
+        assert round(ratio["teacher_e5__s0"], 2) == 0.63
         gaps = [e - c for k in ("centre__s0", "centre__s1") for e, c in zip(pair("teacher_e20__s0"), pair(k))]
         assert f"{min(gaps):.1f}-{max(gaps):.1f}" == "0.7-3.1"  # each protocol, against either centre seed
 
