@@ -274,8 +274,7 @@ def main(argv=None):
     if not names:
         sys.exit(f"teacher {args.teacher} has no BatchNorm layer to ablate")
     teacher = teacher.to(args.device)
-    if args.bf16:
-        teacher = teacher.to(memory_format=torch.channels_last)
+    teacher = teacher.to(memory_format=common.memory_format(teacher, args.bf16))
     mean, std = tinfo["mean"], tinfo["std"]
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
 

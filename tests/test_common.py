@@ -49,6 +49,12 @@ def test_norm_choice_reaches_every_layer(norm, layer):
         assert all(m.num_groups == 1 for m in norms)
 
 
+def test_memory_format_is_channels_last_on_cpu_except_for_grouped_groupnorm():
+    assert common.memory_format(common.build_model("resnet20"), bf16=False) == torch.channels_last
+    assert common.memory_format(common.build_model("resnet20", norm="gn"), bf16=True) == torch.contiguous_format
+    assert common.memory_format(common.build_model("resnet20", norm="ln"), bf16=False) == torch.channels_last
+
+
 def test_akamaster_layout_matches_the_published_parameter_count():
     assert sum(p.numel() for p in common.build_model("resnet20").parameters()) == 269_722
     assert sum(p.numel() for p in common.build_model("resnet56").parameters()) == 853_018
