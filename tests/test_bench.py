@@ -10,8 +10,10 @@ import common
 import cs_rejection_bn
 import factors
 import gpu_speed
+import long_run
 import student_study
 import teacher_on_noise
+from conftest import crash_after_second_save
 
 
 def test_gpu_speed_times_both_paths_and_names_the_device(tmp_path):
@@ -167,3 +169,25 @@ def test_teacher_on_noise_writes_every_mode_for_every_teacher_it_finds(tiny_data
     keys = {f"{noise}_{mode}" for noise in ("white", "fitted") for mode in teacher_on_noise.MODES}
     assert keys | {"images_running"} <= set(row)
     assert all(row[k]["roughness"] >= 0 and row[k]["input_free_level"] >= 0 for k in keys)
+
+
+def test_long_run_snapshots_an_unfinished_arm_then_resumes_it_to_the_finished_result(tiny_data, tmp_path, monkeypatch):
+    flags = ["--data-dir", str(tiny_data), "--arms", "prior", "--samples", "60", "--batch-size", "16",
+             "--eval-every", "1", "--ckpt-every", "1", "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path)]
+    assert long_run.argv_of("prior", argparse.Namespace(
+        samples=60, batch_size=16, data_dir="d", seed=0, eval_every=1, ckpt_every=1))[-8:] == [
+        "--batch-size", "16", "--steps", "4", "--eval-every", "1", "--ckpt-every", "1"]  # 60 samples: 4 whole steps
+    with monkeypatch.context() as m:
+        crash_after_second_save(m)
+        with pytest.raises(SystemExit, match="130"):  # the interrupt, as cs_rejection_bn reports it
+            long_run.main(flags)
+    long_run.main([*flags, "--snapshot"])
+    part = json.loads((tmp_path / "prior.json").read_text())
+    assert part["finished"] is False and part["samples_seen"] == 32 and part["samples_budget"] == 64
+    assert [row["samples_seen"] for row in part["curve"]] == [16, 32] and part["args"]["balance"] == "none"
+    long_run.main(flags)  # resumes the run, replaces the snapshot with its results.json
+    done = json.loads((tmp_path / "prior.json").read_text())
+    assert "finished" not in done and done["samples_seen"] == 64
+    assert done["curve"][:2] == part["curve"] and len(done["curve"]) == 4 and done["train_loss_curve"]
+    long_run.main([*flags, "--snapshot"])  # a finished arm is left alone
+    assert json.loads((tmp_path / "prior.json").read_text()) == done

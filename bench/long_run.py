@@ -1,0 +1,91 @@
+"""Benchmark behind the README section "At the prior work's budget": 10M noise samples, the prior work's final
+budget, for our default recipe and for the prior work's, on the teacher we ship.
+
+    python bench/long_run.py --data-dir ../shared/data              # run or resume each arm in turn
+    python bench/long_run.py --data-dir ../shared/data --snapshot   # only write each arm's curve so far
+    python bench/report.py                                          # README table from results/long_run/
+
+On a 2-core CPU without bf16 one arm takes about 16 hours, so it runs over several sittings: each start resumes the
+unfinished run from its last checkpoint (every 100 steps, about 2.5 minutes here). --snapshot copies each arm's
+curve so far from its checkpoint to results/long_run/<arm>.json with "finished": false, so that a curve in progress
+can be committed; the finished run's results.json replaces it.
+
+Arms (one run of cs_rejection_bn.py each, shipped ResNet-20 teacher -> ResNet-20, seed 0):
+- ours: the defaults (fitted noise, CS + rejection, Adam 2e-3 with warm-up and cosine decay over the whole budget).
+- prior: the prior work's recipe (white noise, CS, no balancing, Adam 1e-3 constant).
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+import common  # noqa: E402
+import cs_rejection_bn  # noqa: E402
+from _runs import attach_loss_curve, run_or_resume  # noqa: E402
+
+ARMS = {  # name: flags on top of the shipped teacher and the budget
+    "ours": [],
+    "prior": ["--no-fit-noise", "--balance", "none", "--lr", "1e-3", "--schedule", "constant"],
+}
+RUNS = REPO / "runs" / "bench_long_run"
+
+
+def argv_of(arm, args):
+    steps = -(-args.samples // args.batch_size)  # the budget, rounded up to whole steps
+    return [*ARMS[arm], "--data-dir", args.data_dir, "--seed", str(args.seed), "--batch-size", str(args.batch_size),
+            "--steps", str(steps), "--eval-every", str(args.eval_every), "--ckpt-every", str(args.ckpt_every)]
+
+
+def snapshot(arm, run_root, target):
+    """The curve so far of the arm's unfinished run, from its checkpoint, written to target with "finished": false;
+    returns False when there is nothing to write (no run yet, or the run has finished: its results.json is the
+    result)."""
+    unfinished = [d for d in sorted(Path(run_root).glob("*"))
+                  if (d / "checkpoint.pt").exists() and not (d / "results.json").exists()]
+    if not unfinished:
+        return False
+    ck = common.load_checkpoint(unfinished[-1] / "checkpoint.pt")
+    a = ck["args"]
+    _, info = common.load_teacher(a["teacher"], common.teacher_ckpt_or_exit(a["teacher"], a["dataset"],
+                                                                            a["teacher_ckpt"]))
+    rows = common.MetricsLog.read(unfinished[-1] / "metrics.jsonl")
+    common.write_json(target, {
+        "finished": False, "arm": arm, "args": a, "teacher/acc_recorded": info["test_acc"],
+        "samples_seen": ck["stats"]["student_samples"], "samples_budget": a["steps"] * a["batch_size"],
+        "curve": ck["curve"], "noise/fitted": ck.get("noise_params") and {
+            k: v.tolist() if hasattr(v, "tolist") else v for k, v in ck["noise_params"].items()},
+        "train_loss_curve": [[r["step"] * a["batch_size"], r["train/loss"]] for r in rows if "train/loss" in r],
+        "provenance": common.provenance(a["device"], ck.get("wall_s"), ck.get("resumed_at", []))})
+    return True
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data-dir", default="./data", help="folder of cifar10_test.npz")
+    p.add_argument("--arms", nargs="*", default=list(ARMS), choices=list(ARMS), help="arms, run in this order")
+    p.add_argument("--samples", type=int, default=10_000_000, help="noise samples per arm (the prior work's budget)")
+    p.add_argument("--batch-size", type=int, default=256, help="noise samples per student update")
+    p.add_argument("--eval-every", type=int, default=500, help="evaluate every this many steps (500: 128k samples)")
+    p.add_argument("--ckpt-every", type=int, default=100, help="save a resumable checkpoint every this many steps")
+    p.add_argument("--seed", type=int, default=0, help="seed of every arm")
+    p.add_argument("--snapshot", action="store_true", help="only write each unfinished arm's curve so far")
+    p.add_argument("--runs-dir", default=str(RUNS), help="run folders go here, one subfolder per arm")
+    p.add_argument("--out", default=str(REPO / "results" / "long_run"), help="where the results JSONs go")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for arm in args.arms:
+        target, run_root = out / f"{arm}.json", Path(args.runs_dir) / arm
+        if target.exists() and json.loads(target.read_text()).get("finished", True):
+            print(f"{target.name}: done already")
+        elif args.snapshot:
+            print(f"{target.name}: " + ("curve so far written" if snapshot(arm, run_root, target) else "no run yet"))
+        else:
+            run_or_resume(cs_rejection_bn, argv_of(arm, args), run_root, target)
+            attach_loss_curve(target, run_root)
+
+
+if __name__ == "__main__":
+    main()
