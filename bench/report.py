@@ -625,9 +625,10 @@ def teacher_on_noise_block():
                                     for x in r["rows"]]))
 
 
-LONG_RUN = [("ours", "our default recipe: fitted noise, CS + rejection, Adam 2e-3 cosine over the budget"),
-            ("prior", "the prior work's recipe: white noise, CS, Adam 1e-3 constant")]
-LONG_RUN_POINTS = [128_000 * 2 ** k for k in range(7)]  # 128k ... 8.2M, then the end of the budget
+LONG_RUN = [("ours_1m", "our default recipe (fitted noise, CS + rejection, Adam 2e-3 cosine over the budget)"),
+            ("ours", "our default recipe"),
+            ("prior", "the prior work's recipe (white noise, CS, Adam 1e-3 constant)")]
+LONG_RUN_POINTS = [128_000 * 2 ** k for k in range(7)]  # 128k ... 8.2M; then each arm's end of budget
 
 
 def long_run_block():
@@ -635,28 +636,29 @@ def long_run_block():
     if not any(runs.values()):
         return "_Not started yet: `python bench/long_run.py`._"
     r0 = next(r for r in runs.values() if r)
-    budget = r0["args"]["steps"] * r0["args"]["batch_size"]
     teacher = r0.get("teacher/acc", r0.get("teacher/acc_recorded"))
-    heads = [f"{n / 1e6:.2g}M" if n >= 1e6 else f"{n // 1000}k" for n in [*LONG_RUN_POINTS, budget]]
+    heads = [f"{n / 1e6:.3g}M" if n >= 1e6 else f"{n // 1000}k" for n in LONG_RUN_POINTS]
     rows = []
     for arm, label in LONG_RUN:
         r = runs[arm]
         if r is None:
-            rows.append([f"`{arm}`", label, "not started", *[""] * (len(heads) + 1)])
+            rows.append([f"`{arm}`", label, "", "not started", *[""] * (len(heads) + 2)])
             continue
+        budget = r["args"]["steps"] * r["args"]["batch_size"]
         at = {row["samples_seen"]: accs(row) for row in r["curve"]}
         loss = r.get("train_loss_curve", [])[-5:]
-        rows.append([f"`{arm}`", label, f"{r['samples_seen'] / 1e6:.2f}M" + (" (running)" if r.get("finished") is
-                                                                            False else ""),
-                     *[at.get(n, "") for n in [*LONG_RUN_POINTS, budget]],
+        rows.append([f"`{arm}`", label, f"{budget / 1e6:.3g}M",
+                     f"{r['samples_seen'] / 1e6:.2f}M" + (" (running)" if r.get("finished") is False else ""),
+                     *[at.get(n, "") for n in LONG_RUN_POINTS], at.get(budget, ""),
                      f"{np.mean([v for _, v in loss]):.2f}" if loss else "n/a"])
     return "\n".join([
         f"`python bench/long_run.py --data-dir ../shared/data`: the shipped ResNet-20 ({pct(teacher)}%) -> ResNet-20, "
-        f"seed {r0['args']['seed']}, {budget:,} noise samples per arm (the prior work's budget). CIFAR-10 test accuracy "
-        "(%) with the student's running statistics / with test-batch statistics (batch 256) after each number of "
-        "noise samples; KD loss: the mean of the last 50 steps' logged losses. A run still going shows its curve so "
-        f"far (committed from its checkpoint). Measured on {r0['provenance']['device']}.", "",
-        *table("llr" + "l" * len(heads) + "r", ["arm", "recipe", "samples so far", *heads, "KD loss"], rows)])
+        f"seed {r0['args']['seed']}. CIFAR-10 test accuracy (%) with the student's running statistics / with "
+        "test-batch statistics (batch 256) after each number of noise samples, and at the end of the arm's budget; KD "
+        "loss: the mean of the last 50 steps' logged losses. A run still going shows its curve so far (committed "
+        f"from its checkpoint). Measured on {r0['provenance']['device']}.", "",
+        *table("llrr" + "l" * (len(heads) + 1) + "r", ["arm", "recipe", "budget", "samples so far", *heads,
+                                                      "end of budget", "KD loss"], rows)])
 
 
 HEADLINE = [  # (results file, what it is): the README's first table

@@ -174,9 +174,10 @@ def test_teacher_on_noise_writes_every_mode_for_every_teacher_it_finds(tiny_data
 def test_long_run_snapshots_an_unfinished_arm_then_resumes_it_to_the_finished_result(tiny_data, tmp_path, monkeypatch):
     flags = ["--data-dir", str(tiny_data), "--arms", "prior", "--samples", "60", "--batch-size", "16",
              "--eval-every", "1", "--ckpt-every", "1", "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path)]
-    assert long_run.argv_of("prior", argparse.Namespace(
-        samples=60, batch_size=16, data_dir="d", seed=0, eval_every=1, ckpt_every=1))[-8:] == [
-        "--batch-size", "16", "--steps", "4", "--eval-every", "1", "--ckpt-every", "1"]  # 60 samples: 4 whole steps
+    budget = lambda arm, samples: long_run.argv_of(arm, argparse.Namespace(
+        samples=samples, batch_size=16, data_dir="d", seed=0, eval_every=1, ckpt_every=1))[-8:]
+    assert budget("prior", 60) == ["--batch-size", "16", "--steps", "4", "--eval-every", "1", "--ckpt-every", "1"]
+    assert budget("ours_1m", None)[3] == str(62_500) and budget("ours", None)[3] == str(625_000)
     with monkeypatch.context() as m:
         crash_after_second_save(m)
         with pytest.raises(SystemExit, match="130"):  # the interrupt, as cs_rejection_bn reports it
