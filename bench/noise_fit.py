@@ -32,13 +32,17 @@ ARMS = {  # name: flags on top of cs_rejection_bn.py's defaults
     "prior_fit": [*PRIOR, "--fit-noise"],       # the same recipe, noise fitted to the teacher's BN statistics
     "default_white": ["--no-fit-noise"],        # CS + rejection, Adam 2e-3 cosine, white noise
     "default_fit": ["--fit-noise"],             # the same with the fitted noise
+    "default_fit_b64": ["--fit-noise", "--batch-size", "64"],  # the same, 4x the updates for the same samples
+    "default_fit_b32": ["--fit-noise", "--batch-size", "32"],  # 8x
 }
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data-dir", default="./data", help="folder of cifar10_test.npz")
-    p.add_argument("--steps", type=int, default=500, help="student steps of 256 noise samples per arm")
+    p.add_argument("--steps", type=int, default=500,
+                   help="the budget, in steps of 256 noise samples (an arm with smaller batches takes more steps, and "
+                        "evaluates and saves at the same numbers of samples)")
     p.add_argument("--runs", nargs="*", default=["aka20:prior_fit:0", "aka20:prior_white:1", "aka20:prior_fit:1",
                                                  "ours20:default_fit:0", "ours20:default_fit:1", "aka56:prior_fit:0",
                                                  "aka20:prior_white:0"],
@@ -54,8 +58,11 @@ def main():
         if target.exists():
             print(f"{target.name}: done already")
         else:
+            flags = ARMS[arm]
+            per = 256 // (int(flags[flags.index("--batch-size") + 1]) if "--batch-size" in flags else 256)
             run_or_resume(cs_rejection_bn, [*TEACHERS[teacher], "--data-dir", args.data_dir, "--steps",
-                                            str(args.steps), "--seed", seed, *ARMS[arm]], run_root, target)
+                                            str(args.steps * per), "--eval-every", str(125 * per), "--ckpt-every",
+                                            str(100 * per), "--seed", seed, *flags], run_root, target)
         attach_loss_curve(target, run_root)
 
 

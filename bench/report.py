@@ -451,6 +451,8 @@ NOISE_FIT_ROWS = [  # (teacher, arm, label): the order of the table's rows
     ("aka20", "prior_fit", "shared ResNet-20 (91.7%)", "prior work's recipe, fitted noise (`--fit-noise`)"),
     ("ours20", "default_white", "shipped ResNet-20 (89.9%)", "our recipe (CS + rejection, Adam 2e-3 cosine), white"),
     ("ours20", "default_fit", "shipped ResNet-20 (89.9%)", "our recipe, fitted noise"),
+    ("ours20", "default_fit_b64", "shipped ResNet-20 (89.9%)", "our recipe, fitted noise, batch 64 (`--batch-size 64`)"),
+    ("ours20", "default_fit_b32", "shipped ResNet-20 (89.9%)", "our recipe, fitted noise, batch 32"),
 ]
 
 
@@ -502,7 +504,7 @@ def noise_fit_figure(path):
         return
     last = max(row["samples_seen"] for r in runs.values() if "source" not in r for row in r["curve"])
     colors = {"prior_white": "tab:gray", "prior_fit": "tab:blue", "default_white": "tab:orange",
-              "default_fit": "tab:red"}
+              "default_fit": "tab:red", "default_fit_b64": "tab:purple", "default_fit_b32": "tab:green"}
     styled = [(r, dict(color=colors[arm], ls="-" if r["args"]["seed"] == 0 else "--",
                        label=f"{tlabel}: {label}, seed {r['args']['seed']}")) for arm, tlabel, label, r in table_rows]
     fig, axes = learning_curves([([row for row in r["curve"] if row["samples_seen"] <= last], style)

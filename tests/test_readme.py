@@ -310,6 +310,11 @@ def test_what_the_readme_says_about_the_factor_study_holds():
     assert max(centre) < min(arms) < max(centre) + 0.05
     assert [round(100 * c, 1) for c in centre] == [23.2, 24.4]
     assert all(final(k) > final("white__s0") + 0.1 for k in ("centre__s0", "centre__s1"))  # the fitted-white gap
+    if {"tau4__s1", "batch64__s1"} <= set(runs):
+        assert pair("tau4__s1") == (24.5, 25.1) and pair("centre__s1") == (24.7, 24.4)
+        assert pair("batch64__s1") == (30.3, 28.5)
+        gains = [b - c for s in ("s0", "s1") for b, c in zip(pair(f"batch64__{s}"), pair(f"centre__{s}"))]
+        assert f"{min(gains):.1f} to {max(gains):.1f}" == "1.9 to 5.6"
     if "lr3e-4__s0" in runs:
         first = lambda k: [round(100 * runs[k]["curve"][0][key], 1) for key in ("eval/acc_running", "eval/acc_batchstats")]
         assert first("lr3e-4__s0") == [15.1, 15.6] and first("centre__s0") == [20.5, 18.3]
