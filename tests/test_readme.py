@@ -263,7 +263,8 @@ def test_what_the_readme_says_about_the_fitted_default_run_holds():
 
 def test_what_the_readme_says_about_smaller_batches_in_our_recipe_holds():
     folder = REPO / "results" / "noise_fit"
-    stems = [f"ours20__{arm}__s{seed}" for arm in ("default_fit", "default_fit_b64", "default_fit_b32") for seed in (0, 1)]
+    stems = [f"ours20__{arm}__s{seed}" for arm in ("default_fit", "default_fit_b64", "default_fit_b32")
+             for seed in (0, 1)]
     if not all((folder / f"{s}.json").exists() for s in stems):
         pytest.skip("the batch arms are not complete yet")
     runs = {s: json.loads((folder / f"{s}.json").read_text()) for s in stems}
@@ -271,8 +272,8 @@ def test_what_the_readme_says_about_smaller_batches_in_our_recipe_holds():
     assert all(r["samples_seen"] == 128_000 for r in runs.values())
     assert [pair(f"ours20__default_fit_b32__s{seed}") for seed in (0, 1)] == [(27.6, 33.3), (25.4, 32.3)]
     assert [pair(f"ours20__default_fit_b64__s{seed}") for seed in (0, 1)] == [(26.8, 32.6), (23.9, 31.7)]
-    gains = [[round(b - a, 1) for a, b in zip(pair(f"ours20__default_fit__s{seed}"), pair(f"ours20__default_fit_b32__s{seed}"))]
-             for seed in (0, 1)]
+    gains = [[round(b - a, 1) for a, b in zip(pair(f"ours20__default_fit__s{seed}"),
+                                              pair(f"ours20__default_fit_b32__s{seed}"))] for seed in (0, 1)]
     assert gains == [[1.9, 4.2], [1.6, 4.1]]
     gaps = [r["eval/acc_batchstats"] - r["eval/acc_running"] for s, r in runs.items() if "_b" in s]
     assert f"{100 * min(gaps):.1f}-{100 * max(gaps):.1f}" == "5.7-7.7"
@@ -315,7 +316,8 @@ def test_what_the_readme_says_about_the_factor_study_holds():
     of_teacher = lambda k: tuple(round(final(k, key) / runs[k]["teacher/acc"], 2)
                                  for key in ("eval/acc_running", "eval/acc_batchstats"))
     fitted = [k for k in runs if not k.startswith(("white", "running", "alpha2", "teacher"))]
-    assert f"{min(ratio[k] for k in fitted):.2f}-{max(ratio[k] for k in fitted):.2f}" == "0.85-0.92"
+    assert f"{min(ratio[k] for k in fitted):.2f}-{max(ratio[k] for k in fitted):.2f}" == "0.84-0.92"
+    assert min(ratio[k] for k in fitted if not k.startswith("mse")) >= 0.85  # the MSE arm alone reaches 0.84
     assert abs(ratio["white__s0"] - 1) < 0.01
     assert f"{tail(runs['white__s0']):.2f} against {runs['white__s0']['bench/kd_loss_constant_student']:.2f}" == \
         "1.67 against 1.67"
@@ -331,11 +333,14 @@ def test_what_the_readme_says_about_the_factor_study_holds():
     assert max(centre) < min(arms) < max(centre) + 0.05
     assert [round(100 * c, 1) for c in centre] == [23.2, 24.4]
     assert all(final(k) > final("white__s0") + 0.1 for k in ("centre__s0", "centre__s1"))  # the fitted-white gap
-    if {"tau4__s1", "batch64__s1"} <= set(runs):
+    if {"tau4__s1", "batch64__s1", "lr3e-3__s1", "mse__s1"} <= set(runs):
         assert pair("tau4__s1") == (24.5, 25.1) and pair("centre__s1") == (24.7, 24.4)
-        assert pair("batch64__s1") == (30.3, 28.5)
-        gains = [b - c for s in ("s0", "s1") for b, c in zip(pair(f"batch64__{s}"), pair(f"centre__{s}"))]
-        assert f"{min(gains):.1f} to {max(gains):.1f}" == "1.9 to 5.6"
+        gain = lambda arm: [round(b - c, 1) for s in ("s0", "s1")
+                            for b, c in zip(pair(f"{arm}__{s}"), pair(f"centre__{s}"))]
+        span = lambda arm: f"{min(gain(arm)):.1f} to {max(gain(arm)):.1f}"
+        assert gain("lr3e-3")[0::2] == [-0.6, 0.6]  # eval mode, seeds 0 and 1
+        assert pair("batch64__s1") == (30.3, 28.5) and span("batch64") == "1.9 to 5.6"
+        assert pair("mse__s1") == (25.6, 26.4) and span("mse") == "0.9 to 3.7"
     if "lr3e-4__s0" in runs:
         first = lambda k: [round(100 * runs[k]["curve"][0][key], 1) for key in ("eval/acc_running", "eval/acc_batchstats")]
         assert first("lr3e-4__s0") == [15.1, 15.6] and first("centre__s0") == [20.5, 18.3]
