@@ -9,11 +9,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import common  # noqa: E402
 
 
+def unfinished_runs(run_root):
+    """The run folders under run_root that have a checkpoint but no results.json (stopped before their end), in name
+    (= start time) order."""
+    return [d for d in sorted(Path(run_root).glob("*"))
+            if (d / "checkpoint.pt").exists() and not (d / "results.json").exists()]
+
+
+def batch_size_of(script, flags):
+    """The batch size a run of script with these flags uses: the flag's value, else the script's own default."""
+    return script.parse_args(list(flags)).batch_size
+
+
 def run_or_resume(script, argv, run_root, target):
     """script.main(argv) with --out-dir run_root, or --resume of the newest unfinished run there; then copy the
     newest results.json under run_root to target."""
     run_root = Path(run_root)
-    unfinished = [d for d in sorted(run_root.glob("*")) if (d / "checkpoint.pt").exists() and not (d / "results.json").exists()]
+    unfinished = unfinished_runs(run_root)
     argv = ["--resume", str(unfinished[-1])] if unfinished else [*argv, "--out-dir", str(run_root)]
     print(f"=== {Path(target).stem}: {Path(script.__file__).name} {' '.join(argv)}", flush=True)
     script.main(argv)

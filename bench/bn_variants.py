@@ -14,7 +14,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 import cs_rejection_bn  # noqa: E402
-from _runs import run_or_resume  # noqa: E402
+from _runs import batch_size_of, run_or_resume  # noqa: E402
 
 TEACHER = ["--teacher", "resnet20", "--teacher-ckpt", str(REPO.parent / "shared/teachers/akamaster_resnet20-12fca82f.th"),
            "--no-fit-noise"]  # this table is the paper's white noise (and --noise-alpha): bench/noise_fit.py fits it
@@ -50,7 +50,7 @@ def main():
         run_root = REPO / "runs" / f"bench_bn_variants_s{args.seed}" / name
         flags = VARIANTS[name]
         # The budget is in noise samples: a variant with another batch size gets the steps that keep it.
-        batch = int(flags[flags.index("--batch-size") + 1]) if "--batch-size" in flags else 256
+        batch = batch_size_of(cs_rejection_bn, [*TEACHER, *flags])
         run_or_resume(cs_rejection_bn, [*TEACHER, "--data-dir", args.data_dir, "--steps", str(args.steps * 256 // batch),
                                         "--seed", str(args.seed), *flags], run_root, target)
 

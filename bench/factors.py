@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 import common  # noqa: E402
 import cs_rejection_bn  # noqa: E402
-from _runs import attach_loss_curve, run_or_resume  # noqa: E402
+from _runs import attach_loss_curve, batch_size_of, run_or_resume  # noqa: E402
 
 TEACHER = ["--teacher", "resnet20", "--teacher-ckpt",
            str(REPO.parent / "shared" / "teachers" / "akamaster_resnet20-12fca82f.th")]
@@ -85,7 +85,7 @@ def main():
     for run in args.runs:
         arm, seed = run.split(":")
         flags = ARMS[arm][0]
-        batch = int(flags[flags.index("--batch-size") + 1]) if "--batch-size" in flags else 256
+        batch = batch_size_of(cs_rejection_bn, [*CENTRE, *flags])
         steps = args.samples // batch
         target = out / f"{arm}__s{seed}.json"
         run_root = REPO / "runs" / "bench_factors" / f"{arm}__s{seed}"

@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 import common  # noqa: E402
 import cs_rejection_bn  # noqa: E402
-from _runs import attach_loss_curve, run_or_resume  # noqa: E402
+from _runs import attach_loss_curve, run_or_resume, unfinished_runs  # noqa: E402
 
 ARMS = {  # name: (flags on top of the shipped teacher, budget in noise samples), run in this order
     "ours_1m": ([], 1_000_000),
@@ -46,8 +46,7 @@ def snapshot(arm, run_root, target):
     """The curve so far of the arm's unfinished run, from its checkpoint, written to target with "finished": false;
     returns False when there is nothing to write (no run yet, or the run has finished: its results.json is the
     result)."""
-    unfinished = [d for d in sorted(Path(run_root).glob("*"))
-                  if (d / "checkpoint.pt").exists() and not (d / "results.json").exists()]
+    unfinished = unfinished_runs(run_root)
     if not unfinished:
         return False
     ck = common.load_checkpoint(unfinished[-1] / "checkpoint.pt")

@@ -17,7 +17,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 import cs_rejection_bn  # noqa: E402
-from _runs import attach_loss_curve, run_or_resume  # noqa: E402
+from _runs import attach_loss_curve, batch_size_of, run_or_resume  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "teachers"
 TEACHERS = {  # name: flags; the akamaster teachers are the ones users bring (we did not train them)
@@ -59,7 +59,7 @@ def main():
             print(f"{target.name}: done already")
         else:
             flags = ARMS[arm]
-            per = 256 // (int(flags[flags.index("--batch-size") + 1]) if "--batch-size" in flags else 256)
+            per = 256 // batch_size_of(cs_rejection_bn, flags)
             run_or_resume(cs_rejection_bn, [*TEACHERS[teacher], "--data-dir", args.data_dir, "--steps",
                                             str(args.steps * per), "--eval-every", str(125 * per), "--ckpt-every",
                                             str(100 * per), "--seed", seed, *flags], run_root, target)
