@@ -33,7 +33,7 @@ TEACHER = ["--teacher", "resnet20", "--teacher-ckpt",
            str(REPO.parent / "shared" / "teachers" / "akamaster_resnet20-12fca82f.th")]
 TRAINED = REPO / "runs" / "bench_factors" / "teachers"  # the short-trained teachers of the teacher arms
 CENTRE = ["--teacher-bn", "cs", "--balance", "none", "--optimizer", "adam", "--lr", "1e-3", "--schedule", "constant",
-          "--tau", "1", "--fit-noise"]
+          "--tau", "1", "--fit-noise", "--batch-size", "256"]
 ARMS = {  # name: (flags on top of CENTRE, what changes); the README lists them in this order
     "centre": ([], "the centre: prior recipe, fitted noise"),
     "white": (["--no-fit-noise"], "noise: white N(0, I), the paper's"),

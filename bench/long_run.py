@@ -6,15 +6,15 @@ budget (10M noise samples), and ours at 1M, on the teacher we ship.
     python bench/report.py                                          # README table from results/long_run/
 
 On a 2-core CPU without bf16 a 10M arm takes about 16 hours, so it runs over several sittings: each start resumes the
-unfinished run from its last checkpoint (every 100 steps, about 2.5 minutes here). --snapshot copies each arm's
+unfinished run from its last checkpoint (every 25,600 samples, about 3 minutes here). --snapshot copies each arm's
 curve so far from its checkpoint to results/long_run/<arm>.json with "finished": false, so that a curve in progress
 can be committed; the finished run's results.json replaces it.
 
 Arms (one run of cs_rejection_bn.py each, shipped ResNet-20 teacher -> ResNet-20, seed 0):
-- ours_1m: the defaults (fitted noise, CS + rejection, Adam 2e-3 with warm-up and cosine decay over the budget) for
-  1M samples: what the default run gives in 15 minutes on a 2-core CPU with bf16 (about 1,165 samples/s there).
+- ours_1m: the defaults (fitted noise, CS + rejection, batches of 32, Adam 2e-3 with warm-up and cosine decay over
+  the budget) for 1M samples: what the default run gives in 15 minutes on a 2-core CPU with bf16 (about 1,165 samples/s there).
 - ours: the defaults for 10M samples.
-- prior: the prior work's recipe (white noise, CS, no balancing, Adam 1e-3 constant) for 10M samples.
+- prior: the prior work's recipe (white noise, CS, no balancing, batches of 256, Adam 1e-3 constant) for 10M samples.
 """
 import argparse
 import json
@@ -27,19 +27,22 @@ import common  # noqa: E402
 import cs_rejection_bn  # noqa: E402
 from _runs import attach_loss_curve, run_or_resume, unfinished_runs  # noqa: E402
 
-ARMS = {  # name: (flags on top of the shipped teacher, budget in noise samples), run in this order
-    "ours_1m": ([], 1_000_000),
-    "ours": ([], 10_000_000),
-    "prior": (["--no-fit-noise", "--balance", "none", "--lr", "1e-3", "--schedule", "constant"], 10_000_000),
+ARMS = {  # name: (flags on top of the shipped teacher, budget in noise samples, batch size), run in this order
+    "ours_1m": ([], 1_000_000, 32),
+    "ours": ([], 10_000_000, 32),
+    "prior": (["--no-fit-noise", "--balance", "none", "--lr", "1e-3", "--schedule", "constant"], 10_000_000, 256),
 }
+EVAL_SAMPLES, CKPT_SAMPLES = 128_000, 25_600  # by default, evaluate and save at these sample counts, whatever the batch
 RUNS = REPO / "runs" / "bench_long_run"
 
 
 def argv_of(arm, args):
-    flags, samples = ARMS[arm]
-    steps = -(-(args.samples or samples) // args.batch_size)  # the budget, rounded up to whole steps
-    return [*flags, "--data-dir", args.data_dir, "--seed", str(args.seed), "--batch-size", str(args.batch_size),
-            "--steps", str(steps), "--eval-every", str(args.eval_every), "--ckpt-every", str(args.ckpt_every)]
+    flags, samples, batch = ARMS[arm]
+    batch = args.batch_size or batch
+    steps = -(-(args.samples or samples) // batch)  # the budget, rounded up to whole steps
+    eval_every, ckpt_every = args.eval_every or EVAL_SAMPLES // batch, args.ckpt_every or CKPT_SAMPLES // batch
+    return [*flags, "--data-dir", args.data_dir, "--seed", str(args.seed), "--batch-size", str(batch),
+            "--steps", str(steps), "--eval-every", str(eval_every), "--ckpt-every", str(ckpt_every)]
 
 
 def snapshot(arm, run_root, target):
@@ -69,9 +72,12 @@ def main(argv=None):
     p.add_argument("--data-dir", default="./data", help="folder of cifar10_test.npz")
     p.add_argument("--arms", nargs="*", default=list(ARMS), choices=list(ARMS), help="arms, run in this order")
     p.add_argument("--samples", type=int, default=None, help="noise samples per arm (default: each arm's own budget)")
-    p.add_argument("--batch-size", type=int, default=256, help="noise samples per student update")
-    p.add_argument("--eval-every", type=int, default=500, help="evaluate every this many steps (500: 128k samples)")
-    p.add_argument("--ckpt-every", type=int, default=100, help="save a resumable checkpoint every this many steps")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="noise samples per student update (default: each arm's own, 32 for ours, 256 for prior)")
+    p.add_argument("--eval-every", type=int, default=None,
+                   help=f"evaluate every this many steps (default: every {EVAL_SAMPLES:,} samples)")
+    p.add_argument("--ckpt-every", type=int, default=None,
+                   help=f"save a resumable checkpoint every this many steps (default: every {CKPT_SAMPLES:,} samples)")
     p.add_argument("--seed", type=int, default=0, help="seed of every arm")
     p.add_argument("--snapshot", action="store_true", help="only write each unfinished arm's curve so far")
     p.add_argument("--runs-dir", default=str(RUNS), help="run folders go here, one subfolder per arm")

@@ -450,9 +450,9 @@ NOISE_FIT_ROWS = [  # (teacher, arm, label): the order of the table's rows
     ("aka20", "prior_white", "shared ResNet-20 (91.7%)", "prior work's recipe, white noise (the paper's)"),
     ("aka20", "prior_fit", "shared ResNet-20 (91.7%)", "prior work's recipe, fitted noise (`--fit-noise`)"),
     ("ours20", "default_white", "shipped ResNet-20 (89.9%)", "our recipe (CS + rejection, Adam 2e-3 cosine), white"),
-    ("ours20", "default_fit", "shipped ResNet-20 (89.9%)", "our recipe, fitted noise"),
+    ("ours20", "default_fit", "shipped ResNet-20 (89.9%)", "our recipe, fitted noise, batch 256 (the former default)"),
     ("ours20", "default_fit_b64", "shipped ResNet-20 (89.9%)", "our recipe, fitted noise, batch 64 (`--batch-size 64`)"),
-    ("ours20", "default_fit_b32", "shipped ResNet-20 (89.9%)", "our recipe, fitted noise, batch 32"),
+    ("ours20", "default_fit_b32", "shipped ResNet-20 (89.9%)", "our recipe, fitted noise, batch 32 (the default)"),
 ]
 
 
@@ -627,9 +627,9 @@ def teacher_on_noise_block():
                                     for x in r["rows"]]))
 
 
-LONG_RUN = [("ours_1m", "our default recipe (fitted noise, CS + rejection, Adam 2e-3 cosine over the budget)"),
+LONG_RUN = [("ours_1m", "our default recipe (fitted noise, CS + rejection, batch 32, Adam 2e-3 cosine over the budget)"),
             ("ours", "our default recipe"),
-            ("prior", "the prior work's recipe (white noise, CS, Adam 1e-3 constant)")]
+            ("prior", "the prior work's recipe (white noise, CS, batch 256, Adam 1e-3 constant)")]
 LONG_RUN_POINTS = [128_000 * 2 ** k for k in range(7)]  # 128k ... 8.2M; then each arm's end of budget
 
 
@@ -665,8 +665,11 @@ def long_run_block():
 
 HEADLINE = [  # (results file, what it is): the README's first table
     ("default_run.json", "`python cs_rejection_bn.py` (the default: fitted noise, CS + rejection)"),
+    ("noise_fit/ours20__default_fit_b32__s1.json", "the same, seed 1"),
+    ("noise_fit/ours20__default_fit__s0.json", "the same with batches of 256 (the former default)"),
     ("noise_fit/ours20__default_fit__s1.json", "the same, seed 1"),
-    ("default_run_white_256k.json", "the same with the paper's white noise (`--no-fit-noise`), twice the budget"),
+    ("default_run_white_256k.json", "the former default with the paper's white noise (`--no-fit-noise`), twice the "
+                                    "budget"),
     ("noise_fit/aka20__prior_fit__s0.json", "prior work's recipe with fitted noise, the shared teacher"),
     ("noise_fit/aka20__prior_fit__s1.json", "the same, seed 1"),
     ("bn_variants/prior_recipe.json", "prior work's recipe, white noise (the paper's), the shared teacher"),
@@ -684,10 +687,10 @@ def headline_block():
         device = prov["device"].split("(", 1)[-1].rsplit(")", 1)[0] if "(" in prov["device"] else prov["device"]
         device = device.replace("cpu,", "CPU (name not recorded),", 1) if device.startswith("cpu,") else device
         rows.append([label, f"{a['teacher']} ({pct(r['teacher/acc'])}%) -> {a['student']}",
-                     f"{r['samples_seen'] // 1000}k", *(f"{pct(r[k])}%" for k in PROTOCOLS),
+                     f"{r['samples_seen'] // 1000}k", a["batch_size"], *(f"{pct(r[k])}%" for k in PROTOCOLS),
                      f"{prov['wall_time_s'] / 60:.0f} min" if prov.get("wall_time_s") else "n/a",
                      device + (", bf16" if a.get("bf16") else "")])
-    lines = table("llrrrrl", ["run", "teacher -> student", "noise samples", "student, eval mode",
+    lines = table("llrrrrrl", ["run", "teacher -> student", "noise samples", "batch", "student, eval mode",
                               "student, test-batch statistics", "wall time", "hardware"], rows)
     lines += ["", "Wall time as measured on a shared 2-core machine: tests ran beside some of these runs, so it is an "
               "upper bound; the AMD EPYC has no bf16 and runs fp32, several times slower per step than the Xeon with "

@@ -178,6 +178,10 @@ def test_long_run_snapshots_an_unfinished_arm_then_resumes_it_to_the_finished_re
         samples=samples, batch_size=16, data_dir="d", seed=0, eval_every=1, ckpt_every=1))[-8:]
     assert budget("prior", 60) == ["--batch-size", "16", "--steps", "4", "--eval-every", "1", "--ckpt-every", "1"]
     assert budget("ours_1m", None)[3] == str(62_500) and budget("ours", None)[3] == str(625_000)
+    own = lambda arm: long_run.argv_of(arm, argparse.Namespace(samples=None, batch_size=None, data_dir="d", seed=0,
+                                                               eval_every=None, ckpt_every=None))[-8:]
+    assert own("ours_1m") == ["--batch-size", "32", "--steps", "31250", "--eval-every", "4000", "--ckpt-every", "800"]
+    assert own("prior") == ["--batch-size", "256", "--steps", "39063", "--eval-every", "500", "--ckpt-every", "100"]
     with monkeypatch.context() as m:
         crash_after_second_save(m)
         with pytest.raises(SystemExit, match="130"):  # the interrupt, as cs_rejection_bn reports it
