@@ -24,6 +24,7 @@ is ours, named in a comment and exposed as a flag.
 """
 import argparse
 import contextlib
+import copy
 import math
 import random
 import sys
@@ -72,6 +73,12 @@ def parse_args(argv=None):
                         "teacher's BatchNorm running statistics hold on it (ours; the noise stays Gaussian); "
                         "--no-fit-noise: the paper's white noise")
     p.add_argument("--fit-noise-steps", type=int, default=100, help="--fit-noise: Adam steps of the fit")
+    p.add_argument("--calibrate-bn", action=argparse.BooleanOptionalAction, default=False,
+                   help="ours, after training: re-estimate the student's BN statistics on inputs optimized to the "
+                        "teacher's BN statistics (synthesized, no image read); reported as eval/acc_calibrated and "
+                        "saved as student_calibrated.pt beside the checkpoint")
+    p.add_argument("--calibrate-samples", type=int, default=512, help="--calibrate-bn: inputs to synthesize")
+    p.add_argument("--calibrate-steps", type=int, default=100, help="--calibrate-bn: Adam steps per batch of 256")
     p.add_argument("--tau", type=float, default=1.0, help="distillation temperature")
     p.add_argument("--loss", default="kl", choices=["kl", "mse"],
                    help="kl: KL(teacher || student) at --tau, the paper's; mse (ours, a study arm): mean squared error "
@@ -117,8 +124,8 @@ def parse_args(argv=None):
         p.error("--noise-alpha sets the spectrum by hand: add --no-fit-noise (the default --fit-noise fits it)")
     if args.loss == "mse" and args.tau != 1:
         p.error("--tau applies to --loss kl only; --loss mse matches the logits themselves")
-    if args.fit_noise_steps < 1:
-        p.error("--fit-noise-steps must be at least 1")
+    if args.fit_noise_steps < 1 or args.calibrate_samples < 2 or args.calibrate_steps < 0:
+        p.error("need --fit-noise-steps >= 1, --calibrate-samples >= 2 and --calibrate-steps >= 0")
     return args
 
 
@@ -179,40 +186,54 @@ def teacher_forward(teacher, z, bn_mode):
         return teacher(z).float()
 
 
+@contextlib.contextmanager
+def bn_statistics_loss(teacher):
+    """Yields loss(x): how far the teacher's BatchNorm layers, in eval mode, find the batch statistics of x from the
+    mean and variance they recorded on the teacher's training data. Per layer the KL divergence between per-channel
+    Gaussians N(batch mean, batch var) and N(running mean, running var), averaged over channels; summed over layers
+    (DeepInversion's BN-statistics loss). The teacher is only read; its mode is restored and the hooks removed after."""
+    bns = [m for m in teacher.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not bns:
+        raise common.InputError("--fit-noise and --calibrate-bn need BatchNorm layers with running statistics in the "
+                                "teacher")
+    inputs = []
+    hooks = [m.register_forward_pre_hook(lambda m, a: inputs.append(a[0])) for m in bns]
+
+    def loss(x):
+        inputs.clear()
+        teacher(x)
+        total = 0.0
+        for m, h in zip(bns, inputs):
+            var, mean = torch.var_mean(h.float(), dim=(0, *range(2, h.ndim)), correction=0)
+            rv = m.running_var
+            total = total + (((mean - m.running_mean) ** 2 + var) / rv - torch.log(var / rv) - 1).mean() / 2
+        return total
+
+    was_training = teacher.training
+    teacher.eval()
+    try:
+        yield loss
+    finally:
+        for h in hooks:
+            h.remove()
+        teacher.train(was_training)
+
+
 def fit_noise(teacher, shape, steps, generator, batch_size=128, lr=0.05):
     """Choose the Gaussian the student learns from, without data: a stationary Gaussian with a 1/f^alpha spectrum,
     a C x C colour mixing (lower-triangular L: channel covariance L L^T) and a per-channel mean, fitted so that every
-    BatchNorm layer of the teacher, in eval mode, sees on it the mean and variance it recorded on its training data.
-    The loss per layer is the KL divergence between per-channel Gaussians N(batch mean, batch var) and N(running
-    mean, running var), averaged over channels and summed over layers (DeepInversion's BN-statistics loss, used here
-    to set 1 + C(C+1)/2 + C numbers of a noise distribution, not the pixels of any image). White noise puts most of
-    its power at high frequencies and no correlation between colour channels, unlike anything the teacher was
-    trained on; the fitted noise is still fresh Gaussian noise every step. Returns the parameters and the loss of
-    white noise and of the fitted noise. The teacher is only read (its parameters need no grad)."""
-    bns = [m for m in teacher.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    if not bns:
-        raise common.InputError("--fit-noise needs BatchNorm layers with running statistics in the teacher")
-    inputs = []
-    hooks = [m.register_forward_pre_hook(lambda m, a: inputs.append(a[0])) for m in bns]
+    BatchNorm layer of the teacher, in eval mode, sees on it the mean and variance it recorded on its training data
+    (bn_statistics_loss, used here to set 1 + C(C+1)/2 + C numbers of a noise distribution, not the pixels of any
+    image). White noise puts most of its power at high frequencies and no correlation between colour channels, unlike
+    anything the teacher was trained on; the fitted noise is still fresh Gaussian noise every step. Returns the
+    parameters and the loss of white noise and of the fitted noise. The teacher is only read (its parameters need no
+    grad)."""
     dev = next(teacher.parameters()).device
-
-    def bn_loss(z):
-        inputs.clear()
-        teacher(z)
-        loss = 0.0
-        for m, x in zip(bns, inputs):
-            var, mean = torch.var_mean(x.float(), dim=(0, *range(2, x.ndim)), correction=0)
-            rv = m.running_var
-            loss = loss + (((mean - m.running_mean) ** 2 + var) / rv - torch.log(var / rv) - 1).mean() / 2
-        return loss
-
     C = shape[0]
     alpha = torch.tensor(2.0, requires_grad=True)  # start from the spectrum of natural images
     chol, mean = torch.eye(C, requires_grad=True), torch.zeros(C, requires_grad=True)
     opt = torch.optim.Adam([alpha, chol, mean], lr=lr)
-    was_training = teacher.training
-    teacher.eval()
-    try:
+    with bn_statistics_loss(teacher) as bn_loss:
         with torch.no_grad():
             white = bn_loss(torch.randn((batch_size, *shape), generator=generator).to(dev)).item()
         for _ in tqdm(range(steps), desc="fitting the noise to the teacher's BN statistics", leave=False):
@@ -227,11 +248,46 @@ def fit_noise(teacher, shape, steps, generator, batch_size=128, lr=0.05):
             params = {"alpha": alpha.item(), "color": torch.tril(chol).detach().clone(), "mean": mean.detach().clone()}
             w = torch.randn((batch_size, *shape), generator=generator).to(dev)
             fitted = bn_loss(common.shape_noise(w, params["alpha"], params["color"], params["mean"])).item()
-    finally:
-        for h in hooks:
-            h.remove()
-        teacher.train(was_training)
     return params, {"noise/bn_loss_white": white, "noise/bn_loss_fitted": fitted}
+
+
+def invert_teacher_inputs(teacher, shape, n, steps, generator, noise_params=None, batch_size=256, lr=0.1, tv=1e-3):
+    """n inputs made from the teacher alone, for calibrate_bn: each batch starts as noise (the fitted noise when
+    noise_params is given) and its pixels are optimized by Adam so that the teacher's BatchNorm layers see the batch
+    statistics they recorded on their training data (bn_statistics_loss), plus a small total-variation prior
+    (tv x the mean squared difference between neighbouring pixels). DeepInversion's objective without its
+    class-conditional term: no image of any dataset is read, but these are synthesized inputs, which the paper's
+    method does without; here they are used only to re-estimate the student's BN statistics, never to train it."""
+    dev = next(teacher.parameters()).device
+    batches = []
+    with bn_statistics_loss(teacher) as bn_loss:
+        for i in range(0, n, batch_size):
+            x = common.sample_noise(min(batch_size, n - i), shape, generator, **(noise_params or {})).to(dev)
+            x.requires_grad_(True)
+            opt = torch.optim.Adam([x], lr=lr)
+            for _ in tqdm(range(steps), desc=f"inverting the teacher's BN statistics, batch {i // batch_size + 1}",
+                          leave=False):
+                smooth = (x[..., 1:, :] - x[..., :-1, :]).pow(2).mean() + (x[..., 1:] - x[..., :-1]).pow(2).mean()
+                loss = bn_loss(x) + tv * smooth
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            batches.append(x.detach())
+    return batches
+
+
+@torch.no_grad()
+def calibrate_bn(student, batches):
+    """A copy of student whose BatchNorm running statistics are re-estimated on `batches` (a cumulative average,
+    BatchNorm's momentum=None); its weights are unchanged."""
+    net = copy.deepcopy(student).train()
+    for m in net.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None
+    for x in batches:
+        net(x)
+    return net.eval()
 
 
 class RejectionSampler:
@@ -421,6 +477,8 @@ def main(argv=None):
         sys.exit(f"teacher {args.teacher} ({tinfo['norm']}) has no BatchNorm: CS does nothing; use batch_align_ln_gn.py")
     torch.manual_seed(args.seed)  # the student's initialization depends on the seed alone, not on the teacher
     student = common.build_model(args.student, num_classes, args.student_norm)
+    if args.calibrate_bn and not common.has_batchnorm(student):
+        sys.exit(f"--calibrate-bn re-estimates BatchNorm statistics: student {args.student} has none")
     teacher, student = teacher.to(args.device), student.to(args.device)
     t_fmt, s_fmt = common.memory_format(teacher, args.bf16), common.memory_format(student, args.bf16)
     teacher, student = teacher.to(memory_format=t_fmt), student.to(memory_format=s_fmt)
@@ -546,6 +604,15 @@ def main(argv=None):
         return None
 
     final = curve[-1] if curve and curve[-1]["step"] == step else evaluation()
+    if args.calibrate_bn:  # ALGO LOGIC (our option): a deployable BN student
+        batches = invert_teacher_inputs(teacher, shape, args.calibrate_samples, args.calibrate_steps,
+                                        torch.Generator().manual_seed(args.seed + 5_000), noise_params)
+        calibrated = calibrate_bn(student, batches)
+        final = {**final, "eval/acc_calibrated": evaluate(calibrated, "running")}
+        common.save_checkpoint(run_dir / "student_calibrated.pt", student=calibrated.state_dict(), args=vars(args))
+        print(f"calibrated on {args.calibrate_samples} inputs inverted from the teacher: eval mode "
+              f"{final['eval/acc_running']:.4f} -> {final['eval/acc_calibrated']:.4f} (test-batch statistics "
+              f"{final['eval/acc_batchstats']:.4f})")
     results = {"teacher/acc": teacher_acc, "teacher/acc_recorded": tinfo["test_acc"], "teacher/sha256": tinfo["sha256"],
                "teacher/ckpt": tinfo["path"], **final, **noise_summary(stats), **fit_stats,
                "noise/fitted": None if noise_params is None else {k: v.tolist() if torch.is_tensor(v) else v

@@ -1,42 +1,31 @@
-"""Deployable students without data: does re-estimating a noise-trained student's BatchNorm statistics on the noise
-fitted to the teacher (`cs_rejection_bn.fit_noise`) close the gap between plain eval mode and test-batch statistics?
+"""Deployable students without data: does re-estimating a noise-trained student's BatchNorm statistics close the gap
+between plain eval mode and test-batch statistics? Two sources of inputs, neither an image: the noise fitted to the
+teacher (`cs_rejection_bn.fit_noise`), and inputs optimized so that the teacher's BN layers see their recorded
+statistics (`cs_rejection_bn.invert_teacher_inputs`, what `--calibrate-bn` does after training).
 
-    python bench/calibrate_bn.py --data-dir ../shared/data       # about a minute per student on 2 CPU cores
+    python bench/calibrate_bn.py --data-dir ../shared/data       # about 5 minutes per student on 2 CPU cores
     python bench/report.py
 
 For every finished run of bench/noise_fit.py whose run folder is still here: load the student from its final
 checkpoint, reset its BatchNorm running statistics and re-estimate them (cumulative average, BatchNorm's
-momentum=None) on --batches batches of 256 samples of the Gaussian fitted to the run's teacher (the run's own fit when
-it trained on fitted noise; otherwise a fit made here with the same seed and settings). No image is used; the student's
-weights are not changed. Writes results/calibrate_bn.json: accuracy in eval mode as trained, after calibration, and
-with test-batch statistics (the number to reach).
+momentum=None) (a) on --batches batches of 256 samples of the Gaussian fitted to the run's teacher (the run's own fit
+when it trained on fitted noise; otherwise a fit made here with the same seed and settings), and (b) on the inputs
+that `cs_rejection_bn.py --calibrate-bn` would make for that run (its defaults: 512 inputs, 100 Adam steps per batch of
+256, starting from the fitted noise, seeded as the run would). The student's weights are not changed. Writes
+results/calibrate_bn.json: accuracy in eval mode as trained, after each calibration, and with test-batch statistics
+(the number to reach).
 """
 import argparse
-import copy
 import sys
 import time
 from pathlib import Path
 
 import torch
-import torch.nn as nn
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 import common  # noqa: E402
-import cs_rejection_bn  # noqa: E402
-
-
-@torch.no_grad()
-def calibrate(student, noise_params, shape, batches, generator, batch_size=256):
-    """A copy of student whose BatchNorm running statistics are the average over `batches` batches of fitted noise."""
-    net = copy.deepcopy(student).train()
-    for m in net.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.reset_running_stats()
-            m.momentum = None  # cumulative average over the calibration batches
-    for _ in range(batches):
-        net(common.sample_noise(batch_size, shape, generator, **noise_params))
-    return net.eval()
+import cs_rejection_bn as kd  # noqa: E402
 
 
 def main():
@@ -57,23 +46,33 @@ def main():
         a = ck["args"]
         teacher, tinfo = common.load_teacher(a["teacher"], common.teacher_ckpt_or_exit(a["teacher"], a["dataset"],
                                                                                       a["teacher_ckpt"]))
+        teacher.requires_grad_(False)  # only read: the inversion differentiates through it to the inputs
         shape = (3, *x.shape[1:3])
         params = ck.get("noise_params")
         if params is None:  # a white-noise run: fit the noise to its teacher now (same seed and settings as a run)
-            params, _ = cs_rejection_bn.fit_noise(teacher, shape, a["fit_noise_steps"],
-                                                  torch.Generator().manual_seed(a["seed"] + 3_000))
+            params, _ = kd.fit_noise(teacher, shape, a["fit_noise_steps"],
+                                     torch.Generator().manual_seed(a["seed"] + 3_000))
         student = common.build_model(a["student"], 10, a["student_norm"])
         common.load_state_strict(student, ck["student"], runs[-1] / "checkpoint.pt")
-        calibrated = calibrate(student, params, shape, args.batches, torch.Generator().manual_seed(a["seed"] + 4_000))
+        gen = torch.Generator().manual_seed(a["seed"] + 4_000)
+        calibrated = kd.calibrate_bn(student, [common.sample_noise(256, shape, gen, **params)
+                                               for _ in range(args.batches)])
+        defaults = kd.parse_args([])  # what --calibrate-bn does with its default settings, seeded as the run would
+        made = kd.invert_teacher_inputs(teacher, shape, defaults.calibrate_samples, defaults.calibrate_steps,
+                                        torch.Generator().manual_seed(a["seed"] + 5_000), params)
+        inverted = kd.calibrate_bn(student, made)
         acc = lambda model, bn: common.evaluate(model, x, y, tinfo["mean"], tinfo["std"], a["eval_batch_size"], bn)
         row = {"run": target.stem, "trained_on": "fitted noise" if ck.get("noise_params") else "white noise",
                "seed": a["seed"], "samples_seen": ck["stats"]["student_samples"],
                "acc_running": acc(student, "running"), "acc_calibrated": acc(calibrated, "running"),
-               "acc_batchstats": acc(student, "batch")}
-        print(f"{target.stem}: eval mode {row['acc_running']:.4f} -> calibrated {row['acc_calibrated']:.4f}, "
-              f"test-batch statistics {row['acc_batchstats']:.4f}")
+               "acc_inverted": acc(inverted, "running"), "acc_batchstats": acc(student, "batch")}
+        print(f"{target.stem}: eval mode {row['acc_running']:.4f} -> calibrated on fitted noise "
+              f"{row['acc_calibrated']:.4f}, on inverted inputs {row['acc_inverted']:.4f}; test-batch statistics "
+              f"{row['acc_batchstats']:.4f}", flush=True)
         rows.append(row)
+    defaults = kd.parse_args([])
     common.write_json(args.out, {"batches": args.batches, "batch_size": 256, "rows": rows,
+                                 "inverted": {"samples": defaults.calibrate_samples, "steps": defaults.calibrate_steps},
                                  "command": "python bench/calibrate_bn.py --data-dir " + args.data_dir,
                                  "provenance": common.provenance("cpu", time.time() - start)})
 

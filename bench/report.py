@@ -453,6 +453,7 @@ NOISE_FIT_ROWS = [  # (teacher, arm, label): the order of the table's rows
     ("ours20", "default_fit", "shipped ResNet-20 (89.9%)", "our recipe, fitted noise, batch 256 (the former default)"),
     ("ours20", "default_fit_b64", "shipped ResNet-20 (89.9%)", "our recipe, fitted noise, batch 64 (`--batch-size 64`)"),
     ("ours20", "default_fit_b32", "shipped ResNet-20 (89.9%)", "our recipe, fitted noise, batch 32 (the default)"),
+    ("ours20", "default_fit_b32_mse", "shipped ResNet-20 (89.9%)", "the default with `--loss mse`"),
 ]
 
 
@@ -504,14 +505,15 @@ def noise_fit_figure(path):
         return
     last = max(row["samples_seen"] for r in runs.values() if "source" not in r for row in r["curve"])
     colors = {"prior_white": "tab:gray", "prior_fit": "tab:blue", "default_white": "tab:orange",
-              "default_fit": "tab:red", "default_fit_b64": "tab:purple", "default_fit_b32": "tab:green"}
+              "default_fit": "tab:red", "default_fit_b64": "tab:purple", "default_fit_b32": "tab:green",
+              "default_fit_b32_mse": "tab:olive"}
     styled = [(r, dict(color=colors[arm], ls="-" if r["args"]["seed"] == 0 else "--",
                        label=f"{tlabel}: {label}, seed {r['args']['seed']}")) for arm, tlabel, label, r in table_rows]
     fig, axes = learning_curves([([row for row in r["curve"] if row["samples_seen"] <= last], style)
                                  for r, style in styled], (14, 4.4), titles=(
         "student in eval mode (running statistics)", "test-batch statistics", "KD loss (KL, nats)"))
     for r, style in styled:
-        if r.get("train_loss_curve"):
+        if r.get("train_loss_curve") and r["args"].get("loss", "kl") == "kl":  # an MSE loss is not in nats
             loss = r["train_loss_curve"]
             axes[2].plot([n / 1000 for n, _ in loss], [v for _, v in loss], lw=0.8, **style)
     mark_chance(axes[:2])
@@ -592,15 +594,19 @@ def calibrate_bn_block():
     r = read("calibrate_bn.json")
     if r is None:
         return "_Not measured yet: run `python bench/calibrate_bn.py`._"
+    inv = r.get("inverted")  # results written before the inverted inputs existed lack their column
     lines = [f"`{r['command']}`: each student of the table above from its final checkpoint, CIFAR-10 test accuracy (%) "
              f"in eval mode with its running statistics as trained, after re-estimating them on {r['batches']} batches "
-             f"of {r['batch_size']} samples of the noise fitted to its teacher (no image), and with test-batch "
-             "statistics.", ""]
+             f"of {r['batch_size']} samples of the noise fitted to its teacher (no image)"
+             + (f", after re-estimating them on {inv['samples']} inputs inverted from the teacher's BN statistics "
+                f"(`--calibrate-bn`: {inv['steps']} Adam steps per batch of 256, synthesized, no image read)"
+                if inv else "") + ", and with test-batch statistics.", ""]
     return "\n".join(lines + table(
-        "llrrrr", ["run", "trained on", "seed", "eval mode, as trained", "eval mode, calibrated on fitted noise",
-                   "test-batch statistics"],
+        "llrrr" + "r" * bool(inv) + "r",
+        ["run", "trained on", "seed", "eval mode, as trained", "eval mode, calibrated on fitted noise",
+         *(["eval mode, calibrated on inverted inputs"] if inv else []), "test-batch statistics"],
         [[f"`{x['run']}`", x["trained_on"], x["seed"], pct(x["acc_running"]), pct(x["acc_calibrated"]),
-          pct(x["acc_batchstats"])] for x in r["rows"]]))
+          *([pct(x["acc_inverted"])] if inv else []), pct(x["acc_batchstats"])] for x in r["rows"]]))
 
 
 TEACHER_ON_NOISE = [  # (key, column): inputs and BatchNorm statistics of bench/teacher_on_noise.py
@@ -627,7 +633,8 @@ def teacher_on_noise_block():
                                     for x in r["rows"]]))
 
 
-LONG_RUN = [("ours_1m", "our default recipe (fitted noise, CS + rejection, batch 32, Adam 2e-3 cosine over the budget)"),
+LONG_RUN = [("ours_1m", "our default recipe (fitted noise, CS + rejection, batch 32, Adam 2e-3 cosine over the "
+                        "budget)"),
             ("ours", "our default recipe"),
             ("prior", "the prior work's recipe (white noise, CS, batch 256, Adam 1e-3 constant)")]
 LONG_RUN_POINTS = [128_000 * 2 ** k for k in range(7)]  # 128k ... 8.2M; then each arm's end of budget

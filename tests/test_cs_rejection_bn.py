@@ -233,6 +233,46 @@ def test_fit_noise_run_records_the_fitted_gaussian_and_trains_on_it(tiny_data, t
     assert seen and all(kw["alpha"] == fitted["alpha"] and kw["color"].tolist() == fitted["color"] for kw in seen)
 
 
+def test_inverted_inputs_fit_the_teachers_bn_statistics_and_leave_the_teacher_as_it_was(tiny_teacher):
+    teacher, _ = common.load_teacher("resnet20", tiny_teacher)
+    teacher.requires_grad_(False).train()
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    start = kd.invert_teacher_inputs(teacher, (3, 12, 12), 20, 0, torch.Generator().manual_seed(0), batch_size=8)
+    made = kd.invert_teacher_inputs(teacher, (3, 12, 12), 20, 30, torch.Generator().manual_seed(0), batch_size=8)
+    assert [len(b) for b in made] == [8, 8, 4]  # n inputs in batches
+    with torch.no_grad(), kd.bn_statistics_loss(teacher) as loss:
+        assert all(loss(m) < 0.5 * loss(s) for m, s in zip(made, start))  # 0 steps: the noise they start from
+    assert teacher.training and not any(m._forward_pre_hooks for m in teacher.modules())
+    assert_same_tensors(before, teacher.state_dict())
+
+
+def test_calibrate_bn_averages_the_statistics_of_its_batches_in_a_copy():
+    torch.manual_seed(0)
+    student = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4)).eval()
+    batches = [torch.randn(6, 3, 5, 5) * 2 + 1, torch.randn(6, 3, 5, 5) - 3]
+    calibrated = kd.calibrate_bn(student, batches)
+    with torch.no_grad():
+        h = student[0](torch.cat(batches))
+    assert torch.allclose(calibrated[1].running_mean, h.mean(dim=(0, 2, 3)), atol=1e-5)  # equal batches: one mean
+    assert not calibrated.training and torch.equal(calibrated[0].weight, student[0].weight)
+    assert torch.equal(student[1].running_mean, torch.zeros(4))  # the student itself is not touched
+
+
+def test_calibrate_bn_run_reports_and_saves_the_calibrated_student(tiny_data, tiny_teacher, tmp_path):
+    plain = kd.main(tiny_args(tiny_data, tiny_teacher, tmp_path / "a"))
+    cal = kd.main(tiny_args(tiny_data, tiny_teacher, tmp_path / "b", "--calibrate-bn", "--calibrate-samples", "16",
+                            "--calibrate-steps", "2"))
+    assert "eval/acc_calibrated" not in plain and cal["curve"] == plain["curve"]  # training itself is the same
+    ck = common.load_checkpoint(next((tmp_path / "b").iterdir()) / "student_calibrated.pt")
+    student = common.build_model("resnet20", 10)
+    common.load_state_strict(student, ck["student"], "student_calibrated.pt")
+    x, y = common.load_split("cifar10", "test", tiny_data)
+    _, info = common.load_teacher("resnet20", tiny_teacher)
+    assert cal["eval/acc_calibrated"] == common.evaluate(student, x, y, info["mean"], info["std"], 32)
+    with pytest.raises(SystemExit, match="student resnet20 has none"):
+        kd.main(tiny_args(tiny_data, tiny_teacher, tmp_path / "c", "--calibrate-bn", "--student-norm", "gn"))
+
+
 def test_a_plain_state_dict_teacher_needs_and_takes_its_normalization(tiny_data, tiny_teacher, tmp_path):
     plain = tmp_path / "plain.pt"
     torch.save(common.load_checkpoint(tiny_teacher)["model"], plain)  # what most users have: model.state_dict()

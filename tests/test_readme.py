@@ -241,6 +241,18 @@ def test_what_the_readme_says_about_calibration_on_fitted_noise_holds():
     assert all(abs(r["acc_calibrated"] - r["acc_running"]) < 0.01 for r in rows.values()
                if r["trained_on"] == "fitted noise")  # "under a point"
     assert [r["trained_on"] for r in rows.values()].count("white noise") == 1
+    if "acc_inverted" not in white:
+        return
+    pct = lambda v: round(100 * v, 1)
+    gain = lambda run: pct(rows[run]["acc_inverted"] - rows[run]["acc_running"])
+    assert [gain(f"ours20__default_fit{arm}__s{seed}") for arm in ("", "_b32", "_b64") for seed in (0, 1)] == [
+        2.6, 3.6, 3.8, 5.8, 4.0, 6.6]
+    assert [(pct(rows[f"ours20__default_fit_b32__s{s}"]["acc_running"]), pct(rows[f"ours20__default_fit_b32__s{s}"][
+        "acc_inverted"])) for s in (0, 1)] == [(27.6, 31.4), (25.4, 31.2)]
+    ours = [r for k, r in rows.items() if k.startswith("ours20__")]
+    closed = [(r["acc_inverted"] - r["acc_running"]) / (r["acc_batchstats"] - r["acc_running"]) for r in ours]
+    assert f"{min(closed):.2f}-{max(closed):.2f}" == "0.67-0.85" and max(closed) < 1  # "never passing it"
+    assert all(abs(r["acc_inverted"] - r["acc_running"]) < 0.01 for k, r in rows.items() if "prior_fit" in k)
 
 
 def test_what_the_readme_says_about_the_fitted_default_run_holds():
