@@ -21,6 +21,8 @@ MEANT_TO_DIFFER = {
     "--eval-batch-size": "the ablation's teacher uses it too",
     "--teacher-ckpt": "the default file name carries the teacher's norm (bn for the BatchNorm scripts)",
     "--probe-samples": "noise samples of a diagnostic, not of training: each study sets its own count",
+    "--eval-every": "steps of different default batches (32 and 256): both evaluate every 32k samples",
+    "--ckpt-every": "steps of different default batches (32 and 256): both save every 25.6k samples",
 }
 
 
