@@ -14,6 +14,7 @@ below took 17 minutes on 2 cores of an AMD EPYC without bf16 (fp32) and gave a 2
 
     python cs_rejection_bn.py        # shipped ResNet-20 teacher -> ResNet-20, CIFAR-10, 128k noise samples (batch 32)
     python cs_rejection_bn.py --no-fit-noise   # the paper's white noise
+    python cs_rejection_bn.py --calibrate-bn   # ours: then re-estimate BN statistics for plain eval mode (README)
     python cs_rejection_bn.py --teacher-ckpt ../shared/teachers/akamaster_resnet20-12fca82f.th --data-dir ../shared/data
     python cs_rejection_bn.py --teacher resnet34 --student resnet18 --dataset cifar10 --batch-size 256 --steps 39200
                                      # the paper's pair and budget (10M samples in batches of 256): use a GPU
