@@ -49,7 +49,9 @@ def parse_args(argv=None):
                    help="the teacher's input normalization (images in [0, 1]): needed for a plain state_dict, "
                         "replaces the recorded one otherwise")
     p.add_argument("--teacher-std", type=float, nargs=3, default=None, metavar="S", help="see --teacher-mean")
-    p.add_argument("--student", default="resnet20", choices=common.MODEL_NAMES, help="student architecture, from scratch")
+    p.add_argument("--student", default=None, choices=common.MODEL_NAMES,
+                   help="student architecture, from scratch (default: resnet18 for a resnet34 teacher, the prior "
+                        "work's pair; resnet20 otherwise)")
     p.add_argument("--dataset", default="cifar10", choices=common.DATASETS, help="evaluation data")
     p.add_argument("--data-dir", default="./data", help="folder of the <dataset>_test.npz cache (downloaded if missing)")
     p.add_argument("--sweep", nargs="+", default=["first-k", "last-k", "stage", "components"],
@@ -83,6 +85,7 @@ def parse_args(argv=None):
     if args.resume:  # the sweep's own settings; other flags beside --resume are refused, not silently ignored
         return common.resume_args(p, args, Path(__file__).stem, extra_keys=("command",))
     common.check_device(p, args.device)
+    args.student = args.student or ("resnet18" if args.teacher == "resnet34" else "resnet20")
     if args.bf16 is None:
         args.bf16 = common.bf16_supported(args.device)
     if args.batch_size < 2 or args.probe_samples < 1 or args.steps < 1:

@@ -51,7 +51,9 @@ def parse_args(argv=None):
                    help="the teacher's input normalization (images in [0, 1]): needed for a plain state_dict, "
                         "replaces the recorded one otherwise")
     p.add_argument("--teacher-std", type=float, nargs=3, default=None, metavar="S", help="see --teacher-mean")
-    p.add_argument("--student", default="resnet20", choices=common.MODEL_NAMES, help="student architecture, from scratch")
+    p.add_argument("--student", default=None, choices=common.MODEL_NAMES,
+                   help="student architecture, from scratch (default: resnet18 for a resnet34 teacher, the prior "
+                        "work's pair; resnet20 otherwise)")
     p.add_argument("--student-norm", default=None, choices=common.NORMS,
                    help="student normalization (default: bn for CNNs, ln for vit_tiny)")
     p.add_argument("--dataset", default="cifar10", choices=common.DATASETS, help="evaluation data")
@@ -110,6 +112,7 @@ def parse_args(argv=None):
     if args.resume:  # the run's own settings; other flags beside --resume are refused, not silently ignored
         return common.resume_args(p, args, Path(__file__).stem)
     common.check_device(p, args.device)
+    args.student = args.student or ("resnet18" if args.teacher == "resnet34" else "resnet20")
     if args.bf16 is None:
         args.bf16 = common.bf16_supported(args.device)
     for flag in ("steps", "batch_size", "eval_every", "ckpt_every", "max_pools", "eval_batch_size"):

@@ -325,7 +325,7 @@ def test_steps_between_log_lines_do_not_wait_for_the_device(tiny_data, tiny_teac
 
 def test_missing_teacher_says_which_command_makes_one(tiny_data, tmp_path):
     with pytest.raises(common.InputError, match="python train_teacher.py --model resnet34 --norm bn --dataset cifar10"):
-        kd.main(["--teacher", "resnet34", "--student", "resnet18", "--data-dir", str(tiny_data), "--out-dir", str(tmp_path)])
+        kd.main(["--teacher", "resnet34", "--dataset", "cifar10", "--data-dir", str(tiny_data), "--out-dir", str(tmp_path)])
 
 
 def test_teacher_without_batchnorm_is_refused(tiny_data, tmp_path):

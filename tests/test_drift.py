@@ -101,3 +101,10 @@ def test_the_training_loops_bookkeeping_is_the_same_in_both_distilling_scripts()
         return ast.dump(next(n for n in main.body if isinstance(n, ast.FunctionDef) and n.name == name))
     for name in ("log_train", "evaluation"):
         assert nested("cs_rejection_bn", name) == nested("batch_align_ln_gn", name), name
+
+
+@pytest.mark.parametrize("script", METHOD_SCRIPTS)
+def test_the_default_student_is_the_prior_works_pair_for_a_resnet34_teacher(script):
+    parse = importlib.import_module(script).parse_args
+    assert parse(["--teacher", "resnet34"]).student == "resnet18" and parse([]).student == "resnet20"
+    assert parse(["--teacher", "resnet34", "--student", "resnet20"]).student == "resnet20"
