@@ -404,3 +404,11 @@ def test_what_the_readme_says_about_the_teachers_on_noise_holds():
     assert (rough(rows["ours, 1 epoch"], "fitted_cs"), level(rows["ours, 1 epoch"], "fitted_cs")) == (0.01, 0.28)
     assert [rough(x, "white_cs") for x in shared] == [0.49, 0.55]
     assert r["sigma"] == 0.1 and r["samples"] == 1024
+
+
+def test_each_headline_row_shows_the_calibration_of_its_own_student():
+    for name, _, cal in report.HEADLINE:
+        if cal is not None:
+            row = json.loads((REPO / "results" / name).read_text())
+            calibrated = json.loads((REPO / "results" / "noise_fit" / f"{cal}.json").read_text())
+            assert row["curve"] == calibrated["curve"] and row["args"]["seed"] == calibrated["args"]["seed"], name
