@@ -412,3 +412,23 @@ def test_each_headline_row_shows_the_calibration_of_its_own_student():
             row = json.loads((REPO / "results" / name).read_text())
             calibrated = json.loads((REPO / "results" / "noise_fit" / f"{cal}.json").read_text())
             assert row["curve"] == calibrated["curve"] and row["args"]["seed"] == calibrated["args"]["seed"], name
+
+
+def test_what_the_readme_says_about_mse_in_our_recipe_holds():
+    folder = REPO / "results" / "noise_fit"
+    load = lambda arm, seed: json.loads((folder / f"ours20__{arm}__s{seed}.json").read_text())
+    if not all((folder / f"ours20__default_fit_b32_mse__s{seed}.json").exists() for seed in (0, 1)):
+        pytest.skip("the MSE pair is not complete yet")
+    keys = ("eval/acc_running", "eval/acc_batchstats")
+    at = lambda r, n: next(row for row in r["curve"] if row["samples_seen"] == n)
+    margins = []
+    for seed in (0, 1):
+        mse, kl = load("default_fit_b32_mse", seed), load("default_fit_b32", seed)
+        assert mse["args"]["loss"] == "mse" and mse["args"]["batch_size"] == kl["args"]["batch_size"] == 32
+        assert all(at(mse, n)[k] > at(kl, n)[k] for n in (96_000, 128_000) for k in keys)  # ahead at 96k and 128k
+        assert at(mse, 32_000)["eval/acc_running"] < at(kl, 32_000)["eval/acc_running"]  # "behind in eval mode"
+        margins += [round(100 * (mse[k] - kl[k]), 1) for k in keys]
+    assert [round(100 * load("default_fit_b32_mse", s)[k], 1) for s in (0, 1) for k in keys] == [28.0, 34.0, 26.6, 33.6]
+    assert (min(margins), max(margins)) == (0.4, 1.3)
+    spread = [round(100 * abs(load("default_fit_b32", 0)[k] - load("default_fit_b32", 1)[k]), 1) for k in keys]
+    assert spread == [2.2, 1.0]  # "of the size of the spread between the two seeds"
