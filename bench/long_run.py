@@ -5,10 +5,10 @@ budget (10M noise samples), and ours at 1M, on the teacher we ship.
     python bench/long_run.py --data-dir ../shared/data --snapshot   # only write each arm's curve so far
     python bench/report.py                                          # README table from results/long_run/
 
-On a 2-core CPU without bf16 a 10M arm takes about 16-19 hours, so it runs over several sittings: each start resumes the
-unfinished run from its last checkpoint (every 25,600 samples, about 3 minutes here). --snapshot copies each arm's
-curve so far from its checkpoint to results/long_run/<arm>.json with "finished": false, so that a curve in progress
-can be committed; the finished run's results.json replaces it.
+On a 2-core CPU without bf16 a 10M arm takes about 16-19 hours, so it runs over several sittings: each start resumes
+the unfinished run from its last checkpoint (every 25,600 samples, about 3 minutes here). --snapshot copies each
+arm's curve so far from its checkpoint to results/long_run/<arm>.json with "finished": false, so that a curve in
+progress can be committed; the finished run's results.json replaces it.
 
 Arms (one run of cs_rejection_bn.py each, shipped ResNet-20 teacher -> ResNet-20, seed 0):
 - ours_1m: the defaults (fitted noise, CS + rejection, batches of 32, Adam 2e-3 with warm-up and cosine decay over
