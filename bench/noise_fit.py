@@ -36,6 +36,7 @@ ARMS = {  # name: flags on top of cs_rejection_bn.py's defaults
     "default_fit_b64": ["--fit-noise", "--batch-size", "64"],    # the same, 4x the updates for the same samples
     "default_fit_b32": ["--fit-noise", "--batch-size", "32"],    # 8x: the default since it won on both seeds
     "default_fit_b32_mse": ["--fit-noise", "--batch-size", "32", "--loss", "mse"],  # the default, MSE on logits
+    "default_fit_b16": ["--fit-noise", "--batch-size", "16"],    # 16x: does the batch trend go on below 32?
 }
 
 

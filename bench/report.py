@@ -454,6 +454,7 @@ NOISE_FIT_ROWS = [  # (teacher, arm, label): the order of the table's rows
     ("ours20", "default_fit_b64", "shipped ResNet-20 (89.9%)", "our recipe, fitted noise, batch 64 (`--batch-size 64`)"),
     ("ours20", "default_fit_b32", "shipped ResNet-20 (89.9%)", "our recipe, fitted noise, batch 32 (the default)"),
     ("ours20", "default_fit_b32_mse", "shipped ResNet-20 (89.9%)", "the default with `--loss mse`"),
+    ("ours20", "default_fit_b16", "shipped ResNet-20 (89.9%)", "the default with batches of 16 (`--batch-size 16`)"),
 ]
 
 
@@ -506,7 +507,7 @@ def noise_fit_figure(path):
     last = max(row["samples_seen"] for r in runs.values() if "source" not in r for row in r["curve"])
     colors = {"prior_white": "tab:gray", "prior_fit": "tab:blue", "default_white": "tab:orange",
               "default_fit": "tab:red", "default_fit_b64": "tab:purple", "default_fit_b32": "tab:green",
-              "default_fit_b32_mse": "tab:olive"}
+              "default_fit_b32_mse": "tab:olive", "default_fit_b16": "tab:cyan"}
     styled = [(r, dict(color=colors[arm], ls="-" if r["args"]["seed"] == 0 else "--",
                        label=f"{tlabel}: {label}, seed {r['args']['seed']}")) for arm, tlabel, label, r in table_rows]
     fig, axes = learning_curves([([row for row in r["curve"] if row["samples_seen"] <= last], style)
