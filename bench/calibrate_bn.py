@@ -35,6 +35,7 @@ def main():
     p.add_argument("--out", default=str(REPO / "results" / "calibrate_bn.json"), help="where the results go")
     args = p.parse_args()
     start, rows = time.time(), []
+    defaults = kd.parse_args([])  # what --calibrate-bn does with its default settings
     x, y = common.load_split("cifar10", "test", args.data_dir)
     for target in sorted((REPO / "results" / "noise_fit").glob("*.json")):
         run_root = REPO / "runs" / "bench_noise_fit" / target.stem
@@ -57,9 +58,8 @@ def main():
         gen = torch.Generator().manual_seed(a["seed"] + 4_000)
         calibrated = kd.calibrate_bn(student, [common.sample_noise(256, shape, gen, **params)
                                                for _ in range(args.batches)])
-        defaults = kd.parse_args([])  # what --calibrate-bn does with its default settings, seeded as the run would
         made = kd.invert_teacher_inputs(teacher, shape, defaults.calibrate_samples, defaults.calibrate_steps,
-                                        torch.Generator().manual_seed(a["seed"] + 5_000), params)
+                                        torch.Generator().manual_seed(a["seed"] + 5_000), params)  # seeded as the run
         inverted = kd.calibrate_bn(student, made)
         acc = lambda model, bn: common.evaluate(model, x, y, tinfo["mean"], tinfo["std"], a["eval_batch_size"], bn)
         row = {"run": target.stem, "trained_on": "fitted noise" if ck.get("noise_params") else "white noise",
@@ -70,7 +70,6 @@ def main():
               f"{row['acc_calibrated']:.4f}, on inverted inputs {row['acc_inverted']:.4f}; test-batch statistics "
               f"{row['acc_batchstats']:.4f}", flush=True)
         rows.append(row)
-    defaults = kd.parse_args([])
     common.write_json(args.out, {"batches": args.batches, "batch_size": 256, "rows": rows,
                                  "inverted": {"samples": defaults.calibrate_samples, "steps": defaults.calibrate_steps},
                                  "command": "python bench/calibrate_bn.py --data-dir " + args.data_dir,
