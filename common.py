@@ -175,8 +175,8 @@ def cifar_torchvision_resnet(layers, num_classes, norm):
 
 class Attention(nn.Module):
     """Multi-head self-attention written out: the attention probabilities pass through `self.attend`, so a forward hook
-    there sees them (vit_failure_analysis.py measures their entropy). Also the fast choice on a CPU: for 65 tokens of
-    width 32 per head, PyTorch 2.14's fused CPU attention spent 63% of a ViT training step in its backward."""
+    there sees them (vit_failure_analysis.py measures their entropy). For 65 short tokens it is also faster on a CPU
+    than PyTorch's fused attention, whose CPU backward dominated a ViT training step when we timed it."""
 
     def __init__(self, dim, heads):
         super().__init__()
@@ -255,12 +255,9 @@ def build_model(name, num_classes=10, norm=None):
 
 
 def memory_format(model, bf16):
-    """The memory format a model runs fastest in: channels_last with bf16 autocast (about 2x on a CPU with AVX-512 bf16
-    for convs and BatchNorm), and on a CPU in fp32 too (2 AVX2 cores without bf16: a ResNet-20 training step on 256
-    noise samples 0.84 s against 1.06 s contiguous, a CIFAR ResNet-18 step on 64 2.54 s against 2.94 s), except where
-    it has GroupNorm with more than one group, whose channels_last kernel in PyTorch 2.14 is the slow one (ResNet-20
-    with GN(8), one CPU thread, bf16: 228 img/s channels_last, 454 contiguous; fp32, 2 threads: no gain; GroupNorm(1)
-    is fast in channels_last: 757 img/s). Call it after moving the model to its device."""
+    """The memory format a model runs fastest in, as we timed it with PyTorch 2.14: channels_last with bf16 autocast,
+    and on a CPU in fp32 too; contiguous where the model has GroupNorm with more than one group, whose channels_last
+    kernel is the slow one (GroupNorm(1) is not). README, Speed: the step times. Call it after moving the model."""
     slow = any(isinstance(m, nn.GroupNorm) and m.num_groups > 1 for m in model.modules())
     on_cpu = all(p.device.type == "cpu" for p in model.parameters())
     return torch.channels_last if (bf16 or on_cpu) and not slow else torch.contiguous_format
