@@ -17,7 +17,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "results"
 PROTOCOLS = ("eval/acc_running", "eval/acc_batchstats")  # the student as deployed (eval mode), test-batch statistics
+PANELS = ("student in eval mode (running statistics)", "test-batch statistics")  # the learning curves' panels
 
+
+# ---- reading results and writing tables ----
 
 def read(name):
     """results/<name> (JSON), or None when it does not exist."""
@@ -54,6 +57,18 @@ def accs(r, keys=PROTOCOLS):
     return " / ".join(pct(r[k]) for k in keys)
 
 
+def curve_cells(r, points):
+    """One cell per protocol: the run's accuracies (%) at these noise-sample counts ('n/a': not evaluated there)."""
+    at = lambda n, key: next((x[key] for x in r["curve"] if x["samples_seen"] == n), None)
+    return [" / ".join(pct(at(n, key)) for n in points) for key in PROTOCOLS]
+
+
+def kd_loss(r):
+    """The mean of a run's last 5 logged KD losses (its last 50 steps), 'n/a' when it logged none."""
+    loss = r.get("train_loss_curve")
+    return f"{np.mean([v for _, v in loss[-5:]]):.2f}" if loss else "n/a"
+
+
 def table(align, header, rows):
     """A markdown table as lines; align: one letter per column, l (text) or r (numbers, right-aligned). A cell that
     is None prints as '| |'; one that is '' keeps both its spaces, '|  |' (as the README's tables have it)."""
@@ -61,14 +76,28 @@ def table(align, header, rows):
     return [row(header), "|" + "".join("---:|" if a == "r" else "---|" for a in align), *map(row, rows)]
 
 
+def block(*parts):
+    """A README block: paragraphs (str) and tables (lists of lines), one blank line apart."""
+    return "\n\n".join(p if isinstance(p, str) else "\n".join(p) for p in parts)
+
+
+# ---- figures ----
+
 def figure(ncols, figsize, **kw):
-    """A figure with one row of ncols axes, on matplotlib's file-only Agg backend (no display needed); matplotlib is
-    imported only when a figure is drawn."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, ncols, figsize=figsize, squeeze=False, **kw)
-    return fig, list(axes[0])
+    """A figure with one row of ncols axes (matplotlib, imported only to draw; no pyplot, no display)."""
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=figsize)
+    return fig, list(fig.subplots(1, ncols, squeeze=False, **kw)[0])
+
+
+def save(fig, path, legend_of=None, ncol=1, bottom=0.0):
+    """Lay the figure out and save it to path. legend_of: an axes of test accuracies, whose y axis is labelled so
+    and whose legend goes under the figure, in ncol columns within the bottom margin."""
+    if legend_of is not None:
+        legend_of.set_ylabel("CIFAR-10 test accuracy (%)")
+        fig.legend(*legend_of.get_legend_handles_labels(), loc="lower center", ncol=ncol, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, bottom, 1, 1))
+    fig.savefig(path, dpi=110)
 
 
 def plot_accuracy(ax, curve, key, **style):
@@ -83,593 +112,25 @@ def label_axes(axes, titles, **title_style):
         ax.grid(alpha=0.3)
 
 
-def learning_curves(runs, figsize, titles=("student in eval mode (running statistics)", "test-batch statistics"),
-                    **kw):
-    """Learning curves of runs [(curve, plot style)] under both protocols: running statistics in the first panel,
-    test-batch statistics in the second (further titles: more panels, left for the caller to fill)."""
-    fig, axes = figure(len(titles), figsize, **kw)
-    for curve, style in runs:
+def learning_curves(runs, figsize, loss_title=None, **kw):
+    """Learning curves of runs [(curve, plot style, KD loss curve [(samples, loss)] or None)] under both protocols,
+    one panel each; with loss_title, a third panel of the loss curves, and chance marked on the accuracy panels."""
+    fig, axes = figure(2 + bool(loss_title), figsize, **kw)
+    for curve, style, _ in runs:
         for ax, key in zip(axes, PROTOCOLS):
             plot_accuracy(ax, curve, key, marker="o", ms=3, **style)
-    label_axes(axes, titles)
+    label_axes(axes, (*PANELS, loss_title))
+    if loss_title:
+        for _, style, loss in runs:
+            if loss:
+                axes[2].plot([n / 1000 for n, _ in loss], [v for _, v in loss], lw=0.8, **style)
+        for ax in axes[:2]:
+            ax.axhline(10, color="k", lw=0.6, ls=":")
+            ax.set_ylim(0, None)
     return fig, axes
 
 
-def curve_cells(r, points):
-    """One table cell per protocol: the run's accuracies (%) at the given noise-sample counts, 'n/a' where it has no
-    evaluation there."""
-    at = lambda n, key: next((x[key] for x in r["curve"] if x["samples_seen"] == n), None)
-    return [" / ".join(pct(at(n, key)) for n in points) for key in PROTOCOLS]
-
-
-def mark_chance(axes):
-    """A dotted line at chance (10%) and a y axis from 0 on the accuracy panels."""
-    for ax in axes:
-        ax.axhline(10, color="k", lw=0.6, ls=":")
-        ax.set_ylim(0, None)
-
-
-def save(fig, path, legend_of=None, ncol=1, bottom=0.0):
-    """Lay the figure out, save it to path and close it. legend_of: an axes of test accuracies, whose y axis is
-    labelled so and whose legend goes under the figure, in ncol columns within the bottom margin."""
-    import matplotlib.pyplot as plt
-    if legend_of is not None:
-        legend_of.set_ylabel("CIFAR-10 test accuracy (%)")
-        handles, labels = legend_of.get_legend_handles_labels()
-        fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, bottom, 1, 1))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-BN_VARIANTS = [  # (file stem, label): the order of the table's rows
-    ("prior_recipe", "prior work's recipe: CS, no balancing, Adam 1e-3 constant"),
-    ("running", "baseline: teacher in eval mode (running statistics)"),
-    ("cs", "CS"),
-    ("cs_reject", "CS + rejection (NormShift-KD, white noise)"),
-    ("cs_reweight", "CS + reweighting"),
-    ("cs_reject_alpha2", "CS + rejection, 1/f^2 noise (`--noise-alpha 2`)"),
-    ("cs_b64", "CS, batch 64 (4x the updates for the same samples)"),
-]
-
-
-def bn_variants_block():
-    runs = load("bn_variants")
-    if not runs:
-        return "_No results yet: run `python bench/bn_variants.py`._"
-    # One table, one setting: the budget, seed, teacher and test batch size must be the same in every row.
-    r0 = one_setting(runs, "results/bn_variants", lambda r: (r["samples_seen"], r["args"]["seed"], r["teacher/sha256"],
-                                                             r["eval/batch_size"], r["eval/num_images"]))
-    rows = []
-    for stem, label in BN_VARIANTS:
-        r = runs.get(stem)
-        rows.append([label, "not run yet", *[None] * 7] if r is None else [
-            label, pct(r["eval/acc_running"]), pct(r["eval/acc_batchstats"]), ent(r["noise/label_entropy"]),
-            ent(r["noise/accepted_label_entropy"]), f"{pct(r['noise/label_max_share'])}% / "
-            f"{pct(r['noise/accepted_max_share'])}%", f"{r['noise/acceptance_rate']:.2f}", f"{r['samples_per_s']:.0f}",
-            f"{pct(r['sampler_time_frac'])}%"])
-    return "\n".join([
-        f"Shared ResNet-20 teacher (test accuracy {pct(r0['teacher/acc'])}% as measured by the run) -> ResNet-20 "
-        f"student, CIFAR-10, {r0['samples_seen']:,} noise samples each (batch 256 unless said), "
-        f"seed {r0['args']['seed']}. Accuracy on the {r0['eval/num_images']:,} test images with the student's "
-        f"running statistics (eval mode) and with each test batch's statistics (batch {r0['eval/batch_size']}). "
-        "Noise-label entropy: the teacher's argmax histogram on raw noise, H / log K; accepted: on the batches the "
-        "student trained on. Measured on " + r0["provenance"]["device"] + ".", "",
-        *table("lrrrrrrrr", ["variant", "acc, running stats", "acc, test-batch stats", "noise-label entropy",
-                             "accepted entropy", "largest class (raw / accepted)", "acceptance", "student samples/s",
-                             "sampler time"], rows),
-        "", "![learning curves](results/bn_variants.png)"])
-
-
-def seeds_block():
-    seeds = sorted({p.parent.name for p in RESULTS.glob("bn_variants_seed*/*.json")})  # folder names
-    if not seeds:
-        return "_No second seed yet._"
-    base, other = load("bn_variants"), [load(s) for s in seeds]
-    fmt = lambda r: accs(r) if r else "not run"
-    rows = [[label, fmt(base.get(stem)), *(fmt(o.get(stem)) for o in other)]
-            for stem, label in BN_VARIANTS if any(o.get(stem) for o in other)]
-    header = ["variant", "seed 0", *(f"seed {s.removeprefix('bn_variants_seed')}" for s in seeds)]
-    return "\n".join([
-        "Final accuracy, running stats / test-batch stats, same setting as the table above, other seeds "
-        "(`python bench/bn_variants.py --data-dir ../shared/data --seed S --only ... "
-        "--out results/bn_variants_seedS`):", "", *table("lr" + "r" * len(seeds), header, rows)])
-
-
-def bn_variants_figure(path):
-    runs = load("bn_variants")
-    if runs:
-        fig, axes = learning_curves([(runs[stem]["curve"], dict(label=label)) for stem, label in BN_VARIANTS
-                                     if stem in runs], (11, 4.8), sharey=True)
-        save(fig, path, axes[0], ncol=3, bottom=0.14)
-
-
-def bn_ablation_block():
-    runs = load("bn_ablation")
-    if not runs:
-        return "_No results yet: run `python bn_ablation.py` (see the command above)._"
-    lines = []
-    for stem, r in runs.items():
-        a = r["args"]
-        taught = any("eval/acc_running" in row for row in r["points"])
-        students = (f"students: {r['samples_per_point']:,} noise samples each at the points that have them"
-                    if taught else "teacher diagnostics only, no students in this run")
-        lines += [f"**{stem}**: teacher `{Path(r['teacher/ckpt']).name}`, {len(r['bn_layers'])} BatchNorm layers; "
-                  f"noise labels from {probe_samples(a):,} samples in CS batches of {a['batch_size']}; teacher "
-                  f"accuracy on {r['eval/num_images']:,} test images, CS layers with test-batch statistics (batch "
-                  f"{a['eval_batch_size']}); {students} (`{a['command']}`). Measured on "
-                  f"{r['provenance']['device']}, {r['provenance']['wall_time_s'] / 60:.0f} min.", ""]
-        rows = []
-        for x in r["points"]:
-            cells = [x["point"], pct(x["teacher/acc"]), ent(x["noise/label_entropy"]),
-                     f"{pct(x['noise/label_max_share'])}%"]
-            if taught and "eval/acc_running" in x:
-                twin = f" (the student of {x['student_of']}: same configuration)" if "student_of" in x else ""
-                cells += [accs(x) + twin, accs(x, ("eval/agreement_running", "eval/agreement_batchstats"))]
-            elif taught:
-                cells += [None, None]
-            rows.append(cells)
-        header = ["point", "teacher acc", "noise-label entropy", "largest class"]
-        if taught:
-            header += ["student acc, running / test-batch", "agreement with teacher, running / test-batch"]
-        lines += table("lrrr" + "rr" * taught, header, rows) + ["", f"![BN ablation](results/bn_ablation_{stem}.png)",
-                                                                ""]
-    return "\n".join(lines).rstrip()
-
-
-def bn_ablation_figures():
-    for stem, r in load("bn_ablation").items():
-        taught_any = any("eval/acc_running" in row for row in r["points"])
-        fig, axes = figure(2 if taught_any else 1, (11 if taught_any else 6, 4))
-        for sweep in ("first-k", "last-k", "retrain"):
-            rows = [row for row in r["points"] if row["sweep"] == sweep]
-            if not rows:
-                continue
-            k = [row["k"] for row in rows]
-            axes[0].plot(k, [row["noise/label_entropy"] for row in rows], marker="o", ms=3,
-                         label=f"{sweep}: noise-label entropy")
-            axes[0].plot(k, [row["teacher/acc"] for row in rows], ls="--", label=f"{sweep}: teacher acc (real images)")
-            taught = [row for row in rows if "eval/acc_batchstats" in row]
-            if taught_any:
-                k = [row["k"] for row in taught]
-                axes[1].plot(k, [100 * row["eval/acc_batchstats"] for row in taught], marker="o",
-                             label=f"{sweep}: test-batch stats")
-                axes[1].plot(k, [100 * row["eval/acc_running"] for row in taught], marker="s", ls=":",
-                             label=f"{sweep}: running stats")
-        sweeps = {row["sweep"] for row in r["points"]}
-        axes[0].set_xlabel("k = stages with GroupNorm instead of BatchNorm (retrained teachers, the rest CS)"
-                           if sweeps == {"retrain"} else "k = BatchNorm layers on running statistics")
-        axes[0].set_title("teacher: labels on noise, accuracy on test images")
-        if taught_any:
-            axes[1].set_xlabel("k")
-            axes[1].set_ylabel("student test accuracy (%)")
-            axes[1].set_title(f"student, {r['samples_per_point'] // 1000}k noise samples")
-        for ax in axes:
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
-        save(fig, RESULTS / f"bn_ablation_{stem}.png")
-
-
-BATCH_ALIGN_TEACHERS = [  # (file prefix, label)
-    ("gn", "ResNet-20, GroupNorm(8)"),
-    ("ln", "ResNet-20, LayerNorm over (C, H, W)"),
-    ("vit", "ViT-tiny, LayerNorm"),
-    ("bn", "control: ResNet-20, BatchNorm"),
-]
-BATCH_ALIGN_ARMS = ["plain", "align", "align_reject"]
-
-
-def batch_align_block():
-    runs = load("batch_align")
-    if not runs:
-        return "_No results yet: run `python bench/batch_align.py`._"
-    r0 = one_setting(runs, "results/batch_align", lambda r: (r["samples_seen"], r["args"]["seed"], r["eval/batch_size"],
-                                                             r["eval/num_images"], r["args"]["student"]))
-    lines = [
-        f"Teacher -> ResNet-20 (BN) student, CIFAR-10, {r0['samples_seen']:,} noise samples per arm, batch 256, "
-        f"seed {r0['args']['seed']}. Teacher accuracy: fp32 eval mode, and with alignment on each test batch "
-        f"of {r0['eval/batch_size']}. Noise-label entropy: the teacher's argmax histogram on the noise it saw in "
-        "that arm, H / log K (largest class share in brackets). Student accuracy: running statistics / test-batch "
-        f"statistics (batch {r0['eval/batch_size']}). For the BatchNorm control the arms are eval mode, CS and "
-        "CS + rejection (cs_rejection_bn.py): CS is BatchNorm's own batch coupling. Measured on "
-        + r0["provenance"]["device"] + ".", ""]
-    entropy = lambda a: f"{ent(a['noise/label_entropy'])} ({pct(a['noise/label_max_share'])}%)" if a else "-"
-    rows = []
-    for prefix, label in BATCH_ALIGN_TEACHERS:
-        arms = [runs.get(f"{prefix}__{arm}") for arm in BATCH_ALIGN_ARMS]
-        if not any(arms):
-            rows.append([label, "not run yet", None, None, None, None])
-            continue
-        r = next(a for a in arms if a)
-        rows.append([label, f"{pct(r['teacher/acc'])} / {pct(r.get('teacher/acc_aligned'))}",
-                     f"{entropy(arms[0])}, {entropy(arms[1])}", *(accs(a) if a else "not run yet" for a in arms)])
-    lines += table("lrrrrr", ["teacher", "teacher acc (plain / aligned)", "noise-label entropy: plain, aligned",
-                              "student: no alignment", "alignment", "alignment + rejection"], rows)
-    return "\n".join(lines + ["", "![batch alignment](results/batch_align.png)"])
-
-
-def batch_align_figure(path):
-    runs = load("batch_align")
-    if not runs:
-        return
-    teachers = [(p, label) for p, label in BATCH_ALIGN_TEACHERS if any(f"{p}__{a}" in runs for a in BATCH_ALIGN_ARMS)]
-    fig, axes = figure(len(teachers), (4 * len(teachers), 3.8), sharey=True)
-    for ax, (prefix, label) in zip(axes, teachers):
-        for arm, color in zip(BATCH_ALIGN_ARMS, ("tab:gray", "tab:blue", "tab:orange")):
-            r = runs.get(f"{prefix}__{arm}")
-            if r:
-                plot_accuracy(ax, r["curve"], "eval/acc_batchstats", color=color, marker="o", ms=3,
-                              label=f"{arm}: test-batch stats")
-                plot_accuracy(ax, r["curve"], "eval/acc_running", color=color, ls=":", label=f"{arm}: running stats")
-    label_axes(axes, [label for _, label in teachers], fontsize=9)
-    axes[0].set_ylabel("student CIFAR-10 test accuracy (%)")
-    handles = {}  # one legend for every arm drawn in any panel (the first panel may lack an arm)
-    for ax in axes:
-        handles |= {lab: h for h, lab in zip(*ax.get_legend_handles_labels()) if lab not in handles}
-    axes[0].legend(handles.values(), handles.keys(), fontsize=7)
-    save(fig, path)
-
-
-STUDENTS = [("resnet20_bn", "ResNet-20, BatchNorm"), ("resnet20_gn", "ResNet-20, GroupNorm(8)"),
-            ("vit_tiny", "ViT-tiny, LayerNorm")]
-STUDY_TEACHERS = [("bn", "BN ResNet-20 teacher, CS"), ("gn", "GN ResNet-20 teacher, alignment")]
-
-
-def student_study_block():
-    # {(teacher, student): results}; the BN-student runs are the align arms of bench/batch_align.py.
-    runs = {tuple(stem.split("__")): r for stem, r in load("student_study").items() if stem != "test_time"}
-    aligned = load("batch_align")
-    runs |= {(t, "resnet20_bn"): aligned[f"{t}__align"] for t, _ in STUDY_TEACHERS if aligned.get(f"{t}__align")}
-    if not any(student != "resnet20_bn" for _, student in runs):
-        return "_No results yet: run `python bench/student_study.py` (after `bench/batch_align.py`)._"
-    r0 = one_setting(runs, "the student study", lambda r: (r["samples_seen"], r["args"]["seed"], r["eval/batch_size"],
-                                                           r["eval/num_images"]))
-    test_time = read("student_study/test_time.json") or {"rows": []}
-    later = {(x["teacher"], x["student"]): x for x in test_time["rows"]}
-    lines = [f"{r0['samples_seen']:,} noise samples per run, seed {r0['args']['seed']}, CIFAR-10 test "
-             "accuracy of the student as it is (BatchNorm on its running statistics) / with the statistics of each "
-             f"test batch of {r0['eval/batch_size']}: BatchNorm in batch mode for the BatchNorm students, batch "
-             "alignment in front of every GroupNorm or LayerNorm layer for the others (measured afterwards from the "
-             f"final checkpoints: `{test_time.get('args', {}).get('command', 'python bench/student_study.py')}`, "
-             "results/student_study/test_time.json). The BatchNorm-student row is the alignment column (CS for the "
-             "BatchNorm teacher) of the table above; no run here uses rejection. Largest class: the share of the test "
-             "images the student puts in its most frequent class (as it is / with test-batch statistics). Measured on "
-             + r0["provenance"]["device"] + ".", ""]
-    rows = []
-    for student, label in STUDENTS:
-        cells, shares = [], []
-        for teacher, _ in STUDY_TEACHERS:
-            r, t = runs.get((teacher, student)), later.get((teacher, student))
-            if not r:
-                cells.append("not run yet")
-                continue
-            second = r["eval/acc_batchstats"] if student == "resnet20_bn" else t and t["coupled/acc"]
-            cells.append(f"{pct(r['eval/acc_running'])} / {pct(second)}" if second is not None
-                         else pct(r["eval/acc_running"]))
-            if t:
-                shares.append(f"{pct(t['plain/pred_max_share'])}% / {pct(t['coupled/pred_max_share'])}%")
-        rows.append([label, *cells, ", ".join(shares) or "n/a"])
-    header = ["student", *(label for _, label in STUDY_TEACHERS),
-              "largest class: " + ", ".join(label.split(" ")[0] + " teacher" for _, label in STUDY_TEACHERS)]
-    return "\n".join(lines + table("l" + "r" * (len(STUDY_TEACHERS) + 1), header, rows))
-
-
-# The account that vit_failure_analysis.py tests, as its docstring states it (the README shows it above the measured
-# table; tests/test_vit_failure_analysis.py keeps the two texts the same).
-VIT_ACCOUNT = (
-    "Cut an image of iid N(0, 1) pixels into L patches: the patches are iid, so the tokens x_i = W p_i + e_i (patch "
-    "embedding plus position embedding) are independent, and exchangeable up to their position terms. Per-token "
-    "LayerNorm maps every token to the same norm, so no token stands out by scale. Attention logits q_i.k_j between "
-    "unstructured tokens carry no strong preference, so attention stays spread (entropy near log L) and each output "
-    "is close to an average, o_i = sum_j a_ij v_j ~ (1/L) sum_j v_j. An average of L independent terms concentrates "
-    "around its mean: its fluctuation from one noise image to the next has variance ~ s^2 / L, while the mean mu "
-    "(set by the weights and position embeddings, the same for every noise image) stays. The residual stream adds "
-    "these concentrated updates layer after layer, the class token reads out an average as well, and the head is a "
-    "fixed map of it. Hence, on noise:"
-    "\n\n- **P1** attention is near uniform: entropy / log L close to 1, and higher than on real images;"
-    "\n- **P2** tokens within an image become alike with depth (mean token-token cosine rises);"
-    "\n- **P3** the pooled representation is nearly the same for every noise image (sample-sample cosine near 1) and "
-    "the logits nearly constant: their between-sample variance is far below that on real images, and the argmax "
-    "label histogram collapses (normalized entropy near 0);"
-    "\n- **P4** that between-sample variance shrinks like 1/L: slope about -1 of log variance against log L, varying "
-    "L through the image size (patch 4; the position embeddings interpolated to the new grid);"
-    "\n- **P5** batch alignment (batch_align_ln_gn.py), which subtracts the common component mu across the batch and "
-    "rescales what varies, undoes P3: label entropy rises."
-    "\n\nA CNN pools too (global average over (H/4)(W/4) positions), so the same averaging argument applies to it; a "
-    "BatchNorm CNN in eval mode is measured as the contrast, and in CS mode as BatchNorm's own batch coupling. Where "
-    "a prediction fails, the README says so: the account is a hypothesis, not a result.")
-
-
-def where(rows, **values):
-    """The rows of results/vit_failure/analysis.json that have these values."""
-    return [x for x in rows if all(x[k] == v for k, v in values.items())]
-
-
-def vit_failure_block():
-    r = read("vit_failure/analysis.json")
-    if r is None:
-        return "_No results yet: run `python vit_failure_analysis.py` (see the command above)._"
-    a = r["args"]
-    lines = [f"`{a['command']}`: {probe_samples(a)} images per condition, batches of {a['batch_size']}, sizes "
-             f"{', '.join(map(str, a['sizes']))} (L = (size / 4)^2 tokens or pooled positions). Coupled: batch "
-             "alignment for per-sample norms, CS for BatchNorm. Logit variance: between samples, mean over classes. "
-             f"Measured on {r['provenance']['device']}, {r['provenance']['wall_time_s'] / 60:.0f} min.", ""]
-    rows = []
-    for model in dict.fromkeys(x["model"] for x in r["rows"]):
-        for source in ("noise", "real"):
-            p, c = (where(r["rows"], model=model, input=source, size=32, coupled=b) for b in (False, True))
-            if not p or not c:
-                continue
-            p, c = p[0], c[0]
-            s = [next(x["slope"] for x in r["slopes"] if (x["model"], x["input"], x["coupled"]) == (model, source, b))
-                 for b in (False, True)]
-            rows.append([f"{model} ({pct(r['teachers'][model]['acc'])}%)", source,
-                         f"{ent(p['label_entropy'])} / {ent(c['label_entropy'])}",
-                         f"{p['logit_var']:.3g} / {c['logit_var']:.3g}",
-                         f"{p['sample_cosine']:.3f} / {c['sample_cosine']:.3f}", f"{s[0]:.2f} / {s[1]:.2f}"])
-    lines += table("llrrrr", ["teacher", "input, size 32", "label entropy: plain / coupled",
-                              "logit variance: plain / coupled", "sample cosine: plain / coupled",
-                              "slope of log variance vs log L: plain / coupled"], rows) + [""]
-    lines += table("llll", ["teacher", "prediction", "measured", "holds"],
-                   [[c["model"], c["prediction"], c["measured"], "yes" if c["holds"] else "**no**"]
-                    for c in r["checks"]])
-    return "\n".join(lines + ["", "![ViT failure analysis](results/vit_failure.png)"])
-
-
-def vit_failure_figure(path):
-    r = read("vit_failure/analysis.json")
-    if r is None:
-        return
-    rows = r["rows"]
-    fig, axes = figure(3, (15, 4.2))
-    styles = {("noise", False): ("-", "noise"), ("noise", True): ("--", "noise, coupled"),
-              ("real", False): (":", "real")}
-    models = list(dict.fromkeys(x["model"] for x in rows))
-    for model, color in zip(models, ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")):
-        for (source, coupled), (ls, tag) in styles.items():
-            at32 = where(rows, model=model, input=source, size=32, coupled=coupled)
-            if not at32:
-                continue
-            x, style = at32[0], dict(ls=ls, color=color, marker="o", ms=3, label=f"{model}, {tag}")
-            if x["attn_entropy_norm"]:
-                axes[0].plot(range(1, len(x["attn_entropy_norm"]) + 1), x["attn_entropy_norm"], **style)
-            axes[1].plot(range(1, len(x["token_cosine"]) + 1), x["token_cosine"], **style)
-            sweep = sorted(where(rows, model=model, input=source, coupled=coupled), key=lambda s: s["tokens"])
-            axes[2].loglog([s["tokens"] for s in sweep], [s["logit_var"] for s in sweep], **style)
-    axes[0].set(title="ViT attention entropy / log(L + 1), size 32", xlabel="layer")
-    axes[1].set(title="mean token-token cosine, size 32", xlabel="block")
-    axes[2].set(title="between-sample logit variance", xlabel="L (tokens / pooled positions)")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
-    axes[2].legend(fontsize=6)
-    save(fig, path)
-
-
-NOISE_FIT_ROWS = [  # (teacher, arm, label): the order of the table's rows
-    ("aka20", "prior_white", "shared ResNet-20 (91.7%)", "prior work's recipe, white noise (the paper's)"),
-    ("aka20", "prior_fit", "shared ResNet-20 (91.7%)", "prior work's recipe, fitted noise (`--fit-noise`)"),
-    ("ours20", "default_white", "shipped ResNet-20 (89.9%)", "our recipe (CS + rejection, Adam 2e-3 cosine), white"),
-    ("ours20", "default_fit", "shipped ResNet-20 (89.9%)", "our recipe, fitted noise, batch 256 (the former default)"),
-    ("ours20", "default_fit_b64", "shipped ResNet-20 (89.9%)", "our recipe, fitted noise, batch 64 (`--batch-size 64`)"),
-    ("ours20", "default_fit_b32", "shipped ResNet-20 (89.9%)", "our recipe, fitted noise, batch 32 (the default)"),
-    ("ours20", "default_fit_b32_mse", "shipped ResNet-20 (89.9%)", "the default with `--loss mse`"),
-    ("ours20", "default_fit_b16", "shipped ResNet-20 (89.9%)", "the default with batches of 16 (`--batch-size 16`)"),
-]
-
-
-def noise_fit_runs():
-    """The table's rows [(arm, teacher label, label, results)], one per seed in NOISE_FIT_ROWS' order, and all runs by
-    name: results/noise_fit/, plus the prior recipe's white-noise run of results/bn_variants (seed 0, same teacher and
-    flags, 256k samples: its first 128k are the same run) where this bench has not run that seed itself."""
-    runs, prior = load("noise_fit"), read("bn_variants/prior_recipe.json")
-    if runs and "aka20__prior_white__s0" not in runs and prior:
-        runs["aka20__prior_white__s0"] = {**prior, "source": "results/bn_variants"}
-    return [(arm, tlabel, label, runs[stem]) for teacher, arm, tlabel, label in NOISE_FIT_ROWS
-            for stem in sorted(k for k in runs if k.startswith(f"{teacher}__{arm}__s"))], runs
-
-
-def noise_fit_block():
-    table_rows, runs = noise_fit_runs()
-    if not runs:
-        return "_No results yet: run `python bench/noise_fit.py`._"
-    points = sorted({row["samples_seen"] for r in runs.values() if "source" not in r for row in r["curve"]})
-    lines = [f"ResNet-20 students, CIFAR-10 test accuracy (%) after {' / '.join(f'{n // 1000}k' for n in points)} "
-             "noise samples, with the student's running statistics (eval mode: the deployed model) and with test-batch "
-             "statistics (batch 256); final KD loss (nats, the last logged batch); for the fitted noise its spectrum "
-             "exponent, the correlation between its colour channels, and the BN-statistics loss on white noise -> on "
-             "the fitted noise. One row per seed. Measured on " + next(iter(runs.values()))["provenance"]["device"]
-             + ".", ""]
-    rows = []
-    for _, tlabel, label, r in table_rows:
-        fit = ""
-        if r.get("noise/fitted"):
-            L = np.array(r["noise/fitted"]["color"])
-            cov = L @ L.T
-            corr = cov / np.sqrt(np.outer(cov.diagonal(), cov.diagonal()))
-            off = corr[np.triu_indices(len(L), 1)]
-            fit = (f"1/f^{r['noise/fitted']['alpha']:.1f}, colour correlation {off.min():.2f}-{off.max():.2f}; "
-                   f"{r['noise/bn_loss_white']:.1f} -> {r['noise/bn_loss_fitted']:.1f}")
-        if "source" in r:  # the run of the other table: another machine, bf16, and 256k samples
-            fit = f"the run of `{r['source']}` (another CPU, bf16; its loss at {r['samples_seen'] // 1000}k)"
-        rows.append([tlabel, label, r["args"]["seed"],
-                     *curve_cells(r, points),
-                     f"{r['train/final_loss']:.2f}", fit])
-    lines += table("llrllrl", ["teacher", "recipe and noise", "seed", "acc, running stats", "acc, test-batch stats",
-                               "final KD loss", "fitted noise"], rows)
-    return "\n".join(lines + ["", "![fitted noise](results/noise_fit.png)"])
-
-
-def noise_fit_figure(path):
-    table_rows, runs = noise_fit_runs()
-    if not runs:
-        return
-    last = max(row["samples_seen"] for r in runs.values() if "source" not in r for row in r["curve"])
-    colors = {"prior_white": "tab:gray", "prior_fit": "tab:blue", "default_white": "tab:orange",
-              "default_fit": "tab:red", "default_fit_b64": "tab:purple", "default_fit_b32": "tab:green",
-              "default_fit_b32_mse": "tab:olive", "default_fit_b16": "tab:cyan"}
-    styled = [(r, dict(color=colors[arm], ls="-" if r["args"]["seed"] == 0 else "--",
-                       label=f"{tlabel}: {label}, seed {r['args']['seed']}")) for arm, tlabel, label, r in table_rows]
-    fig, axes = learning_curves([([row for row in r["curve"] if row["samples_seen"] <= last], style)
-                                 for r, style in styled], (14, 4.4), titles=(
-        "student in eval mode (running statistics)", "test-batch statistics", "KD loss (KL, nats)"))
-    for r, style in styled:
-        if r.get("train_loss_curve") and r["args"].get("loss", "kl") == "kl":  # an MSE loss is not in nats
-            loss = r["train_loss_curve"]
-            axes[2].plot([n / 1000 for n, _ in loss], [v for _, v in loss], lw=0.8, **style)
-    mark_chance(axes[:2])
-    save(fig, path, axes[0], ncol=2, bottom=0.2)
-
-
-FACTORS = [  # (arm, what changes): the rows of the factor study, in bench/factors.py's order
-    ("centre", "nothing: the prior work's recipe on the fitted noise"),
-    ("white", "noise: white N(0, I), the paper's"),
-    ("alpha2", "noise: 1/f^2 set by hand, no colour or mean"),
-    ("running", "teacher BatchNorm: running statistics (eval mode), not CS"),
-    ("lr3e-3", "learning rate 3e-3"),
-    ("lr3e-4", "learning rate 3e-4"),
-    ("tau4", "temperature 4"),
-    ("batch64", "batch 64: 4x the updates for the same samples"),
-    ("mse", "loss: MSE between centred logits, not KL"),
-    ("teacher_e1", "teacher: ours (train_teacher.py's recipe), 1 epoch"),
-    ("teacher_e2", "teacher: ours, 2 epochs"),
-    ("teacher_e5", "teacher: ours, 5 epochs"),
-    ("teacher_e20", "teacher: ours, 20 epochs (the shipped teacher)"),
-]
-
-
-def factors_runs():
-    """[(arm, label, seed, results)] in FACTORS' order, one per finished seed."""
-    runs = load("factors")
-    return [(arm, label, r["args"]["seed"], r) for arm, label in FACTORS
-            for stem, r in sorted(runs.items()) if stem.startswith(f"{arm}__s")]
-
-
-def factors_block():
-    rows = factors_runs()
-    if not rows:
-        return "_No results yet: run `python bench/factors.py`._"
-    r0 = rows[0][3]
-    points = sorted({x["samples_seen"] for *_, r in rows for x in r["curve"]})
-    tail = lambda r: np.mean([v for _, v in r["train_loss_curve"][-5:]]) if r.get("train_loss_curve") else None
-    lines = ["ResNet-20 students; one change per row from the centre (the shared ResNet-20 teacher, the prior work's "
-             f"recipe on the noise fitted to the teacher's BN statistics). CIFAR-10 test accuracy (%) after "
-             f"{' / '.join(f'{n / 1000:g}k' for n in points)} noise samples, with the student's running statistics and "
-             "with test-batch statistics (batch 256); KD loss: the mean of the last 50 steps' logged losses (x tau^2); "
-             "input-free level: the KD loss of the best student that ignores its input (it predicts the teacher's mean "
-             "probabilities on this noise; for the MSE arm, its mean logits): a student at that level has learned "
-             f"nothing about the teacher. Measured on {r0['provenance']['device']}.", ""]
-    cells = []
-    for arm, label, seed, r in rows:
-        level = r.get("bench/kd_loss_constant_student")
-        cells.append([f"`{arm}`", label, pct(r["teacher/acc"]), seed,
-                      *curve_cells(r, points),
-                      "n/a" if tail(r) is None else f"{tail(r):.2f}", "n/a" if level is None else f"{level:.2f}"])
-    lines += table("llrrllrr", ["arm", "what changes", "teacher acc", "seed", "acc, running stats",
-                                "acc, test-batch stats", "KD loss", "input-free level"], cells)
-    return "\n".join(lines + ["", "![factors](results/factors.png)"])
-
-
-def factors_figure(path):
-    rows = factors_runs()
-    if not rows:
-        return
-    colors = dict(zip([a for a, _ in FACTORS], ["k", "tab:gray", "tab:brown", "tab:purple", "tab:red", "tab:orange",
-                                                "tab:green", "tab:blue", "lime", "gold", "tab:olive", "tab:cyan",
-                                                "tab:pink"]))
-    styled = [(r, dict(color=colors[arm], ls="-" if seed == 0 else "--", label=f"{arm}: {label}, seed {seed}"))
-              for arm, label, seed, r in rows]
-    fig, axes = learning_curves([(r["curve"], style) for r, style in styled], (14, 4.6), titles=(
-        "student in eval mode (running statistics)", "test-batch statistics",
-        "KD loss / input-free level (1: nothing learned)"))
-    for r, style in styled:  # the ratio compares arms whose teachers, modes and temperatures differ
-        if r.get("train_loss_curve") and r.get("bench/kd_loss_constant_student"):
-            loss, level = r["train_loss_curve"], r["bench/kd_loss_constant_student"]
-            axes[2].plot([n / 1000 for n, _ in loss], [v / level for _, v in loss], lw=0.8, **style)
-    axes[2].axhline(1, color="k", lw=0.6, ls=":")
-    mark_chance(axes[:2])
-    save(fig, path, axes[0], ncol=2, bottom=0.25)
-
-
-def calibrate_bn_block():
-    r = read("calibrate_bn.json")
-    if r is None:
-        return "_Not measured yet: run `python bench/calibrate_bn.py`._"
-    inv = r.get("inverted")  # results written before the inverted inputs existed lack their column
-    lines = [f"`{r['command']}`: each student of the table above from its final checkpoint, CIFAR-10 test accuracy (%) "
-             f"in eval mode with its running statistics as trained, after re-estimating them on {r['batches']} batches "
-             f"of {r['batch_size']} samples of the noise fitted to its teacher (no image)"
-             + (f", after re-estimating them on {inv['samples']} inputs inverted from the teacher's BN statistics "
-                f"(`--calibrate-bn`: {inv['steps']} Adam steps per batch of 256, synthesized, no image read)"
-                if inv else "") + ", and with test-batch statistics.", ""]
-    return "\n".join(lines + table(
-        "llrrr" + "r" * bool(inv) + "r",
-        ["run", "trained on", "seed", "eval mode, as trained", "eval mode, calibrated on fitted noise",
-         *(["eval mode, calibrated on inverted inputs"] if inv else []), "test-batch statistics"],
-        [[f"`{x['run']}`", x["trained_on"], x["seed"], pct(x["acc_running"]), pct(x["acc_calibrated"]),
-          *([pct(x["acc_inverted"])] if inv else []), pct(x["acc_batchstats"])] for x in r["rows"]]))
-
-
-TEACHER_ON_NOISE = [  # (key, column): inputs and BatchNorm statistics of bench/teacher_on_noise.py
-    ("images_running", "test images, eval mode"), ("fitted_cs", "fitted noise, CS"),
-    ("fitted_running", "fitted noise, eval mode"), ("fitted_bm_rv", "fitted noise, batch mean + running variance"),
-    ("fitted_rm_bv", "fitted noise, running mean + batch variance"), ("white_cs", "white noise, CS"),
-    ("white_running", "white noise, eval mode")]
-
-
-def teacher_on_noise_block():
-    r = read("teacher_on_noise.json")
-    if r is None:
-        return "_Not measured yet: run `python bench/teacher_on_noise.py`._"
-    lines = [f"`{r['command']}`: each teacher's answers on {r['samples']:,} inputs (batches of {r['batch_size']}) "
-             "under each BatchNorm statistics; per cell: label entropy (of its argmax labels, / log 10; 1 = balanced) "
-             "/ input-free level (nats: KL from its answers to its mean answer; 0 = it ignores its input) / roughness "
-             f"(nats: mean KL between its answers on z and on z + {r['sigma']:g} eps, eps white, in its normalized "
-             "input space). Roughness above the input-free level: a jitter that small changes the answer more than "
-             f"drawing a new sample does. Measured on {r['provenance']['device']}.", ""]
-    cell = lambda m: f"{m['label_entropy']:.2f} / {m['input_free_level']:.2f} / {m['roughness']:.2f}"
-    return "\n".join(lines + table("lr" + "l" * len(TEACHER_ON_NOISE), ["teacher", "test acc",
-                                                                        *[c for _, c in TEACHER_ON_NOISE]],
-                                   [[x["teacher"], pct(x["test_acc"]), *[cell(x[k]) for k, _ in TEACHER_ON_NOISE]]
-                                    for x in r["rows"]]))
-
-
-LONG_RUN = [("ours_1m", "our default recipe (fitted noise, CS + rejection, batch 32, Adam 2e-3 cosine over the "
-                        "budget)"),
-            ("ours", "our default recipe"),
-            ("prior", "the prior work's recipe (white noise, CS, batch 256, Adam 1e-3 constant)")]
-LONG_RUN_POINTS = [128_000 * 2 ** k for k in range(7)]  # 128k ... 8.2M; then each arm's end of budget
-
-
-def long_run_block():
-    runs = {arm: read(f"long_run/{arm}.json") for arm, _ in LONG_RUN}
-    if not any(runs.values()):
-        return "_Not started yet: `python bench/long_run.py`._"
-    r0 = next(r for r in runs.values() if r)
-    teacher = r0.get("teacher/acc", r0.get("teacher/acc_recorded"))
-    heads = [f"{n / 1e6:.3g}M" if n >= 1e6 else f"{n // 1000}k" for n in LONG_RUN_POINTS]
-    rows = []
-    for arm, label in LONG_RUN:
-        r = runs[arm]
-        if r is None:
-            rows.append([f"`{arm}`", label, "", "not started", *[""] * (len(heads) + 2)])
-            continue
-        budget = r["args"]["steps"] * r["args"]["batch_size"]
-        at = {row["samples_seen"]: accs(row) for row in r["curve"]}
-        loss = r.get("train_loss_curve", [])[-5:]
-        rows.append([f"`{arm}`", label, f"{budget / 1e6:.3g}M",
-                     f"{r['samples_seen'] / 1e6:.2f}M" + (" (running)" if r.get("finished") is False else ""),
-                     *[at.get(n, "") for n in LONG_RUN_POINTS], at.get(budget, ""),
-                     f"{np.mean([v for _, v in loss]):.2f}" if loss else "n/a"])
-    return "\n".join([
-        f"`python bench/long_run.py --data-dir ../shared/data`: the shipped ResNet-20 ({pct(teacher)}%) -> ResNet-20, "
-        f"seed {r0['args']['seed']}. CIFAR-10 test accuracy (%) with the student's running statistics / with "
-        "test-batch statistics (batch 256) after each number of noise samples, and at the end of the arm's budget; KD "
-        "loss: the mean of the last 50 steps' logged losses. A run still going shows its curve so far (committed "
-        f"from its checkpoint). Measured on {r0['provenance']['device']}.", "",
-        *table("llrr" + "l" * (len(heads) + 1) + "r", ["arm", "recipe", "budget", "samples so far", *heads,
-                                                      "end of budget", "KD loss"], rows)])
-
+# ---- README blocks and figures, one function each ----
 
 HEADLINE = [  # (results file, what it is, its row in calibrate_bn.json or None): the README's first table
     ("default_run.json", "`python cs_rejection_bn.py` (the default: fitted noise, CS + rejection)",
@@ -695,23 +156,24 @@ def headline_block():
         r = read(name)
         if r is None:
             continue
-        a, prov = r["args"], r["provenance"]
-        device = prov["device"].split("(", 1)[-1].rsplit(")", 1)[0] if "(" in prov["device"] else prov["device"]
-        device = device.replace("cpu,", "CPU (name not recorded),", 1) if device.startswith("cpu,") else device
+        a, prov, device = r["args"], r["provenance"], r["provenance"]["device"]
+        if "(" in device:  # the device's name, without the host's
+            device = device.split("(", 1)[1].rsplit(")", 1)[0]
+        if device.startswith("cpu,"):
+            device = "CPU (name not recorded)," + device[len("cpu,"):]
         rows.append([label, f"{a['teacher']} ({pct(r['teacher/acc'])}%) -> {a['student']}",
                      f"{r['samples_seen'] // 1000}k", a["batch_size"], *(f"{pct(r[k])}%" for k in PROTOCOLS),
                      f"{pct(calibrated[cal])}%" if calibrated.get(cal) is not None else "",
                      f"{prov['wall_time_s'] / 60:.0f} min" if prov.get("wall_time_s") else "n/a",
                      device + (", bf16" if a.get("bf16") else "")])
-    lines = table("llrrrrrrl", ["run", "teacher -> student", "noise samples", "batch", "student, eval mode",
-                                "student, test-batch statistics", "eval mode after `--calibrate-bn`", "wall time",
-                                "hardware"], rows)
-    lines += ["", "Wall time as measured on a shared 2-core machine: tests ran beside some of these runs, so it is an "
-              "upper bound; the AMD EPYC has no bf16 and runs fp32, several times slower per step than the Xeon with "
-              "bf16. `--calibrate-bn` (ours, off by default, \"How it works\"): the student's BN statistics "
-              "re-estimated after training on inputs synthesized from the teacher (`results/calibrate_bn.json`; blank: "
-              "not measured)."]
-    return "\n".join(lines)
+    return block(table("llrrrrrrl", ["run", "teacher -> student", "noise samples", "batch", "student, eval mode",
+                                     "student, test-batch statistics", "eval mode after `--calibrate-bn`", "wall time",
+                                     "hardware"], rows),
+                 "Wall time as measured on a shared 2-core machine: tests ran beside some of these runs, so it is an "
+                 "upper bound; the AMD EPYC has no bf16 and runs fp32, several times slower per step than the Xeon "
+                 "with bf16. `--calibrate-bn` (ours, off by default, \"How it works\"): the student's BN statistics "
+                 "re-estimated after training on inputs synthesized from the teacher (`results/calibrate_bn.json`; "
+                 "blank: not measured).")
 
 
 def default_run_block():
@@ -727,55 +189,576 @@ def default_run_block():
             "(`results/default_run.json`).")
 
 
+BN_VARIANTS = [  # (file stem, label): the order of the table's rows
+    ("prior_recipe", "prior work's recipe: CS, no balancing, Adam 1e-3 constant"),
+    ("running", "baseline: teacher in eval mode (running statistics)"),
+    ("cs", "CS"),
+    ("cs_reject", "CS + rejection (NormShift-KD, white noise)"),
+    ("cs_reweight", "CS + reweighting"),
+    ("cs_reject_alpha2", "CS + rejection, 1/f^2 noise (`--noise-alpha 2`)"),
+    ("cs_b64", "CS, batch 64 (4x the updates for the same samples)"),
+]
+
+
+def bn_variants_block():
+    runs = load("bn_variants")
+    if not runs:
+        return "_No results yet: run `python bench/bn_variants.py`._"
+    r0 = one_setting(runs, "results/bn_variants", lambda r: (r["samples_seen"], r["args"]["seed"], r["teacher/sha256"],
+                                                             r["eval/batch_size"], r["eval/num_images"]))
+    rows = []
+    for stem, label in BN_VARIANTS:
+        r = runs.get(stem)
+        rows.append([label, "not run yet", *[None] * 7] if r is None else [
+            label, *(pct(r[k]) for k in PROTOCOLS), ent(r["noise/label_entropy"]),
+            ent(r["noise/accepted_label_entropy"]),
+            f"{pct(r['noise/label_max_share'])}% / {pct(r['noise/accepted_max_share'])}%",
+            f"{r['noise/acceptance_rate']:.2f}", f"{r['samples_per_s']:.0f}", f"{pct(r['sampler_time_frac'])}%"])
+    return block(
+        f"Shared ResNet-20 teacher (test accuracy {pct(r0['teacher/acc'])}% as measured by the run) -> ResNet-20 "
+        f"student, CIFAR-10, {r0['samples_seen']:,} noise samples each (batch 256 unless said), "
+        f"seed {r0['args']['seed']}. Accuracy on the {r0['eval/num_images']:,} test images with the student's "
+        f"running statistics (eval mode) and with each test batch's statistics (batch {r0['eval/batch_size']}). "
+        "Noise-label entropy: the teacher's argmax histogram on raw noise, H / log K; accepted: on the batches the "
+        "student trained on. Measured on " + r0["provenance"]["device"] + ".",
+        table("lrrrrrrrr", ["variant", "acc, running stats", "acc, test-batch stats", "noise-label entropy",
+                            "accepted entropy", "largest class (raw / accepted)", "acceptance", "student samples/s",
+                            "sampler time"], rows),
+        "![learning curves](results/bn_variants.png)")
+
+
+def bn_variants_figure(path):
+    runs = load("bn_variants")
+    if runs:
+        fig, axes = learning_curves([(runs[stem]["curve"], dict(label=label), None) for stem, label in BN_VARIANTS
+                                     if stem in runs], (11, 4.8), sharey=True)
+        save(fig, path, axes[0], ncol=3, bottom=0.14)
+
+
+def seeds_block():
+    seeds = sorted({p.parent.name for p in RESULTS.glob("bn_variants_seed*/*.json")})  # folder names
+    if not seeds:
+        return "_No second seed yet._"
+    base, other = load("bn_variants"), [load(s) for s in seeds]
+    fmt = lambda r: accs(r) if r else "not run"
+    rows = [[label, fmt(base.get(stem)), *(fmt(o.get(stem)) for o in other)]
+            for stem, label in BN_VARIANTS if any(o.get(stem) for o in other)]
+    header = ["variant", "seed 0", *(f"seed {s.removeprefix('bn_variants_seed')}" for s in seeds)]
+    return block("Final accuracy, running stats / test-batch stats, same setting as the table above, other seeds "
+                 "(`python bench/bn_variants.py --data-dir ../shared/data --seed S --only ... "
+                 "--out results/bn_variants_seedS`):", table("lr" + "r" * len(seeds), header, rows))
+
+
+NOISE_FIT_TEACHERS = {"aka20": "shared ResNet-20 (91.7%)", "ours20": "shipped ResNet-20 (89.9%)"}
+NOISE_FIT_ROWS = [  # (teacher, arm, colour in the figure, label): the order of the table's rows
+    ("aka20", "prior_white", "tab:gray", "prior work's recipe, white noise (the paper's)"),
+    ("aka20", "prior_fit", "tab:blue", "prior work's recipe, fitted noise (`--fit-noise`)"),
+    ("ours20", "default_white", "tab:orange", "our recipe (CS + rejection, Adam 2e-3 cosine), white"),
+    ("ours20", "default_fit", "tab:red", "our recipe, fitted noise, batch 256 (the former default)"),
+    ("ours20", "default_fit_b64", "tab:purple", "our recipe, fitted noise, batch 64 (`--batch-size 64`)"),
+    ("ours20", "default_fit_b32", "tab:green", "our recipe, fitted noise, batch 32 (the default)"),
+    ("ours20", "default_fit_b32_mse", "tab:olive", "the default with `--loss mse`"),
+    ("ours20", "default_fit_b16", "tab:cyan", "the default with batches of 16 (`--batch-size 16`)"),
+]
+
+
+def noise_fit_runs():
+    """All runs by name, and the table's rows [(teacher label, colour, label, results)], one per seed in
+    NOISE_FIT_ROWS' order: results/noise_fit/, plus the prior recipe's white-noise run of results/bn_variants (seed
+    0, same teacher and flags, 256k samples: its first 128k are the same run) where this bench has not run seed 0."""
+    runs, prior = load("noise_fit"), read("bn_variants/prior_recipe.json")
+    if runs and "aka20__prior_white__s0" not in runs and prior:
+        runs["aka20__prior_white__s0"] = {**prior, "source": "results/bn_variants"}
+    return runs, [(NOISE_FIT_TEACHERS[teacher], color, label, runs[stem]) for teacher, arm, color, label in
+                  NOISE_FIT_ROWS for stem in sorted(k for k in runs if k.startswith(f"{teacher}__{arm}__s"))]
+
+
+def noise_fit_block():
+    runs, table_rows = noise_fit_runs()
+    if not runs:
+        return "_No results yet: run `python bench/noise_fit.py`._"
+    points = sorted({row["samples_seen"] for r in runs.values() if "source" not in r for row in r["curve"]})
+    rows = []
+    for teacher, _, label, r in table_rows:
+        fit = ""
+        if r.get("noise/fitted"):
+            L = np.array(r["noise/fitted"]["color"])
+            cov = L @ L.T
+            corr = (cov / np.sqrt(np.outer(cov.diagonal(), cov.diagonal())))[np.triu_indices(len(L), 1)]
+            fit = (f"1/f^{r['noise/fitted']['alpha']:.1f}, colour correlation {corr.min():.2f}-{corr.max():.2f}; "
+                   f"{r['noise/bn_loss_white']:.1f} -> {r['noise/bn_loss_fitted']:.1f}")
+        if "source" in r:  # the run of the other table: another machine, bf16, and 256k samples
+            fit = f"the run of `{r['source']}` (another CPU, bf16; its loss at {r['samples_seen'] // 1000}k)"
+        rows.append([teacher, label, r["args"]["seed"], *curve_cells(r, points), f"{r['train/final_loss']:.2f}", fit])
+    return block(
+        f"ResNet-20 students, CIFAR-10 test accuracy (%) after {' / '.join(f'{n // 1000}k' for n in points)} "
+        "noise samples, with the student's running statistics (eval mode: the deployed model) and with test-batch "
+        "statistics (batch 256); final KD loss (nats, the last logged batch); for the fitted noise its spectrum "
+        "exponent, the correlation between its colour channels, and the BN-statistics loss on white noise -> on "
+        "the fitted noise. One row per seed. Measured on " + next(iter(runs.values()))["provenance"]["device"] + ".",
+        table("llrllrl", ["teacher", "recipe and noise", "seed", "acc, running stats", "acc, test-batch stats",
+                          "final KD loss", "fitted noise"], rows),
+        "![fitted noise](results/noise_fit.png)")
+
+
+def noise_fit_figure(path):
+    runs, table_rows = noise_fit_runs()
+    if not runs:
+        return
+    last = max(row["samples_seen"] for r in runs.values() if "source" not in r for row in r["curve"])
+    curves = []
+    for teacher, color, label, r in table_rows:
+        seed, kl = r["args"]["seed"], r["args"].get("loss", "kl") == "kl"  # an MSE loss is not in nats
+        curves.append(([row for row in r["curve"] if row["samples_seen"] <= last],
+                       dict(color=color, ls="-" if seed == 0 else "--", label=f"{teacher}: {label}, seed {seed}"),
+                       r.get("train_loss_curve") if kl else None))
+    fig, axes = learning_curves(curves, (14, 4.4), "KD loss (KL, nats)")
+    save(fig, path, axes[0], ncol=2, bottom=0.2)
+
+
+def calibrate_bn_block():
+    r = read("calibrate_bn.json")
+    if r is None:
+        return "_Not measured yet: run `python bench/calibrate_bn.py`._"
+    return block(
+        f"`{r['command']}`: each student of the table above from its final checkpoint, CIFAR-10 test accuracy (%) "
+        f"in eval mode with its running statistics as trained, after re-estimating them on {r['batches']} batches "
+        f"of {r['batch_size']} samples of the noise fitted to its teacher (no image), after re-estimating them on "
+        f"{r['inverted']['samples']} inputs inverted from the teacher's BN statistics (`--calibrate-bn`: "
+        f"{r['inverted']['steps']} Adam steps per batch of 256, synthesized, no image read), and with test-batch "
+        "statistics.",
+        table("llrrrrr", ["run", "trained on", "seed", "eval mode, as trained", "eval mode, calibrated on fitted noise",
+                          "eval mode, calibrated on inverted inputs", "test-batch statistics"],
+              [[f"`{x['run']}`", x["trained_on"], x["seed"], pct(x["acc_running"]), pct(x["acc_calibrated"]),
+                pct(x["acc_inverted"]), pct(x["acc_batchstats"])] for x in r["rows"]]))
+
+
+FACTORS = [  # (arm, colour in the figure, what changes): the rows of the factor study, in bench/factors.py's order
+    ("centre", "k", "nothing: the prior work's recipe on the fitted noise"),
+    ("white", "tab:gray", "noise: white N(0, I), the paper's"),
+    ("alpha2", "tab:brown", "noise: 1/f^2 set by hand, no colour or mean"),
+    ("running", "tab:purple", "teacher BatchNorm: running statistics (eval mode), not CS"),
+    ("lr3e-3", "tab:red", "learning rate 3e-3"),
+    ("lr3e-4", "tab:orange", "learning rate 3e-4"),
+    ("tau4", "tab:green", "temperature 4"),
+    ("batch64", "tab:blue", "batch 64: 4x the updates for the same samples"),
+    ("mse", "lime", "loss: MSE between centred logits, not KL"),
+    ("teacher_e1", "gold", "teacher: ours (train_teacher.py's recipe), 1 epoch"),
+    ("teacher_e2", "tab:olive", "teacher: ours, 2 epochs"),
+    ("teacher_e5", "tab:cyan", "teacher: ours, 5 epochs"),
+    ("teacher_e20", "tab:pink", "teacher: ours, 20 epochs (the shipped teacher)"),
+]
+
+
+def factors_runs():
+    """[(arm, colour, label, seed, results)] in FACTORS' order, one per finished seed."""
+    runs = load("factors")
+    return [(arm, color, label, r["args"]["seed"], r) for arm, color, label in FACTORS
+            for stem, r in sorted(runs.items()) if stem.startswith(f"{arm}__s")]
+
+
+def factors_block():
+    runs = factors_runs()
+    if not runs:
+        return "_No results yet: run `python bench/factors.py`._"
+    points = sorted({x["samples_seen"] for *_, r in runs for x in r["curve"]})
+    rows = []
+    for arm, _, label, seed, r in runs:
+        level = r.get("bench/kd_loss_constant_student")
+        rows.append([f"`{arm}`", label, pct(r["teacher/acc"]), seed, *curve_cells(r, points), kd_loss(r),
+                     "n/a" if level is None else f"{level:.2f}"])
+    return block(
+        "ResNet-20 students; one change per row from the centre (the shared ResNet-20 teacher, the prior work's "
+        f"recipe on the noise fitted to the teacher's BN statistics). CIFAR-10 test accuracy (%) after "
+        f"{' / '.join(f'{n / 1000:g}k' for n in points)} noise samples, with the student's running statistics and "
+        "with test-batch statistics (batch 256); KD loss: the mean of the last 50 steps' logged losses (x tau^2); "
+        "input-free level: the KD loss of the best student that ignores its input (it predicts the teacher's mean "
+        "probabilities on this noise; for the MSE arm, its mean logits): a student at that level has learned "
+        f"nothing about the teacher. Measured on {runs[0][4]['provenance']['device']}.",
+        table("llrrllrr", ["arm", "what changes", "teacher acc", "seed", "acc, running stats",
+                           "acc, test-batch stats", "KD loss", "input-free level"], rows),
+        "![factors](results/factors.png)")
+
+
+def factors_figure(path):
+    runs = factors_runs()
+    if not runs:
+        return
+    curves = []  # the loss as a ratio to the input-free level: the arms' teachers, modes and temperatures differ
+    for arm, color, label, seed, r in runs:
+        loss, level = r.get("train_loss_curve"), r.get("bench/kd_loss_constant_student")
+        style = dict(color=color, ls="-" if seed == 0 else "--", label=f"{arm}: {label}, seed {seed}")
+        curves.append((r["curve"], style, [(n, v / level) for n, v in loss] if loss and level else None))
+    fig, axes = learning_curves(curves, (14, 4.6), "KD loss / input-free level (1: nothing learned)")
+    axes[2].axhline(1, color="k", lw=0.6, ls=":")
+    save(fig, path, axes[0], ncol=2, bottom=0.25)
+
+
+TEACHER_ON_NOISE = [  # (key, column): inputs and BatchNorm statistics of bench/teacher_on_noise.py
+    ("images_running", "test images, eval mode"), ("fitted_cs", "fitted noise, CS"),
+    ("fitted_running", "fitted noise, eval mode"), ("fitted_bm_rv", "fitted noise, batch mean + running variance"),
+    ("fitted_rm_bv", "fitted noise, running mean + batch variance"), ("white_cs", "white noise, CS"),
+    ("white_running", "white noise, eval mode")]
+
+
+def teacher_on_noise_block():
+    r = read("teacher_on_noise.json")
+    if r is None:
+        return "_Not measured yet: run `python bench/teacher_on_noise.py`._"
+    cell = lambda m: f"{m['label_entropy']:.2f} / {m['input_free_level']:.2f} / {m['roughness']:.2f}"
+    return block(
+        f"`{r['command']}`: each teacher's answers on {r['samples']:,} inputs (batches of {r['batch_size']}) "
+        "under each BatchNorm statistics; per cell: label entropy (of its argmax labels, / log 10; 1 = balanced) "
+        "/ input-free level (nats: KL from its answers to its mean answer; 0 = it ignores its input) / roughness "
+        f"(nats: mean KL between its answers on z and on z + {r['sigma']:g} eps, eps white, in its normalized "
+        "input space). Roughness above the input-free level: a jitter that small changes the answer more than "
+        f"drawing a new sample does. Measured on {r['provenance']['device']}.",
+        table("lr" + "l" * len(TEACHER_ON_NOISE), ["teacher", "test acc", *[c for _, c in TEACHER_ON_NOISE]],
+              [[x["teacher"], pct(x["test_acc"]), *[cell(x[k]) for k, _ in TEACHER_ON_NOISE]] for x in r["rows"]]))
+
+
+LONG_RUN = [("ours_1m", "our default recipe (fitted noise, CS + rejection, batch 32, Adam 2e-3 cosine over the "
+                        "budget)"),
+            ("ours", "our default recipe"),
+            ("prior", "the prior work's recipe (white noise, CS, batch 256, Adam 1e-3 constant)")]
+LONG_RUN_POINTS = [128_000 * 2 ** k for k in range(7)]  # 128k ... 8.2M; then each arm's end of budget
+
+
+def long_run_block():
+    runs = {arm: read(f"long_run/{arm}.json") for arm, _ in LONG_RUN}
+    if not any(runs.values()):
+        return "_Not started yet: `python bench/long_run.py`._"
+    r0 = next(r for r in runs.values() if r)
+    heads = [f"{n / 1e6:.3g}M" if n >= 1e6 else f"{n // 1000}k" for n in LONG_RUN_POINTS]
+    rows = []
+    for arm, label in LONG_RUN:
+        r = runs[arm]
+        if r is None:
+            rows.append([f"`{arm}`", label, "", "not started", *[""] * (len(heads) + 2)])
+            continue
+        budget = r["args"]["steps"] * r["args"]["batch_size"]
+        at = {row["samples_seen"]: accs(row) for row in r["curve"]}
+        rows.append([f"`{arm}`", label, f"{budget / 1e6:.3g}M",
+                     f"{r['samples_seen'] / 1e6:.2f}M" + (" (running)" if r.get("finished") is False else ""),
+                     *[at.get(n, "") for n in LONG_RUN_POINTS], at.get(budget, ""), kd_loss(r)])
+    return block(
+        "`python bench/long_run.py --data-dir ../shared/data`: the shipped ResNet-20 "
+        f"({pct(r0.get('teacher/acc', r0.get('teacher/acc_recorded')))}%) -> ResNet-20, "
+        f"seed {r0['args']['seed']}. CIFAR-10 test accuracy (%) with the student's running statistics / with "
+        "test-batch statistics (batch 256) after each number of noise samples, and at the end of the arm's budget; KD "
+        "loss: the mean of the last 50 steps' logged losses. A run still going shows its curve so far (committed "
+        f"from its checkpoint). Measured on {r0['provenance']['device']}.",
+        table("llrr" + "l" * (len(heads) + 1) + "r",
+              ["arm", "recipe", "budget", "samples so far", *heads, "end of budget", "KD loss"], rows))
+
+
+def bn_ablation_block():
+    runs = load("bn_ablation")
+    if not runs:
+        return "_No results yet: run `python bn_ablation.py` (see the command above)._"
+    parts = []
+    for stem, r in runs.items():
+        a = r["args"]
+        taught = any("eval/acc_running" in x for x in r["points"])
+        students = (f"students: {r['samples_per_point']:,} noise samples each at the points that have them"
+                    if taught else "teacher diagnostics only, no students in this run")
+        header = ["point", "teacher acc", "noise-label entropy", "largest class"]
+        if taught:
+            header += ["student acc, running / test-batch", "agreement with teacher, running / test-batch"]
+        rows = []
+        for x in r["points"]:
+            cells = [x["point"], pct(x["teacher/acc"]), ent(x["noise/label_entropy"]),
+                     f"{pct(x['noise/label_max_share'])}%"]
+            if taught and "eval/acc_running" in x:
+                twin = f" (the student of {x['student_of']}: same configuration)" if "student_of" in x else ""
+                cells += [accs(x) + twin, accs(x, ("eval/agreement_running", "eval/agreement_batchstats"))]
+            elif taught:
+                cells += [None, None]
+            rows.append(cells)
+        parts += [f"**{stem}**: teacher `{Path(r['teacher/ckpt']).name}`, {len(r['bn_layers'])} BatchNorm layers; "
+                  f"noise labels from {probe_samples(a):,} samples in CS batches of {a['batch_size']}; teacher "
+                  f"accuracy on {r['eval/num_images']:,} test images, CS layers with test-batch statistics (batch "
+                  f"{a['eval_batch_size']}); {students} (`{a['command']}`). Measured on "
+                  f"{r['provenance']['device']}, {r['provenance']['wall_time_s'] / 60:.0f} min.",
+                  table("lrrr" + "rr" * taught, header, rows), f"![BN ablation](results/bn_ablation_{stem}.png)"]
+    return block(*parts)
+
+
+def bn_ablation_figures():
+    for stem, r in load("bn_ablation").items():
+        taught = any("eval/acc_running" in x for x in r["points"])
+        fig, axes = figure(2 if taught else 1, (11 if taught else 6, 4))
+        for sweep in ("first-k", "last-k", "retrain"):
+            points = [x for x in r["points"] if x["sweep"] == sweep]
+            if not points:
+                continue
+            k = [x["k"] for x in points]
+            axes[0].plot(k, [x["noise/label_entropy"] for x in points], marker="o", ms=3,
+                         label=f"{sweep}: noise-label entropy")
+            axes[0].plot(k, [x["teacher/acc"] for x in points], ls="--", label=f"{sweep}: teacher acc (real images)")
+            if taught:  # a sweep without students still gets its (empty) lines, and so its legend entries
+                students = [x for x in points if "eval/acc_batchstats" in x]
+                k = [x["k"] for x in students]
+                axes[1].plot(k, [100 * x["eval/acc_batchstats"] for x in students], marker="o",
+                             label=f"{sweep}: test-batch stats")
+                axes[1].plot(k, [100 * x["eval/acc_running"] for x in students], marker="s", ls=":",
+                             label=f"{sweep}: running stats")
+        axes[0].set_xlabel("k = stages with GroupNorm instead of BatchNorm (retrained teachers, the rest CS)"
+                           if {x["sweep"] for x in r["points"]} == {"retrain"}
+                           else "k = BatchNorm layers on running statistics")
+        axes[0].set_title("teacher: labels on noise, accuracy on test images")
+        if taught:
+            axes[1].set_xlabel("k")
+            axes[1].set_ylabel("student test accuracy (%)")
+            axes[1].set_title(f"student, {r['samples_per_point'] // 1000}k noise samples")
+        for ax in axes:
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+        save(fig, RESULTS / f"bn_ablation_{stem}.png")
+
+
+BATCH_ALIGN_TEACHERS = [("gn", "ResNet-20, GroupNorm(8)"), ("ln", "ResNet-20, LayerNorm over (C, H, W)"),
+                        ("vit", "ViT-tiny, LayerNorm"), ("bn", "control: ResNet-20, BatchNorm")]  # (file prefix, label)
+BATCH_ALIGN_ARMS = {"plain": "tab:gray", "align": "tab:blue", "align_reject": "tab:orange"}  # arm: colour
+
+
+def batch_align_block():
+    runs = load("batch_align")
+    if not runs:
+        return "_No results yet: run `python bench/batch_align.py`._"
+    r0 = one_setting(runs, "results/batch_align", lambda r: (r["samples_seen"], r["args"]["seed"], r["eval/batch_size"],
+                                                             r["eval/num_images"], r["args"]["student"]))
+    entropy = lambda a: f"{ent(a['noise/label_entropy'])} ({pct(a['noise/label_max_share'])}%)" if a else "-"
+    rows = []
+    for prefix, label in BATCH_ALIGN_TEACHERS:
+        arms = [runs.get(f"{prefix}__{arm}") for arm in BATCH_ALIGN_ARMS]
+        if not any(arms):
+            rows.append([label, "not run yet", None, None, None, None])
+            continue
+        r = next(a for a in arms if a)
+        rows.append([label, f"{pct(r['teacher/acc'])} / {pct(r.get('teacher/acc_aligned'))}",
+                     f"{entropy(arms[0])}, {entropy(arms[1])}", *(accs(a) if a else "not run yet" for a in arms)])
+    return block(
+        f"Teacher -> ResNet-20 (BN) student, CIFAR-10, {r0['samples_seen']:,} noise samples per arm, batch 256, "
+        f"seed {r0['args']['seed']}. Teacher accuracy: fp32 eval mode, and with alignment on each test batch "
+        f"of {r0['eval/batch_size']}. Noise-label entropy: the teacher's argmax histogram on the noise it saw in "
+        "that arm, H / log K (largest class share in brackets). Student accuracy: running statistics / test-batch "
+        f"statistics (batch {r0['eval/batch_size']}). For the BatchNorm control the arms are eval mode, CS and "
+        "CS + rejection (cs_rejection_bn.py): CS is BatchNorm's own batch coupling. Measured on "
+        + r0["provenance"]["device"] + ".",
+        table("lrrrrr", ["teacher", "teacher acc (plain / aligned)", "noise-label entropy: plain, aligned",
+                         "student: no alignment", "alignment", "alignment + rejection"], rows),
+        "![batch alignment](results/batch_align.png)")
+
+
+def batch_align_figure(path):
+    runs = load("batch_align")
+    if not runs:
+        return
+    teachers = [(p, label) for p, label in BATCH_ALIGN_TEACHERS if any(f"{p}__{a}" in runs for a in BATCH_ALIGN_ARMS)]
+    fig, axes = figure(len(teachers), (4 * len(teachers), 3.8), sharey=True)
+    for ax, (prefix, _) in zip(axes, teachers):
+        for arm, color in BATCH_ALIGN_ARMS.items():
+            if runs.get(f"{prefix}__{arm}"):
+                curve = runs[f"{prefix}__{arm}"]["curve"]
+                plot_accuracy(ax, curve, "eval/acc_batchstats", color=color, marker="o", ms=3,
+                              label=f"{arm}: test-batch stats")
+                plot_accuracy(ax, curve, "eval/acc_running", color=color, ls=":", label=f"{arm}: running stats")
+    label_axes(axes, [label for _, label in teachers], fontsize=9)
+    axes[0].set_ylabel("student CIFAR-10 test accuracy (%)")
+    handles = {}  # one legend for every arm drawn in any panel (the first panel may lack an arm)
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    axes[0].legend(handles.values(), handles.keys(), fontsize=7)
+    save(fig, path)
+
+
+STUDENTS = [("resnet20_bn", "ResNet-20, BatchNorm"), ("resnet20_gn", "ResNet-20, GroupNorm(8)"),
+            ("vit_tiny", "ViT-tiny, LayerNorm")]
+STUDY_TEACHERS = [("bn", "BN ResNet-20 teacher, CS"), ("gn", "GN ResNet-20 teacher, alignment")]
+
+
+def student_study_block():
+    # {(teacher, student): results}; the BN-student runs are the align arms of bench/batch_align.py.
+    runs = {tuple(stem.split("__")): r for stem, r in load("student_study").items() if stem != "test_time"}
+    aligned = load("batch_align")
+    runs |= {(t, "resnet20_bn"): aligned[f"{t}__align"] for t, _ in STUDY_TEACHERS if aligned.get(f"{t}__align")}
+    if not any(student != "resnet20_bn" for _, student in runs):
+        return "_No results yet: run `python bench/student_study.py` (after `bench/batch_align.py`)._"
+    r0 = one_setting(runs, "the student study", lambda r: (r["samples_seen"], r["args"]["seed"], r["eval/batch_size"],
+                                                           r["eval/num_images"]))
+    test_time = read("student_study/test_time.json") or {"rows": []}
+    later = {(x["teacher"], x["student"]): x for x in test_time["rows"]}
+    rows = []
+    for student, label in STUDENTS:
+        cells, shares = [], []
+        for teacher, _ in STUDY_TEACHERS:
+            r, t = runs.get((teacher, student)), later.get((teacher, student))
+            if not r:
+                cells.append("not run yet")
+                continue
+            second = r["eval/acc_batchstats"] if student == "resnet20_bn" else t and t["coupled/acc"]
+            cells.append(pct(r["eval/acc_running"]) + ("" if second is None else f" / {pct(second)}"))
+            if t:
+                shares.append(f"{pct(t['plain/pred_max_share'])}% / {pct(t['coupled/pred_max_share'])}%")
+        rows.append([label, *cells, ", ".join(shares) or "n/a"])
+    header = ["student", *(label for _, label in STUDY_TEACHERS),
+              "largest class: " + ", ".join(label.split(" ")[0] + " teacher" for _, label in STUDY_TEACHERS)]
+    return block(
+        f"{r0['samples_seen']:,} noise samples per run, seed {r0['args']['seed']}, CIFAR-10 test "
+        "accuracy of the student as it is (BatchNorm on its running statistics) / with the statistics of each "
+        f"test batch of {r0['eval/batch_size']}: BatchNorm in batch mode for the BatchNorm students, batch "
+        "alignment in front of every GroupNorm or LayerNorm layer for the others (measured afterwards from the "
+        f"final checkpoints: `{test_time.get('args', {}).get('command', 'python bench/student_study.py')}`, "
+        "results/student_study/test_time.json). The BatchNorm-student row is the alignment column (CS for the "
+        "BatchNorm teacher) of the table above; no run here uses rejection. Largest class: the share of the test "
+        "images the student puts in its most frequent class (as it is / with test-batch statistics). Measured on "
+        + r0["provenance"]["device"] + ".",
+        table("l" + "r" * (len(STUDY_TEACHERS) + 1), header, rows))
+
+
+def vit_account_block():
+    """The account that vit_failure_analysis.py tests, as its docstring states it (the README shows it above the
+    measured table; tests/test_vit_failure_analysis.py keeps the two texts the same)."""
+    return (
+        "Cut an image of iid N(0, 1) pixels into L patches: the patches are iid, so the tokens x_i = W p_i + e_i "
+        "(patch embedding plus position embedding) are independent, and exchangeable up to their position terms. "
+        "Per-token LayerNorm maps every token to the same norm, so no token stands out by scale. Attention logits "
+        "q_i.k_j between unstructured tokens carry no strong preference, so attention stays spread (entropy near log "
+        "L) and each output is close to an average, o_i = sum_j a_ij v_j ~ (1/L) sum_j v_j. An average of L "
+        "independent terms concentrates around its mean: its fluctuation from one noise image to the next has variance "
+        "~ s^2 / L, while the mean mu (set by the weights and position embeddings, the same for every noise image) "
+        "stays. The residual stream adds these concentrated updates layer after layer, the class token reads out an "
+        "average as well, and the head is a fixed map of it. Hence, on noise:"
+        "\n\n- **P1** attention is near uniform: entropy / log L close to 1, and higher than on real images;"
+        "\n- **P2** tokens within an image become alike with depth (mean token-token cosine rises);"
+        "\n- **P3** the pooled representation is nearly the same for every noise image (sample-sample cosine near 1) "
+        "and the logits nearly constant: their between-sample variance is far below that on real images, and the "
+        "argmax label histogram collapses (normalized entropy near 0);"
+        "\n- **P4** that between-sample variance shrinks like 1/L: slope about -1 of log variance against log L, "
+        "varying L through the image size (patch 4; the position embeddings interpolated to the new grid);"
+        "\n- **P5** batch alignment (batch_align_ln_gn.py), which subtracts the common component mu across the batch "
+        "and rescales what varies, undoes P3: label entropy rises."
+        "\n\nA CNN pools too (global average over (H/4)(W/4) positions), so the same averaging argument applies to it; "
+        "a BatchNorm CNN in eval mode is measured as the contrast, and in CS mode as BatchNorm's own batch coupling. "
+        "Where a prediction fails, the README says so: the account is a hypothesis, not a result.")
+
+
+def where(rows, **values):
+    """The rows of results/vit_failure/analysis.json that have these values."""
+    return [x for x in rows if all(x[k] == v for k, v in values.items())]
+
+
+def vit_failure_block():
+    r = read("vit_failure/analysis.json")
+    if r is None:
+        return "_No results yet: run `python vit_failure_analysis.py` (see the command above)._"
+    a = r["args"]
+    rows = []
+    for model in dict.fromkeys(x["model"] for x in r["rows"]):
+        for source in ("noise", "real"):
+            p, c = (where(r["rows"], model=model, input=source, size=32, coupled=b) for b in (False, True))
+            if not p or not c:
+                continue
+            p, c = p[0], c[0]
+            s = [next(x["slope"] for x in r["slopes"] if (x["model"], x["input"], x["coupled"]) == (model, source, b))
+                 for b in (False, True)]
+            rows.append([f"{model} ({pct(r['teachers'][model]['acc'])}%)", source,
+                         f"{ent(p['label_entropy'])} / {ent(c['label_entropy'])}",
+                         f"{p['logit_var']:.3g} / {c['logit_var']:.3g}",
+                         f"{p['sample_cosine']:.3f} / {c['sample_cosine']:.3f}", f"{s[0]:.2f} / {s[1]:.2f}"])
+    return block(
+        f"`{a['command']}`: {probe_samples(a)} images per condition, batches of {a['batch_size']}, sizes "
+        f"{', '.join(map(str, a['sizes']))} (L = (size / 4)^2 tokens or pooled positions). Coupled: batch "
+        "alignment for per-sample norms, CS for BatchNorm. Logit variance: between samples, mean over classes. "
+        f"Measured on {r['provenance']['device']}, {r['provenance']['wall_time_s'] / 60:.0f} min.",
+        table("llrrrr", ["teacher", "input, size 32", "label entropy: plain / coupled",
+                         "logit variance: plain / coupled", "sample cosine: plain / coupled",
+                         "slope of log variance vs log L: plain / coupled"], rows),
+        table("llll", ["teacher", "prediction", "measured", "holds"],
+              [[c["model"], c["prediction"], c["measured"], "yes" if c["holds"] else "**no**"] for c in r["checks"]]),
+        "![ViT failure analysis](results/vit_failure.png)")
+
+
+def vit_failure_figure(path):
+    r = read("vit_failure/analysis.json")
+    if r is None:
+        return
+    rows = r["rows"]
+    fig, axes = figure(3, (15, 4.2))
+    styles = {("noise", False): ("-", "noise"), ("noise", True): ("--", "noise, coupled"),
+              ("real", False): (":", "real")}
+    models = dict.fromkeys(x["model"] for x in rows)
+    for model, color in zip(models, ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")):
+        for (source, coupled), (ls, tag) in styles.items():
+            at32 = where(rows, model=model, input=source, size=32, coupled=coupled)
+            if not at32:
+                continue
+            x, style = at32[0], dict(ls=ls, color=color, marker="o", ms=3, label=f"{model}, {tag}")
+            if x["attn_entropy_norm"]:
+                axes[0].plot(range(1, len(x["attn_entropy_norm"]) + 1), x["attn_entropy_norm"], **style)
+            axes[1].plot(range(1, len(x["token_cosine"]) + 1), x["token_cosine"], **style)
+            sweep = sorted(where(rows, model=model, input=source, coupled=coupled), key=lambda s: s["tokens"])
+            axes[2].loglog([s["tokens"] for s in sweep], [s["logit_var"] for s in sweep], **style)
+    axes[0].set(title="ViT attention entropy / log(L + 1), size 32", xlabel="layer")
+    axes[1].set(title="mean token-token cosine, size 32", xlabel="block")
+    axes[2].set(title="between-sample logit variance", xlabel="L (tokens / pooled positions)")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    axes[2].legend(fontsize=6)
+    save(fig, path)
+
+
 def throughput_block():
     r = read("throughput.json")
     if r is None:
         return "_No results yet: run `python bench/throughput.py`._"
+    both = lambda key: [f"{pct(r[key + '_fp32'])}%", f"{pct(r[key + '_bf16'])}%"]  # one measure, fp32 and bf16
     rows = [["KD step (CS teacher forward, student forward + backward, Adam), samples/s",
              f"{r['kd_step_samples_per_s_fp32']:.0f}", f"{r['kd_step_samples_per_s_bf16']:.0f}"],
             ["rejection sampler's own code (timed inside `draw_batch`), share of a KD step",
-             f"{pct(r['sampler_timer_frac_of_step_fp32'])}%", f"{pct(r['sampler_timer_frac_of_step_bf16'])}%"],
+             *both("sampler_timer_frac_of_step")],
             [f"`draw_batch` reject minus none at equal teacher compute (2 x {r['batch_size']} samples), share of a KD "
-             f"step", f"{pct(r['sampler_overhead_frac_of_step_fp32'])}%",
-             f"{pct(r['sampler_overhead_frac_of_step_bf16'])}%"]]
-    return "\n".join([
+             "step", *both("sampler_overhead_frac_of_step")]]
+    return block(
         f"`python bench/throughput.py`, ResNet-20 -> ResNet-20, batch {r['batch_size']}, median of {r['repeats']} "
-        f"steps, on {r['provenance']['device']}:", "",
-        *table("lrr", [None, "fp32", "bf16 autocast + channels_last"], rows),
-        "", "The second measure is the difference of two medians of a full teacher forward, so its noise is a few "
+        f"steps, on {r['provenance']['device']}:",
+        table("lrr", [None, "fp32", "bf16 autocast + channels_last"], rows),
+        "The second measure is the difference of two medians of a full teacher forward, so its noise is a few "
         "percent of a step; the first times only the sampler's own code. Rejection's real cost is the extra teacher "
-        "compute (pools of 2B), visible in the student samples/s column of the table above."])
+        "compute (pools of 2B), visible in the student samples/s column of the table above.")
 
 
 def teachers_block():
-    manifest = json.loads((REPO / "teachers" / "manifest.json").read_text())
-    lines = table("lllrrrl", ["file", "arch / norm", "dataset", "test acc (fp32, eval mode)", "seed", "training time",
-                              "sha256"],
-                  [[f"`teachers/{name}`", f"{t['arch']} / {t['norm']}", t["dataset"], f"{pct(t['test_acc'])}%",
-                    t["seed"], f"{t['train_time_s'] / 60:.0f} min", f"`{t['sha256'][:16]}...`"]
-                   for name, t in sorted(manifest.items())])
-    for name, t in sorted(manifest.items()):
-        lines += ["", f"`{name}`: `{t['command']}`" + (f" ({t['note']})" if t.get("note") else "")]
-    return "\n".join(lines)
+    manifest = sorted(json.loads((REPO / "teachers" / "manifest.json").read_text()).items())
+    return block(
+        table("lllrrrl", ["file", "arch / norm", "dataset", "test acc (fp32, eval mode)", "seed", "training time",
+                          "sha256"],
+              [[f"`teachers/{name}`", f"{t['arch']} / {t['norm']}", t["dataset"], f"{pct(t['test_acc'])}%", t["seed"],
+                f"{t['train_time_s'] / 60:.0f} min", f"`{t['sha256'][:16]}...`"] for name, t in manifest]),
+        *(f"`{name}`: `{t['command']}`" + (f" ({t['note']})" if t.get("note") else "") for name, t in manifest))
 
 
 BLOCKS = {"bn_variants": bn_variants_block, "throughput": throughput_block, "teachers": teachers_block,
           "bn_ablation": bn_ablation_block, "default_run": default_run_block, "seeds": seeds_block,
-          "batch_align": batch_align_block, "student_study": student_study_block, "vit_account": lambda: VIT_ACCOUNT,
-          "vit_failure": vit_failure_block, "noise_fit": noise_fit_block,
-          "calibrate_bn": calibrate_bn_block, "headline": headline_block, "factors": factors_block,
-          "teacher_on_noise": teacher_on_noise_block, "long_run": long_run_block}
+          "batch_align": batch_align_block, "student_study": student_study_block, "vit_account": vit_account_block,
+          "vit_failure": vit_failure_block, "noise_fit": noise_fit_block, "calibrate_bn": calibrate_bn_block,
+          "headline": headline_block, "factors": factors_block, "teacher_on_noise": teacher_on_noise_block,
+          "long_run": long_run_block}
 FIGURES = {"bn_variants.png": bn_variants_figure, "bn_ablation_*.png": lambda path: bn_ablation_figures(),
            "batch_align.png": batch_align_figure, "vit_failure.png": vit_failure_figure,
            "noise_fit.png": noise_fit_figure, "factors.png": factors_figure}
 
 
 def render(readme):
-    for name, block in BLOCKS.items():
+    """README.md's text with every generated block rewritten from results/."""
+    for name, make in BLOCKS.items():
         pattern = re.compile(rf"(<!-- BEGIN {name} -->\n)(?:.*?\n)?(<!-- END {name} -->)", re.S)
         if not pattern.search(readme):
             raise ValueError(f"README.md has no generated block '{name}'")
-        readme = pattern.sub(lambda m: m.group(1) + block() + "\n" + m.group(2), readme)
+        readme = pattern.sub(lambda m: m.group(1) + make() + "\n" + m.group(2), readme)
     return readme
 
 
