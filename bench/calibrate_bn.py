@@ -6,7 +6,10 @@ statistics (`cs_rejection_bn.invert_teacher_inputs`, what `--calibrate-bn` does 
     python bench/calibrate_bn.py --data-dir ../shared/data       # about 5 minutes per student on 2 CPU cores
     python bench/report.py
 
-For every finished run of bench/noise_fit.py whose run folder is still here: load the student from its final
+    python bench/calibrate_bn.py --data-dir ../shared/data --only ours_1m   # one student, merged into the results
+
+For every finished run of bench/noise_fit.py and bench/long_run.py whose run folder is still here (or those named by
+--only, whose rows replace their old ones and leave the others as they are): load the student from its final
 checkpoint, reset its BatchNorm running statistics and re-estimate them (cumulative average, BatchNorm's
 momentum=None) (a) on --batches batches of 256 samples of the Gaussian fitted to the run's teacher (the run's own fit
 when it trained on fitted noise; otherwise a fit made here with the same seed and settings), and (b) on the inputs
@@ -16,6 +19,7 @@ results/calibrate_bn.json: accuracy in eval mode as trained, after each calibrat
 (the number to reach).
 """
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -27,18 +31,31 @@ sys.path.insert(0, str(REPO))
 import common  # noqa: E402
 import cs_rejection_bn as kd  # noqa: E402
 
+STUDIES = ("noise_fit", "long_run")  # results/<study>/<run>.json, run folders in runs/bench_<study>/<run>/
+RESULTS, RUNS = REPO / "results", REPO / "runs"
 
-def main():
+
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data-dir", default="./data", help="folder of cifar10_test.npz")
     p.add_argument("--batches", type=int, default=20, help="calibration batches of 256 fitted-noise samples")
-    p.add_argument("--out", default=str(REPO / "results" / "calibrate_bn.json"), help="where the results go")
-    args = p.parse_args()
+    p.add_argument("--only", nargs="+", default=None, metavar="RUN",
+                   help="calibrate only these runs (results file stems) and keep the other rows of --out")
+    p.add_argument("--out", default=str(RESULTS / "calibrate_bn.json"), help="where the results go")
+    args = p.parse_args(argv)
     start, rows = time.time(), []
     defaults = kd.parse_args([])  # what --calibrate-bn does with its default settings
+    old = json.loads(Path(args.out).read_text()) if args.only and Path(args.out).exists() else None
+    if old and old.get("batches", args.batches) != args.batches:  # one file, one setting
+        sys.exit(f"--only: {args.out} was made with --batches {old['batches']}; use the same")
     x, y = common.load_split("cifar10", "test", args.data_dir)
-    for target in sorted((REPO / "results" / "noise_fit").glob("*.json")):
-        run_root = REPO / "runs" / "bench_noise_fit" / target.stem
+    targets = [(study, t) for study in STUDIES for t in sorted((RESULTS / study).glob("*.json"))
+               if json.loads(t.read_text()).get("finished", True) and (args.only is None or t.stem in args.only)]
+    missing = set(args.only or ()) - {t.stem for _, t in targets}
+    if missing:
+        sys.exit(f"--only: no finished result named {sorted(missing)} in results/{{{','.join(STUDIES)}}}/")
+    for study, target in targets:
+        run_root = RUNS / f"bench_{study}" / target.stem
         runs = [d for d in run_root.glob("*") if (d / "results.json").exists() and (d / "checkpoint.pt").exists()]
         if not runs:
             print(f"{target.stem}: run folder gone; skipped")
@@ -62,14 +79,18 @@ def main():
                                         torch.Generator().manual_seed(a["seed"] + 5_000), params)  # seeded as the run
         inverted = kd.calibrate_bn(student, made)
         acc = lambda model, bn: common.evaluate(model, x, y, tinfo["mean"], tinfo["std"], a["eval_batch_size"], bn)
-        row = {"run": target.stem, "trained_on": "fitted noise" if ck.get("noise_params") else "white noise",
-               "seed": a["seed"], "samples_seen": ck["stats"]["student_samples"],
-               "acc_running": acc(student, "running"), "acc_calibrated": acc(calibrated, "running"),
-               "acc_inverted": acc(inverted, "running"), "acc_batchstats": acc(student, "batch")}
+        row = {"run": target.stem, "study": study,
+               "trained_on": "fitted noise" if ck.get("noise_params") else "white noise", "seed": a["seed"],
+               "samples_seen": ck["stats"]["student_samples"], "acc_running": acc(student, "running"),
+               "acc_calibrated": acc(calibrated, "running"), "acc_inverted": acc(inverted, "running"),
+               "acc_batchstats": acc(student, "batch")}
         print(f"{target.stem}: eval mode {row['acc_running']:.4f} -> calibrated on fitted noise "
               f"{row['acc_calibrated']:.4f}, on inverted inputs {row['acc_inverted']:.4f}; test-batch statistics "
               f"{row['acc_batchstats']:.4f}", flush=True)
         rows.append(row)
+    if old:  # keep the rows of the runs not calibrated this time
+        kept = [r for r in old["rows"] if r["run"] not in args.only]
+        rows = [{"study": "noise_fit", **r} for r in kept] + rows  # rows written before "study" came from noise_fit
     common.write_json(args.out, {"batches": args.batches, "batch_size": 256, "rows": rows,
                                  "inverted": {"samples": defaults.calibrate_samples, "steps": defaults.calibrate_steps},
                                  "command": "python bench/calibrate_bn.py --data-dir " + args.data_dir,

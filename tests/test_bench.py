@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import batch_align_ln_gn
+import calibrate_bn
 import common
 import cs_rejection_bn
 import factors
@@ -13,7 +14,7 @@ import gpu_speed
 import long_run
 import student_study
 import teacher_on_noise
-from conftest import crash_after_second_save
+from conftest import crash_after_second_save, tiny_args
 
 
 def test_gpu_speed_times_both_paths_and_names_the_device(tmp_path):
@@ -196,3 +197,35 @@ def test_long_run_snapshots_an_unfinished_arm_then_resumes_it_to_the_finished_re
     assert done["curve"][:2] == part["curve"] and len(done["curve"]) == 4 and done["train_loss_curve"]
     long_run.main([*flags, "--snapshot"])  # a finished arm is left alone
     assert json.loads((tmp_path / "prior.json").read_text()) == done
+
+
+def test_calibrate_bn_only_recomputes_the_named_runs_and_keeps_the_other_rows(tiny_data, tiny_teacher, tmp_path,
+                                                                               monkeypatch):
+    monkeypatch.setattr(calibrate_bn, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(calibrate_bn, "RUNS", tmp_path / "runs")
+    made = []  # the inversion itself is tested with --calibrate-bn; here a small batch of noise stands in for it
+
+    def invert(teacher, shape, n, steps, gen, params):
+        made.append((n, steps))
+        return [common.sample_noise(16, shape, gen, **params)]
+    monkeypatch.setattr(cs_rejection_bn, "invert_teacher_inputs", invert)
+    done = cs_rejection_bn.main(tiny_args(tiny_data, tiny_teacher, tmp_path / "runs" / "bench_long_run" / "arm",
+                                          "--no-bf16"))  # fp32, as calibrate_bn evaluates
+    (tmp_path / "results" / "long_run").mkdir(parents=True)
+    common.write_json(tmp_path / "results" / "long_run" / "arm.json", done)
+    common.write_json(tmp_path / "results" / "long_run" / "going.json", {**done, "finished": False})
+    out = tmp_path / "results" / "calibrate_bn.json"
+    old = {"run": "old", "acc_running": 0.5}
+    common.write_json(out, {"rows": [old], "batches": 1})
+    with pytest.raises(SystemExit, match="--batches 1"):  # the kept rows were calibrated on 1 batch
+        calibrate_bn.main(["--data-dir", str(tiny_data), "--only", "arm"])
+    with pytest.raises(SystemExit, match="going"):  # an unfinished run has no final student yet
+        calibrate_bn.main(["--data-dir", str(tiny_data), "--batches", "1", "--only", "going"])
+    calibrate_bn.main(["--data-dir", str(tiny_data), "--batches", "1", "--only", "arm"])
+    rows = json.loads(out.read_text())["rows"]
+    assert rows[0] == {**old, "study": "noise_fit"} and [r["run"] for r in rows] == ["old", "arm"]
+    new = rows[1]
+    assert new["study"] == "long_run" and new["trained_on"] == "fitted noise" and new["samples_seen"] == 96
+    assert new["acc_running"] == pytest.approx(done["eval/acc_running"])
+    assert new["acc_batchstats"] == pytest.approx(done["eval/acc_batchstats"])
+    assert made == [(512, 100)]  # what --calibrate-bn does by default
