@@ -57,6 +57,11 @@ def accs(r, keys=PROTOCOLS):
     return " / ".join(pct(r[k]) for k in keys)
 
 
+def samples(n):
+    """A noise budget as the tables write it: 128k, 1M, 10M."""
+    return f"{n / 1e6:.3g}M" if n >= 1e6 else f"{n // 1000}k"
+
+
 def curve_cells(r, points):
     """One cell per protocol: the run's accuracies (%) at these noise-sample counts ('n/a': not evaluated there)."""
     at = lambda n, key: next((x[key] for x in r["curve"] if x["samples_seen"] == n), None)
@@ -132,7 +137,7 @@ def learning_curves(runs, figsize, loss_title=None, **kw):
 
 # ---- README blocks and figures, one function each ----
 
-HEADLINE = [  # (results file, what it is, its row in calibrate_bn.json or None): the README's first table
+HEADLINE = [  # (results file, what it is, its row in calibrate_bn.json or None[, no wall time]): the first table
     ("default_run.json", "`python cs_rejection_bn.py` (the default: fitted noise, CS + rejection)",
      "ours20__default_fit_b32__s0"),  # the default run is that run (tests/test_readme.py checks it)
     ("noise_fit/ours20__default_fit_b32__s1.json", "the same, seed 1", "ours20__default_fit_b32__s1"),
@@ -146,24 +151,28 @@ HEADLINE = [  # (results file, what it is, its row in calibrate_bn.json or None)
     ("noise_fit/aka20__prior_fit__s1.json", "the same, seed 1", "aka20__prior_fit__s1"),
     ("bn_variants/prior_recipe.json", "prior work's recipe, white noise (the paper's), the shared teacher", None),
     ("noise_fit/aka20__prior_white__s1.json", "the same, seed 1, 128k samples", "aka20__prior_white__s1"),
+    ("long_run/ours_1m.json", "the default recipe for 1M samples (`bench/long_run.py`)", "ours_1m", "paused"),
 ]
 
 
 def headline_block():
     calibrated = {x["run"]: x.get("acc_inverted") for x in (read("calibrate_bn.json") or {"rows": []})["rows"]}
     rows = []
-    for name, label, cal in HEADLINE:
+    paused = False  # a row whose wall time is not shown because the run was paused
+    for name, label, cal, *no_wall in HEADLINE:
         r = read(name)
-        if r is None:
+        if r is None or r.get("finished") is False:  # a long run still going: its curve so far is in its section
             continue
         a, prov, device = r["args"], r["provenance"], r["provenance"]["device"]
+        paused = paused or no_wall == ["paused"]
         if "(" in device:  # the device's name, without the host's
             device = device.split("(", 1)[1].rsplit(")", 1)[0]
         if device.startswith("cpu,"):
             device = "CPU (name not recorded)," + device[len("cpu,"):]
         rows.append([label, f"{a['teacher']} ({pct(r['teacher/acc'])}%) -> {a['student']}",
-                     f"{r['samples_seen'] // 1000}k", a["batch_size"], *(f"{pct(r[k])}%" for k in PROTOCOLS),
+                     samples(r["samples_seen"]), a["batch_size"], *(f"{pct(r[k])}%" for k in PROTOCOLS),
                      f"{pct(calibrated[cal])}%" if calibrated.get(cal) is not None else "",
+                     f"n/a ({no_wall[0]})" if no_wall else
                      f"{prov['wall_time_s'] / 60:.0f} min" if prov.get("wall_time_s") else "n/a",
                      device + (", bf16" if a.get("bf16") else "")])
     return block(table("llrrrrrrl", ["run", "teacher -> student", "noise samples", "batch", "student, eval mode",
@@ -173,7 +182,8 @@ def headline_block():
                  "upper bound; the AMD EPYC has no bf16 and runs fp32, several times slower per step than the Xeon "
                  "with bf16. `--calibrate-bn` (ours, off by default, \"How it works\"): the student's BN statistics "
                  "re-estimated after training on inputs synthesized from the teacher (`results/calibrate_bn.json`; "
-                 "blank: not measured).")
+                 "blank: not measured)." + (" Paused: the run was stopped for hours by other jobs on this machine, "
+                                            "so its wall time says nothing of its speed." if paused else ""))
 
 
 def default_run_block():
@@ -321,7 +331,9 @@ def calibrate_bn_block():
     if r is None:
         return "_Not measured yet: run `python bench/calibrate_bn.py`._"
     return block(
-        f"`{r['command']}`: each student of the table above from its final checkpoint, CIFAR-10 test accuracy (%) "
+        f"`{r['command']}`: each student of the table above"
+        + (" and of each finished long run" if any(x.get("study") == "long_run" for x in r["rows"]) else "")
+        + " from its final checkpoint, CIFAR-10 test accuracy (%) "
         f"in eval mode with its running statistics as trained, after re-estimating them on {r['batches']} batches "
         f"of {r['batch_size']} samples of the noise fitted to its teacher (no image), after re-estimating them on "
         f"{r['inverted']['samples']} inputs inverted from the teacher's BN statistics (`--calibrate-bn`: "
@@ -329,8 +341,9 @@ def calibrate_bn_block():
         "statistics.",
         table("llrrrrr", ["run", "trained on", "seed", "eval mode, as trained", "eval mode, calibrated on fitted noise",
                           "eval mode, calibrated on inverted inputs", "test-batch statistics"],
-              [[f"`{x['run']}`", x["trained_on"], x["seed"], pct(x["acc_running"]), pct(x["acc_calibrated"]),
-                pct(x["acc_inverted"]), pct(x["acc_batchstats"])] for x in r["rows"]]))
+              [[f"`{x['run']}`" + (" (long run)" if x.get("study") == "long_run" else ""), x["trained_on"],
+                x["seed"], pct(x["acc_running"]), pct(x["acc_calibrated"]), pct(x["acc_inverted"]),
+                pct(x["acc_batchstats"])] for x in r["rows"]]))
 
 
 FACTORS = [  # (arm, colour in the figure, what changes): the rows of the factor study, in bench/factors.py's order
@@ -429,7 +442,7 @@ def long_run_block():
     if not any(runs.values()):
         return "_Not started yet: `python bench/long_run.py`._"
     r0 = next(r for r in runs.values() if r)
-    heads = [f"{n / 1e6:.3g}M" if n >= 1e6 else f"{n // 1000}k" for n in LONG_RUN_POINTS]
+    heads = [samples(n) for n in LONG_RUN_POINTS]
     rows = []
     for arm, label in LONG_RUN:
         r = runs[arm]
