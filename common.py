@@ -14,6 +14,7 @@ import math
 import os
 import pickle
 import platform
+import signal
 import sys
 import subprocess
 import time
@@ -42,7 +43,11 @@ class InputError(ValueError):
 
 def run_main(main):
     """A script's entry point: bad input ends in one line on stderr and exit status 1, an interrupt in status 130,
-    neither with a traceback (the training loops say where they stopped and how to resume before they get here)."""
+    neither with a traceback (the training loops say where they stopped and how to resume before they get here).
+    SIGTERM (`kill`, a job scheduler) interrupts as Ctrl-C does, and so does SIGINT in a background job, which the
+    shell starts with SIGINT ignored (`nohup python ... &`)."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # raises KeyboardInterrupt, whatever the signal
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         main()
     except (InputError, FileNotFoundError) as e:

@@ -128,4 +128,4 @@ def constant_student_loss(result, teacher, samples=2048):
 
 
 if __name__ == "__main__":
-    main()
+    common.run_main(main)  # Ctrl-C or kill: the run in progress says where it stopped; rerun to resume

@@ -16,6 +16,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+import common  # noqa: E402
 import cs_rejection_bn  # noqa: E402
 from _runs import attach_loss_curve, batch_size_of, run_or_resume  # noqa: E402
 
@@ -70,4 +71,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    common.run_main(main)  # Ctrl-C or kill: the run in progress says where it stopped; rerun to resume

@@ -81,15 +81,21 @@ def test_interrupt_says_where_it_stopped_and_how_to_resume(tiny_data, tiny_teach
     assert "Traceback" not in err
 
 
-def test_sigint_ends_a_real_run_with_status_130_and_a_resume_hint(tiny_data, tiny_teacher, tmp_path):
+@pytest.mark.parametrize("sig,background", [(signal.SIGINT, False), (signal.SIGTERM, False), (signal.SIGINT, True)],
+                         ids=["ctrl-c", "sigterm", "sigint-in-background"])
+def test_sigint_or_sigterm_ends_a_real_run_with_status_130_and_a_resume_hint(tiny_data, tiny_teacher, tmp_path, sig,
+                                                                           background):
     cmd = [sys.executable, str(REPO / "cs_rejection_bn.py"),
            *tiny_args(tiny_data, tiny_teacher, tmp_path, "--no-bf16", "--steps", "100000")]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+    # background: started as `nohup python ... &` starts it, with SIGINT ignored
+    ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if background else None
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env,
+                            preexec_fn=ignore)
     deadline = time.time() + 120
     while not list(tmp_path.glob("*/checkpoint.pt")) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     err = proc.communicate(timeout=60)[1]
     assert proc.returncode == 130, err
     assert "last checkpoint at step" in err and "resume with --resume" in err and "Traceback" not in err
