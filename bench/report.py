@@ -434,6 +434,7 @@ LONG_RUN = [("ours_1m", "our default recipe (fitted noise, CS + rejection, batch
                         "budget)"),
             ("ours", "our default recipe"),
             ("prior", "the prior work's recipe (white noise, CS, batch 256, Adam 1e-3 constant)")]
+LONG_RUN_COLORS = {"ours_1m": "tab:green", "ours": "tab:red", "prior": "tab:gray"}
 LONG_RUN_POINTS = [128_000 * 2 ** k for k in range(7)]  # 128k ... 8.2M; then each arm's end of budget
 
 
@@ -462,7 +463,28 @@ def long_run_block():
         "loss: the mean of the last 50 steps' logged losses. A run still going shows its curve so far (committed "
         f"from its checkpoint). Measured on {r0['provenance']['device']}.",
         table("llrr" + "l" * (len(heads) + 1) + "r",
-              ["arm", "recipe", "budget", "samples so far", *heads, "end of budget", "KD loss"], rows))
+              ["arm", "recipe", "budget", "samples so far", *heads, "end of budget", "KD loss"], rows),
+        "![long runs](results/long_run.png)")
+
+
+def long_run_figure(path):
+    runs = {arm: read(f"long_run/{arm}.json") for arm, _ in LONG_RUN}
+    if not any(runs.values()):
+        return
+    curves = []
+    for arm, r in runs.items():
+        if r:
+            loss = r.get("train_loss_curve") or []
+            smooth = [(loss[i + 49][0], float(np.mean([v for _, v in loss[i:i + 50]])))
+                      for i in range(0, len(loss) - 49, 25)]  # each point: the mean of 50 logged losses (500 steps)
+            label = f"{arm}" + (" (so far)" if r.get("finished") is False else "")
+            curves.append((r["curve"], dict(color=LONG_RUN_COLORS[arm], label=label), smooth))
+    fig, axes = learning_curves(curves, (14, 4.4), "KD loss (KL, nats), mean of 500 steps")
+    teacher = next(r for r in runs.values() if r)
+    for ax in axes[:2]:  # the teacher's accuracy: what the student could reach
+        ax.axhline(100 * teacher.get("teacher/acc", teacher.get("teacher/acc_recorded")), color="k", lw=0.6, ls="--")
+        ax.set_ylim(0, 100)
+    save(fig, path, axes[0], ncol=3, bottom=0.14)
 
 
 def bn_ablation_block():
@@ -762,7 +784,7 @@ BLOCKS = {"bn_variants": bn_variants_block, "throughput": throughput_block, "tea
           "long_run": long_run_block}
 FIGURES = {"bn_variants.png": bn_variants_figure, "bn_ablation_*.png": lambda path: bn_ablation_figures(),
            "batch_align.png": batch_align_figure, "vit_failure.png": vit_failure_figure,
-           "noise_fit.png": noise_fit_figure, "factors.png": factors_figure}
+           "noise_fit.png": noise_fit_figure, "factors.png": factors_figure, "long_run.png": long_run_figure}
 
 
 def render(readme):
