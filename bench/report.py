@@ -151,6 +151,8 @@ HEADLINE = [  # (results file, what it is, its row in calibrate_bn.json or None[
     ("noise_fit/aka20__prior_fit__s1.json", "the same, seed 1", "aka20__prior_fit__s1"),
     ("bn_variants/prior_recipe.json", "prior work's recipe, white noise (the paper's), the shared teacher", None),
     ("noise_fit/aka20__prior_white__s1.json", "the same, seed 1, 128k samples", "aka20__prior_white__s1"),
+    ("long_run/ours_512k.json", "the default recipe for 512k samples (`bench/long_run.py`)", "ours_512k"),
+    ("long_run/ours_512k_s1.json", "the same, seed 1", "ours_512k_s1"),
     ("long_run/ours_1m.json", "the default recipe for 1M samples (`bench/long_run.py`)", "ours_1m", "paused"),
 ]
 
@@ -432,9 +434,11 @@ def teacher_on_noise_block():
 
 LONG_RUN = [("ours_1m", "our default recipe (fitted noise, CS + rejection, batch 32, Adam 2e-3 cosine over the "
                         "budget)"),
+            ("ours_512k", "our default recipe"), ("ours_512k_s1", "the same, seed 1"),
             ("ours", "our default recipe"),
             ("prior", "the prior work's recipe (white noise, CS, batch 256, Adam 1e-3 constant)")]
-LONG_RUN_COLORS = {"ours_1m": "tab:green", "ours": "tab:red", "prior": "tab:gray"}
+LONG_RUN_COLORS = {"ours_1m": "tab:green", "ours_512k": "tab:blue", "ours_512k_s1": "tab:cyan", "ours": "tab:red",
+                   "prior": "tab:gray"}
 LONG_RUN_POINTS = [128_000 * 2 ** k for k in range(7)]  # 128k ... 8.2M; then each arm's end of budget
 
 
@@ -452,13 +456,14 @@ def long_run_block():
             continue
         budget = r["args"]["steps"] * r["args"]["batch_size"]
         at = {row["samples_seen"]: accs(row) for row in r["curve"]}
-        rows.append([f"`{arm}`", label, f"{budget / 1e6:.3g}M",
-                     f"{r['samples_seen'] / 1e6:.2f}M" + (" (running)" if r.get("finished") is False else ""),
+        rows.append([f"`{arm}`", label, samples(budget),
+                     samples(r["samples_seen"]) + (" (running)" if r.get("finished") is False else ""),
                      *[at.get(n, "") for n in LONG_RUN_POINTS], at.get(budget, ""), kd_loss(r)])
     return block(
         "`python bench/long_run.py --data-dir ../shared/data`: the shipped ResNet-20 "
         f"({pct(r0.get('teacher/acc', r0.get('teacher/acc_recorded')))}%) -> ResNet-20, "
-        f"seed {r0['args']['seed']}. CIFAR-10 test accuracy (%) with the student's running statistics / with "
+        + (f"seed {r0['args']['seed']}" if len({r["args"]["seed"] for r in runs.values() if r}) == 1 else
+           "seed 0 unless the row says") + ". CIFAR-10 test accuracy (%) with the student's running statistics / with "
         "test-batch statistics (batch 256) after each number of noise samples, and at the end of the arm's budget; KD "
         "loss: the mean of the last 50 steps' logged losses. A run still going shows its curve so far (committed "
         f"from its checkpoint). Measured on {r0['provenance']['device']}.",
