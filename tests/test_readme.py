@@ -465,3 +465,8 @@ def test_what_the_readme_says_about_the_1m_long_run_holds():
     assert 1.7 < hours < 2.5 and round(r["samples_seen"] / default["samples_seen"]) == 8
     assert round(default["eval/acc_running"] / default["teacher/acc"], 2) == 0.31
     assert round(rows["ours20__default_fit_b32__s0"]["acc_inverted"] / default["teacher/acc"], 2) == 0.35
+    half = json.loads((REPO / "results" / "long_run" / "ours_512k.json").read_text())
+    assert half["args"]["steps"] * half["args"]["batch_size"] == 512_000 and half["args"]["seed"] == 0
+    assert (pct(half["eval/acc_running"]), pct(half["eval/acc_batchstats"])) == (44.2, 57.3)
+    assert pct(rows["ours_512k"]["acc_inverted"]) == 55.5 and round(half["provenance"]["wall_time_s"] / 60) == 60
+    assert (pct(at[512_000]["eval/acc_running"]), pct(at[512_000]["eval/acc_batchstats"])) == (48.2, 69.2)
