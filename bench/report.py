@@ -432,24 +432,35 @@ def teacher_on_noise_block():
               [[x["teacher"], pct(x["test_acc"]), *[cell(x[k]) for k, _ in TEACHER_ON_NOISE]] for x in r["rows"]]))
 
 
-LONG_RUN = [("ours_1m", "our default recipe (fitted noise, CS + rejection, batch 32, Adam 2e-3 cosine over the "
-                        "budget)"),
-            ("ours_512k", "our default recipe"), ("ours_512k_s1", "the same, seed 1"),
-            ("ours", "our default recipe"),
-            ("prior", "the prior work's recipe (white noise, CS, batch 256, Adam 1e-3 constant)")]
-LONG_RUN_COLORS = {"ours_1m": "tab:green", "ours_512k": "tab:blue", "ours_512k_s1": "tab:cyan", "ours": "tab:red",
-                   "prior": "tab:gray"}
+LONG_RUN = [  # (arm, colour in the figure, recipe): the rows of the long-run table, in bench/long_run.py's order
+    ("ours_1m", "tab:green", "our default recipe (fitted noise, CS + rejection, batch 32, Adam 2e-3 cosine over the "
+                             "budget)"),
+    ("ours_512k", "tab:blue", "our default recipe"),
+    ("ours_512k_s1", "tab:cyan", "the same, seed 1"),
+    ("ours", "tab:red", "our default recipe"),
+    ("prior", "tab:gray", "the prior work's recipe (white noise, CS, batch 256, Adam 1e-3 constant)"),
+]
 LONG_RUN_POINTS = [128_000 * 2 ** k for k in range(7)]  # 128k ... 8.2M; then each arm's end of budget
 
 
+def long_runs():
+    """{arm: its results, or None where it has not started}, in LONG_RUN's order."""
+    return {arm: read(f"long_run/{arm}.json") for arm, _, _ in LONG_RUN}
+
+
+def teacher_acc(r):
+    """The teacher's accuracy a run measured, or (a long run's snapshot) the one its checkpoint records."""
+    return r.get("teacher/acc", r.get("teacher/acc_recorded"))
+
+
 def long_run_block():
-    runs = {arm: read(f"long_run/{arm}.json") for arm, _ in LONG_RUN}
+    runs = long_runs()
     if not any(runs.values()):
         return "_Not started yet: `python bench/long_run.py`._"
     r0 = next(r for r in runs.values() if r)
     heads = [samples(n) for n in LONG_RUN_POINTS]
     rows = []
-    for arm, label in LONG_RUN:
+    for arm, _, label in LONG_RUN:
         r = runs[arm]
         if r is None:
             rows.append([f"`{arm}`", label, "", "not started", *[""] * (len(heads) + 2)])
@@ -461,7 +472,7 @@ def long_run_block():
                      *[at.get(n, "") for n in LONG_RUN_POINTS], at.get(budget, ""), kd_loss(r)])
     return block(
         "`python bench/long_run.py --data-dir ../shared/data`: the shipped ResNet-20 "
-        f"({pct(r0.get('teacher/acc', r0.get('teacher/acc_recorded')))}%) -> ResNet-20, "
+        f"({pct(teacher_acc(r0))}%) -> ResNet-20, "
         + (f"seed {r0['args']['seed']}" if len({r["args"]["seed"] for r in runs.values() if r}) == 1 else
            "seed 0 unless the row says") + ". CIFAR-10 test accuracy (%) with the student's running statistics / with "
         "test-batch statistics (batch 256) after each number of noise samples, and at the end of the arm's budget; KD "
@@ -473,21 +484,22 @@ def long_run_block():
 
 
 def long_run_figure(path):
-    runs = {arm: read(f"long_run/{arm}.json") for arm, _ in LONG_RUN}
+    runs = long_runs()
     if not any(runs.values()):
         return
     curves = []
-    for arm, r in runs.items():
+    for arm, color, _ in LONG_RUN:
+        r = runs[arm]
         if r:
             loss = r.get("train_loss_curve") or []
             smooth = [(loss[i + 49][0], float(np.mean([v for _, v in loss[i:i + 50]])))
                       for i in range(0, len(loss) - 49, 25)]  # each point: the mean of 50 logged losses (500 steps)
             label = f"{arm}" + (" (so far)" if r.get("finished") is False else "")
-            curves.append((r["curve"], dict(color=LONG_RUN_COLORS[arm], label=label), smooth))
+            curves.append((r["curve"], dict(color=color, label=label), smooth))
     fig, axes = learning_curves(curves, (14, 4.4), "KD loss (KL, nats), mean of 500 steps")
     teacher = next(r for r in runs.values() if r)
     for ax in axes[:2]:  # the teacher's accuracy: what the student could reach
-        ax.axhline(100 * teacher.get("teacher/acc", teacher.get("teacher/acc_recorded")), color="k", lw=0.6, ls="--")
+        ax.axhline(100 * teacher_acc(teacher), color="k", lw=0.6, ls="--")
         ax.set_ylim(0, 100)
     save(fig, path, axes[0], ncol=3, bottom=0.14)
 
