@@ -50,7 +50,7 @@ def main(argv=None):
         sys.exit(f"--only: {args.out} was made with --batches {old['batches']}; use the same")
     x, y = common.load_split("cifar10", "test", args.data_dir)
     targets = [(study, t) for study in STUDIES for t in sorted((RESULTS / study).glob("*.json"))
-               if json.loads(t.read_text()).get("finished", True) and (args.only is None or t.stem in args.only)]
+               if (args.only is None or t.stem in args.only) and json.loads(t.read_text()).get("finished", True)]
     missing = set(args.only or ()) - {t.stem for _, t in targets}
     if missing:
         sys.exit(f"--only: no finished result named {sorted(missing)} in results/{{{','.join(STUDIES)}}}/")
