@@ -11,8 +11,9 @@ arm's curve so far from its checkpoint to results/long_run/<arm>.json with "fini
 progress can be committed; the finished run's results.json replaces it.
 
 Arms (one run of cs_rejection_bn.py each, shipped ResNet-20 teacher -> ResNet-20, seed 0 unless the arm says):
-- ours_1m: the defaults (fitted noise, CS + rejection, batches of 32, Adam 2e-3 with warm-up and cosine decay over
-  the budget) for 1M samples, 8x the default run's budget (about 2 hours on 2 CPU cores without bf16).
+- ours_1m, ours_1m_s1: the defaults (fitted noise, CS + rejection, batches of 32, Adam 2e-3 with warm-up and cosine
+  decay over the budget) for 1M samples, 8x the default run's budget (about 2 hours on 2 CPU cores without bf16),
+  seeds 0 and 1.
 - ours_512k, ours_512k_s1: the defaults for 512k samples (4x the default run's budget), seeds 0 and 1: the budget at
   which the 1M run's student passed 0.74 of its teacher with test-batch statistics.
 - ours: the defaults for 10M samples.
@@ -33,6 +34,7 @@ ARMS = {  # name: (flags on top of the shipped teacher, budget in noise samples,
     "ours_1m": ([], 1_000_000, 32),
     "ours_512k": ([], 512_000, 32),
     "ours_512k_s1": (["--seed", "1"], 512_000, 32),  # its own seed wins over --seed
+    "ours_1m_s1": (["--seed", "1"], 1_000_000, 32),
     "ours": ([], 10_000_000, 32),
     "prior": (["--no-fit-noise", "--balance", "none", "--lr", "1e-3", "--schedule", "constant"], 10_000_000, 256),
 }

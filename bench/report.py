@@ -154,6 +154,7 @@ HEADLINE = [  # (results file, what it is, its row in calibrate_bn.json or None[
     ("long_run/ours_512k.json", "the default recipe for 512k samples (`bench/long_run.py`)", "ours_512k"),
     ("long_run/ours_512k_s1.json", "the same, seed 1", "ours_512k_s1"),
     ("long_run/ours_1m.json", "the default recipe for 1M samples (`bench/long_run.py`)", "ours_1m", "paused"),
+    ("long_run/ours_1m_s1.json", "the same, seed 1", "ours_1m_s1"),
 ]
 
 
@@ -437,6 +438,7 @@ LONG_RUN = [  # (arm, colour in the figure, recipe): the rows of the long-run ta
                              "budget)"),
     ("ours_512k", "tab:blue", "our default recipe"),
     ("ours_512k_s1", "tab:cyan", "the same, seed 1"),
+    ("ours_1m_s1", "tab:olive", "the same as `ours_1m`, seed 1"),
     ("ours", "tab:red", "our default recipe"),
     ("prior", "tab:gray", "the prior work's recipe (white noise, CS, batch 256, Adam 1e-3 constant)"),
 ]
