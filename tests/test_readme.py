@@ -470,3 +470,10 @@ def test_what_the_readme_says_about_the_1m_long_run_holds():
     assert (pct(half["eval/acc_running"]), pct(half["eval/acc_batchstats"])) == (44.2, 57.3)
     assert pct(rows["ours_512k"]["acc_inverted"]) == 55.5 and round(half["provenance"]["wall_time_s"] / 60) == 60
     assert (pct(at[512_000]["eval/acc_running"]), pct(at[512_000]["eval/acc_batchstats"])) == (48.2, 69.2)
+    s1 = json.loads((REPO / "results" / "long_run" / "ours_512k_s1.json").read_text())
+    assert s1.get("finished") is not False and s1["args"]["seed"] == 1 and s1["samples_seen"] == 512_000
+    assert (pct(s1["eval/acc_running"]), pct(s1["eval/acc_batchstats"])) == (35.0, 51.8)
+    assert pct(rows["ours_512k_s1"]["acc_inverted"]) == 48.6 and rows["ours_512k_s1"]["seed"] == 1
+    assert s1["eval/acc_batchstats"] < at[512_000]["eval/acc_batchstats"] > half["eval/acc_batchstats"]  # "both below"
+    assert (pct(half["eval/acc_running"] - s1["eval/acc_running"]),
+            pct(half["eval/acc_batchstats"] - s1["eval/acc_batchstats"])) == (9.3, 5.5)
