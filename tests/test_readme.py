@@ -474,6 +474,7 @@ def test_what_the_readme_says_about_the_1m_long_run_holds():
     assert s1.get("finished") is not False and s1["args"]["seed"] == 1 and s1["samples_seen"] == 512_000
     assert (pct(s1["eval/acc_running"]), pct(s1["eval/acc_batchstats"])) == (35.0, 51.8)
     assert pct(rows["ours_512k_s1"]["acc_inverted"]) == 48.6 and rows["ours_512k_s1"]["seed"] == 1
-    assert s1["eval/acc_batchstats"] < at[512_000]["eval/acc_batchstats"] > half["eval/acc_batchstats"]  # "both below"
+    for k in ("eval/acc_running", "eval/acc_batchstats"):  # "both below the 1M run's own point at 512k"
+        assert s1[k] < at[512_000][k] > half[k]
     assert (pct(half["eval/acc_running"] - s1["eval/acc_running"]),
             pct(half["eval/acc_batchstats"] - s1["eval/acc_batchstats"])) == (9.3, 5.5)
