@@ -61,6 +61,9 @@ def parse_args(argv=None):
     # --- the method
     p.add_argument("--teacher-bn", default="cs", choices=["cs", "running"],
                    help="teacher BatchNorm statistics: cs = current noise batch, running = eval mode (the baseline)")
+    p.add_argument("--cs-last-layers", type=int, default=0, metavar="K",
+                   help="cs: only the teacher's last K BatchNorm layers use the noise batch's statistics, the earlier "
+                        "ones their running statistics (0 = all, the paper's; our option, see the README)")
     p.add_argument("--balance", default="reject", choices=["none", "reject", "reweight"],
                    help="fix the teacher's label imbalance on noise by rejection, by loss reweighting, or not at all")
     p.add_argument("--pool-factor", type=float, default=2.0,
@@ -128,6 +131,8 @@ def parse_args(argv=None):
         p.error("--noise-alpha sets the spectrum by hand: add --no-fit-noise (the default --fit-noise fits it)")
     if args.loss == "mse" and args.tau != 1:
         p.error("--tau applies to --loss kl only; --loss mse matches the logits themselves")
+    if args.cs_last_layers < 0 or (args.cs_last_layers and args.teacher_bn != "cs"):
+        p.error("--cs-last-layers K needs K >= 0, and K > 0 only with --teacher-bn cs")
     if args.fit_noise_steps < 1 or args.calibrate_samples < 2 or args.calibrate_steps < 0:
         p.error("need --fit-noise-steps >= 1, --calibrate-samples >= 2 and --calibrate-steps >= 0")
     return args
@@ -153,18 +158,19 @@ def load_teacher(args, num_classes):
 # ALGO LOGIC: current-statistics inference, the rejection sampler, the loss
 # ======================================================================================================================
 @contextlib.contextmanager
-def current_statistics(model):
+def current_statistics(model, last=0):
     """Inside this context every BatchNorm of `model` normalizes with the mean and (biased) variance of the current
     batch, per channel over (N, H, W), as in training mode - but its running buffers are neither read nor written, so
-    the teacher comes out bit-identical (the prior work put the teacher in train mode and overwrote them)."""
-    patched = []
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            # An instance attribute shadows the class's forward; deleting it restores the original exactly.
-            m.forward = lambda x, m=m: F.batch_norm(x, None, None, m.weight, m.bias, training=True, eps=m.eps)
-            if common.dist_info()[1] > 1:  # under torchrun the statistics are those of the global batch
-                m.forward = lambda x, m=m: global_batch_norm(x, m)
-            patched.append(m)
+    the teacher comes out bit-identical (the prior work put the teacher in train mode and overwrote them).
+    last=k: only the last k BatchNorm layers (in the order the model registers them, its forward order for the CNNs
+    here); the earlier ones keep their running statistics (0 = all of them)."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    patched = bns[max(len(bns) - last, 0):] if last else bns
+    for m in patched:
+        # An instance attribute shadows the class's forward; deleting it restores the original exactly.
+        m.forward = lambda x, m=m: F.batch_norm(x, None, None, m.weight, m.bias, training=True, eps=m.eps)
+        if common.dist_info()[1] > 1:  # under torchrun the statistics are those of the global batch
+            m.forward = lambda x, m=m: global_batch_norm(x, m)
     try:
         yield model
     finally:
@@ -183,9 +189,10 @@ def global_batch_norm(x, m):
 
 
 @torch.no_grad()
-def teacher_forward(teacher, z, bn_mode):
-    """Teacher logits on a noise batch; with bn_mode='cs' the batch's own statistics define them."""
-    ctx = current_statistics(teacher) if bn_mode == "cs" else contextlib.nullcontext()
+def teacher_forward(teacher, z, bn_mode, cs_last=0):
+    """Teacher logits on a noise batch; with bn_mode='cs' the batch's own statistics define them (in the last
+    cs_last BatchNorm layers only, when it is not 0)."""
+    ctx = current_statistics(teacher, cs_last) if bn_mode == "cs" else contextlib.nullcontext()
     with ctx:
         return teacher(z).float()
 
@@ -479,6 +486,9 @@ def main(argv=None):
         x_test, y_test = x_test[:args.eval_subset], y_test[:args.eval_subset]
     if not common.has_batchnorm(teacher):
         sys.exit(f"teacher {args.teacher} ({tinfo['norm']}) has no BatchNorm: CS does nothing; use batch_align_ln_gn.py")
+    n_bn = sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in teacher.modules())
+    if args.cs_last_layers > n_bn:
+        sys.exit(f"--cs-last-layers {args.cs_last_layers}: teacher {args.teacher} has only {n_bn} BatchNorm layers")
     torch.manual_seed(args.seed)  # the student's initialization depends on the seed alone, not on the teacher
     student = common.build_model(args.student, num_classes, args.student_norm)
     if args.calibrate_bn and not common.has_batchnorm(student):
@@ -488,7 +498,8 @@ def main(argv=None):
     teacher, student = teacher.to(memory_format=t_fmt), student.to(memory_format=s_fmt)
     # DDP averages the gradients of the ranks' equal shares: the gradient of the global batch's mean loss.
     net = torch.nn.parallel.DistributedDataParallel(student) if world > 1 else student
-    teacher_fn = lambda z: teacher_forward(teacher, z.contiguous(memory_format=t_fmt), args.teacher_bn)
+    teacher_fn = lambda z: teacher_forward(teacher, z.contiguous(memory_format=t_fmt), args.teacher_bn,
+                                            args.cs_last_layers)
     mean, std = tinfo["mean"], tinfo["std"]  # the noise lives in the teacher's normalized input space
     shape = (3, *x_test.shape[1:3])
     evaluate = lambda model, bn: common.evaluate(model, x_test, y_test, mean, std, args.eval_batch_size, bn,
@@ -533,7 +544,8 @@ def main(argv=None):
     log = common.MetricsLog(run_dir / "metrics.jsonl", resume_step=step if resume_dir else None) if rank == 0 else None
     if rank == 0:
         print(f"run folder {run_dir}\nteacher {args.teacher} ({tinfo['path']}): test acc {teacher_acc:.4f} "
-              f"(recorded {tinfo['test_acc']}), teacher BN: {args.teacher_bn}, balance: {args.balance}")
+              f"(recorded {tinfo['test_acc']}), teacher BN: {args.teacher_bn}"
+              f"{f' (last {args.cs_last_layers} layers)' if args.cs_last_layers else ''}, balance: {args.balance}")
 
     def save():
         if rank > 0:

@@ -55,18 +55,19 @@ ALIGN_EPS = 1e-5  # as BatchNorm's
 
 
 @contextlib.contextmanager
-def current_statistics(model):
+def current_statistics(model, last=0):
     """Inside this context every BatchNorm of `model` normalizes with the mean and (biased) variance of the current
     batch, per channel over (N, H, W), as in training mode - but its running buffers are neither read nor written, so
-    the teacher comes out bit-identical (the prior work put the teacher in train mode and overwrote them)."""
-    patched = []
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            # An instance attribute shadows the class's forward; deleting it restores the original exactly.
-            m.forward = lambda x, m=m: F.batch_norm(x, None, None, m.weight, m.bias, training=True, eps=m.eps)
-            if common.dist_info()[1] > 1:  # under torchrun the statistics are those of the global batch
-                m.forward = lambda x, m=m: global_batch_norm(x, m)
-            patched.append(m)
+    the teacher comes out bit-identical (the prior work put the teacher in train mode and overwrote them).
+    last=k: only the last k BatchNorm layers (in the order the model registers them, its forward order for the CNNs
+    here); the earlier ones keep their running statistics (0 = all of them)."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    patched = bns[max(len(bns) - last, 0):] if last else bns
+    for m in patched:
+        # An instance attribute shadows the class's forward; deleting it restores the original exactly.
+        m.forward = lambda x, m=m: F.batch_norm(x, None, None, m.weight, m.bias, training=True, eps=m.eps)
+        if common.dist_info()[1] > 1:  # under torchrun the statistics are those of the global batch
+            m.forward = lambda x, m=m: global_batch_norm(x, m)
     try:
         yield model
     finally:

@@ -38,6 +38,9 @@ ARMS = {  # name: flags on top of cs_rejection_bn.py's defaults
     "default_fit_b32": ["--fit-noise", "--batch-size", "32"],    # 8x: the default since it won on both seeds
     "default_fit_b32_mse": ["--fit-noise", "--batch-size", "32", "--loss", "mse"],  # the default, MSE on logits
     "default_fit_b16": ["--fit-noise", "--batch-size", "16"],    # 16x: does the batch trend go on below 32?
+    # the default with CS in the teacher's last 7 of its 19 BatchNorm layers only (the earlier ones on the running
+    # statistics the fitted noise was fitted to)
+    "default_fit_b32_cs7": ["--fit-noise", "--batch-size", "32", "--cs-last-layers", "7"],
 }
 
 

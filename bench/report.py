@@ -272,6 +272,7 @@ NOISE_FIT_ROWS = [  # (teacher, arm, colour in the figure, label): the order of 
     ("ours20", "default_fit_b32", "tab:green", "our recipe, fitted noise, batch 32 (the default)"),
     ("ours20", "default_fit_b32_mse", "tab:olive", "the default with `--loss mse`"),
     ("ours20", "default_fit_b16", "tab:cyan", "the default with batches of 16 (`--batch-size 16`)"),
+    ("ours20", "default_fit_b32_cs7", "tab:brown", "the default with CS in the last 7 BN layers (`--cs-last-layers 7`)"),
 ]
 
 

@@ -44,6 +44,38 @@ def test_cs_depends_on_the_batch_and_leaves_every_buffer_bit_identical(tiny_teac
     assert torch.equal(teacher(z), eval_out) and not teacher.training  # the patch is gone after the context
 
 
+def test_cs_last_k_patches_only_the_last_k_batchnorm_layers_and_restores_them(tiny_teacher):
+    teacher, _ = common.load_teacher("resnet20", tiny_teacher)
+    bns = [m for m in teacher.modules() if isinstance(m, nn.BatchNorm2d)]
+    seen = []  # per BN layer, in call order: did it normalize with the batch's statistics?
+    hooks = [m.register_forward_hook(lambda m, i, o, seen=seen: seen.append((m, "forward" in m.__dict__)))
+             for m in bns]
+    z = torch.randn(16, 3, 32, 32)
+    with kd.current_statistics(teacher, last=3):
+        assert ["forward" in m.__dict__ for m in bns] == [False] * (len(bns) - 3) + [True] * 3
+        out = teacher(z)
+    for h in hooks:
+        h.remove()
+    # the patched ones are the last three to run, not just the last three registered
+    assert [cs for _, cs in seen] == [False] * (len(bns) - 3) + [True] * 3
+    assert not any("forward" in m.__dict__ for m in bns)  # restored
+    full, eval_out = kd.teacher_forward(teacher, z, "cs"), teacher(z)
+    assert not torch.allclose(out, full, atol=1e-4) and not torch.allclose(out, eval_out, atol=1e-4)
+    assert torch.equal(kd.teacher_forward(teacher, z, "cs", cs_last=3), out)
+    assert torch.equal(kd.teacher_forward(teacher, z, "cs", cs_last=len(bns)), full)  # all of them = the default
+
+
+def test_cs_last_layers_run_uses_it_and_refuses_more_layers_than_the_teacher_has(tiny_data, tiny_teacher, tmp_path,
+                                                                               monkeypatch):
+    calls = []
+    real = kd.teacher_forward
+    monkeypatch.setattr(kd, "teacher_forward", lambda *a: calls.append(a[3]) or real(*a))
+    res = kd.main(tiny_args(tiny_data, tiny_teacher, tmp_path, "--cs-last-layers", "7"))
+    assert calls and set(calls) == {7} and res["args"]["cs_last_layers"] == 7
+    with pytest.raises(SystemExit, match="has only 19 BatchNorm layers"):
+        kd.main(tiny_args(tiny_data, tiny_teacher, tmp_path, "--cs-last-layers", "20"))
+
+
 # --- the rejection sampler -----------------------------------------------------------------------------------------
 def test_rejection_turns_a_skewed_label_stream_into_a_near_uniform_accepted_histogram():
     k, gen = 10, torch.Generator().manual_seed(0)
@@ -350,7 +382,8 @@ def test_teacher_trained_on_another_dataset_is_refused(tiny_data, tiny_teacher, 
 @pytest.mark.parametrize("flags", [["--eval-every", "0"], ["--max-pools", "0"], ["--batch-size", "1"],
                                    ["--tau", "0"], ["--pool-factor", "0.5"], ["--accept-floor", "2"],
                                    ["--noise-alpha", "-1"], ["--noise-alpha", "30"], ["--fit-noise-steps", "0"],
-                                   ["--fit-noise", "--noise-alpha", "2"], ["--loss", "mse", "--tau", "4"]])
+                                   ["--fit-noise", "--noise-alpha", "2"], ["--loss", "mse", "--tau", "4"],
+                                   ["--cs-last-layers", "-1"], ["--teacher-bn", "running", "--cs-last-layers", "3"]])
 def test_bad_flag_values_are_argument_errors(flags, capsys):
     with pytest.raises(SystemExit):
         kd.parse_args(flags)
