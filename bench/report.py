@@ -431,7 +431,22 @@ def teacher_on_noise_block():
         "input space). Roughness above the input-free level: a jitter that small changes the answer more than "
         f"drawing a new sample does. Measured on {r['provenance']['device']}.",
         table("lr" + "l" * len(TEACHER_ON_NOISE), ["teacher", "test acc", *[c for _, c in TEACHER_ON_NOISE]],
-              [[x["teacher"], pct(x["test_acc"]), *[cell(x[k]) for k, _ in TEACHER_ON_NOISE]] for x in r["rows"]]))
+              [[x["teacher"], pct(x["test_acc"]), *[cell(x[k]) for k, _ in TEACHER_ON_NOISE]] for x in r["rows"]]),
+        *teacher_on_noise_cs_last(r, cell))
+
+
+def teacher_on_noise_cs_last(r, cell):
+    """The same measures on the fitted noise with CS in the teacher's last K BatchNorm layers only (`--cs-last-layers
+    K`), where the results have them: [paragraph, table], or []."""
+    ks = sorted({int(k[len("fitted_cs_last"):]) for x in r["rows"] for k in x if k.startswith("fitted_cs_last")})
+    if not ks:
+        return []
+    return ["The same on the fitted noise with CS in the teacher's last K BatchNorm layers only, the earlier ones on "
+            "their running statistics (`cs_rejection_bn.py --cs-last-layers K`; all = CS everywhere, the column "
+            "\"fitted noise, CS\" above):",
+            table("lr" + "l" * (len(ks) + 1), ["teacher", "BN layers", *[f"K = {k}" for k in ks], "all"],
+                  [[x["teacher"], x["bn_layers"], *[cell(x[f"fitted_cs_last{k}"]) for k in ks], cell(x["fitted_cs"])]
+                   for x in r["rows"]])]
 
 
 LONG_RUN = [  # (arm, colour in the figure, recipe): the rows of the long-run table, in bench/long_run.py's order

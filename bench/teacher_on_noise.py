@@ -10,6 +10,8 @@ For each teacher, on 1,024 samples (--batches 4 of 256) of white noise and of th
   running their running statistics (eval mode),
   bm_rv   the batch's mean but the running variance,
   rm_bv   the running mean but the batch's variance,
+  cs_lastK  CS in the last K BatchNorm layers only, running statistics before (cs_rejection_bn.py --cs-last-layers K;
+          on the fitted noise, for K in CS_LAST),
 we measure the balance of its argmax labels (entropy / log K, largest share), the input-free level (the KL from its
 answers to its mean answer: what a student that ignores its input scores; 0 = the teacher ignores its input too), and
 its roughness: the mean KL between its answers on z and on z + sigma * eps (eps white, sigma = --sigma in the
@@ -44,22 +46,22 @@ TEACHERS = [  # (name, architecture, checkpoint; None = the shipped teachers/<ar
     *[(f"ours, {e} epoch{'s' * (e > 1)}", "resnet20", TRAINED / f"resnet20_e{e}.pt") for e in (1, 2, 5)],
 ]
 MODES = ["cs", "running", "bm_rv", "rm_bv"]
+CS_LAST = [2, 3, 5, 7, 13]
 
 
 @contextlib.contextmanager
 def bn_statistics(model, mode):
     """Every BatchNorm of `model` normalizes with the mean and variance `mode` names (see the docstring); the running
     buffers are only read."""
-    patched = []
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            def forward(x, m=m):
-                var, mean = torch.var_mean(x, (0, 2, 3), correction=0)
-                mu = mean if mode in ("cs", "bm_rv") else m.running_mean
-                v = var if mode in ("cs", "rm_bv") else m.running_var
-                return F.batch_norm(x, mu, v, m.weight, m.bias, training=False, eps=m.eps)
-            m.forward = forward
-            patched.append(m)
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    patched = bns[len(bns) - int(mode[len("cs_last"):]):] if mode.startswith("cs_last") else bns
+    for m in patched:
+        def forward(x, m=m):
+            var, mean = torch.var_mean(x, (0, 2, 3), correction=0)
+            mu = mean if mode in ("cs", "bm_rv") or mode.startswith("cs_last") else m.running_mean
+            v = var if mode in ("cs", "rm_bv") or mode.startswith("cs_last") else m.running_var
+            return F.batch_norm(x, mu, v, m.weight, m.bias, training=False, eps=m.eps)
+        m.forward = forward
     try:
         yield model
     finally:
@@ -109,11 +111,14 @@ def main(argv=None):
         row = {"teacher": name, "arch": arch, "checkpoint": str(Path(path).resolve()), "sha256": tinfo["sha256"],
                "test_acc": common.evaluate(teacher, x, y, tinfo["mean"], tinfo["std"]),
                "fitted_alpha": fitted["alpha"],
+               "bn_layers": sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in teacher.modules()),
                "images_running": answers(teacher, list(images.split(args.batch_size)), "running", args.sigma, gen)}
         for noise, shaping in (("white", {}), ("fitted", fitted)):
             batches = [common.sample_noise(args.batch_size, shape, gen, **shaping) for _ in range(args.batches)]
             for mode in MODES:
                 row[f"{noise}_{mode}"] = answers(teacher, batches, mode, args.sigma, gen)
+        for k in CS_LAST:  # after the modes above (the fitted noise's batches), so that their jitter stays the same
+            row[f"fitted_cs_last{k}"] = answers(teacher, batches, f"cs_last{k}", args.sigma, gen)
         cs = row["fitted_cs"]
         print(f"{name} ({row['test_acc']:.1%}): fitted noise, CS: label entropy {cs['label_entropy']:.2f}, "
               f"input-free level {cs['input_free_level']:.2f}, roughness {cs['roughness']:.2f}; images: roughness "

@@ -138,7 +138,11 @@ def test_teacher_on_noise_bn_modes_are_cs_and_eval_mode_and_leave_the_teacher_un
             running = teacher(z)
         with teacher_on_noise.bn_statistics(teacher, "bm_rv"):
             mixed = teacher(z)
+        with teacher_on_noise.bn_statistics(teacher, "cs_last7"):
+            last7 = teacher(z)
         assert torch.allclose(cs, cs_rejection_bn.teacher_forward(teacher, z, "cs"), atol=1e-4)
+        assert torch.allclose(last7, cs_rejection_bn.teacher_forward(teacher, z, "cs", 7), atol=1e-4)
+        assert not torch.allclose(last7, cs, atol=1e-3) and not torch.allclose(last7, running, atol=1e-3)
         assert torch.allclose(running, teacher(z), atol=1e-5)  # teacher(z) outside: plain eval mode
     assert not torch.allclose(mixed, cs, atol=1e-3) and not torch.allclose(mixed, running, atol=1e-3)
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items()) and not teacher.training

@@ -404,6 +404,14 @@ def test_what_the_readme_says_about_the_teachers_on_noise_holds():
     assert (rough(rows["ours, 1 epoch"], "fitted_cs"), level(rows["ours, 1 epoch"], "fitted_cs")) == (0.01, 0.28)
     assert [rough(x, "white_cs") for x in shared] == [0.49, 0.55]
     assert r["sigma"] == 0.1 and r["samples"] == 1024
+    # CS in the last 7 BN layers only: smoother, about the same input-free level, balanced labels
+    two = [rows["shared ResNet-20"], well[2]]
+    assert [x["bn_layers"] for x in well] == [19, 55, 19]
+    assert [rough(x, "fitted_cs_last7") for x in two] == [1.14, 0.28]
+    assert [level(x, "fitted_cs_last7") for x in two] == [1.62, 0.61]
+    assert [round(x["fitted_cs_last7"]["label_entropy"], 2) for x in two] == [0.97, 0.99]
+    assert (rough(well[1], "fitted_cs"), rough(well[1], "fitted_cs_last7")) == (2.17, 0.84)
+    assert [round(x["fitted_cs_last2"]["label_entropy"], 2) for x in well] == [0.94, 0.83, 0.84]
 
 
 def test_each_headline_row_shows_the_calibration_of_its_own_student():
