@@ -35,6 +35,8 @@ ARMS = {  # name: (flags on top of the shipped teacher, budget in noise samples,
     "ours_512k": ([], 512_000, 32),
     "ours_512k_s1": (["--seed", "1"], 512_000, 32),  # its own seed wins over --seed
     "ours_1m_s1": (["--seed", "1"], 1_000_000, 32),
+    "ours_512k_cs7": (["--cs-last-layers", "7"], 512_000, 32),  # CS in the teacher's last 7 BN layers only
+    "ours_512k_cs7_s1": (["--cs-last-layers", "7", "--seed", "1"], 512_000, 32),
     "ours": ([], 10_000_000, 32),
     "prior": (["--no-fit-noise", "--balance", "none", "--lr", "1e-3", "--schedule", "constant"], 10_000_000, 256),
 }

@@ -32,6 +32,7 @@ PRIOR = ["--teacher-bn", "cs", "--balance", "none", "--optimizer", "adam", "--lr
 ARMS = {  # name: flags on top of cs_rejection_bn.py's defaults
     "prior_white": [*PRIOR, "--no-fit-noise"],  # the paper's noise: N(0, I)
     "prior_fit": [*PRIOR, "--fit-noise"],       # the same recipe, noise fitted to the teacher's BN statistics
+    "prior_fit_cs7": [*PRIOR, "--fit-noise", "--cs-last-layers", "7"],  # and CS in the last 7 BN layers only
     "default_white": ["--no-fit-noise", "--batch-size", "256"],  # CS + rejection, Adam 2e-3 cosine, white noise
     "default_fit": ["--fit-noise", "--batch-size", "256"],       # the same with the fitted noise (the former default)
     "default_fit_b64": ["--fit-noise", "--batch-size", "64"],    # the same, 4x the updates for the same samples

@@ -266,6 +266,7 @@ NOISE_FIT_TEACHERS = {"aka20": "shared ResNet-20 (91.7%)", "ours20": "shipped Re
 NOISE_FIT_ROWS = [  # (teacher, arm, colour in the figure, label): the order of the table's rows
     ("aka20", "prior_white", "tab:gray", "prior work's recipe, white noise (the paper's)"),
     ("aka20", "prior_fit", "tab:blue", "prior work's recipe, fitted noise (`--fit-noise`)"),
+    ("aka20", "prior_fit_cs7", "tab:pink", "the same with CS in the last 7 BN layers (`--cs-last-layers 7`)"),
     ("ours20", "default_white", "tab:orange", "our recipe (CS + rejection, Adam 2e-3 cosine), white"),
     ("ours20", "default_fit", "tab:red", "our recipe, fitted noise, batch 256 (the former default)"),
     ("ours20", "default_fit_b64", "tab:purple", "our recipe, fitted noise, batch 64 (`--batch-size 64`)"),
@@ -455,6 +456,8 @@ LONG_RUN = [  # (arm, colour in the figure, recipe): the rows of the long-run ta
     ("ours_512k", "tab:blue", "our default recipe"),
     ("ours_512k_s1", "tab:cyan", "the same, seed 1"),
     ("ours_1m_s1", "tab:olive", "the same as `ours_1m`, seed 1"),
+    ("ours_512k_cs7", "tab:purple", "our default recipe with CS in the last 7 BN layers (`--cs-last-layers 7`)"),
+    ("ours_512k_cs7_s1", "tab:pink", "the same, seed 1"),
     ("ours", "tab:red", "our default recipe"),
     ("prior", "tab:gray", "the prior work's recipe (white noise, CS, batch 256, Adam 1e-3 constant)"),
 ]
