@@ -444,6 +444,25 @@ def test_what_the_readme_says_about_mse_in_our_recipe_holds():
     assert spread == [2.2, 1.0]  # "of the size of the spread between the two seeds"
 
 
+def test_what_the_readme_says_about_cs_in_the_last_7_layers_holds():
+    folder = REPO / "results" / "noise_fit"
+    load = lambda arm, seed: json.loads((folder / f"ours20__{arm}__s{seed}.json").read_text())
+    keys = ("eval/acc_running", "eval/acc_batchstats")
+    at = lambda r, n, k: round(100 * next(row for row in r["curve"] if row["samples_seen"] == n)[k], 1)
+    margins = {96_000: [], 128_000: []}
+    for seed in (0, 1):
+        last7, full = load("default_fit_b32_cs7", seed), load("default_fit_b32", seed)
+        assert last7["args"]["cs_last_layers"] == 7 and full["args"].get("cs_last_layers", 0) == 0
+        shared = (set(last7["args"]) & set(full["args"])) - {"out_dir"}  # the older run predates some flags
+        assert {k for k in shared if last7["args"][k] != full["args"][k]} == set() and len(shared) > 30
+        assert all(at(last7, 32_000, k) < at(full, 32_000, k) for k in keys)  # behind under both at 32k
+        for n in margins:
+            margins[n] += [round(at(last7, n, k) - at(full, n, k), 1) for k in keys]
+    assert [at(load("default_fit_b32_cs7", s), 128_000, k) for s in (0, 1) for k in keys] == [29.3, 34.7, 28.0, 33.7]
+    assert (min(margins[96_000]), max(margins[96_000])) == (0.8, 3.6)
+    assert (min(margins[128_000]), max(margins[128_000])) == (1.4, 2.6)
+
+
 def test_what_the_readme_says_about_the_1m_long_run_holds():
     path = REPO / "results" / "long_run" / "ours_1m.json"
     r = json.loads(path.read_text())
