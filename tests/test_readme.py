@@ -461,6 +461,14 @@ def test_what_the_readme_says_about_cs_in_the_last_7_layers_holds():
     assert [at(load("default_fit_b32_cs7", s), 128_000, k) for s in (0, 1) for k in keys] == [29.3, 34.7, 28.0, 33.7]
     assert (min(margins[96_000]), max(margins[96_000])) == (0.8, 3.6)
     assert (min(margins[128_000]), max(margins[128_000])) == (1.4, 2.6)
+    # the shared teacher with the prior recipe: behind at every evaluation but one, at a lower final KD loss
+    shared = lambda arm, seed: json.loads((folder / f"aka20__{arm}__s{seed}.json").read_text())
+    diffs = [round(at(shared("prior_fit_cs7", s), n, k) - at(shared("prior_fit", s), n, k), 1)
+             for s in (0, 1) for n in (32_000, 64_000, 96_000, 128_000) for k in keys]
+    assert sum(d >= 0 for d in diffs) == 1 and (min(diffs), max(d for d in diffs if d < 0)) == (-1.9, -0.2)
+    assert [at(shared("prior_fit_cs7", s), 128_000, k) for s in (0, 1) for k in keys] == [26.8, 25.6, 24.6, 26.5]
+    assert [round(shared(a, s)["train/final_loss"], 2) for a in ("prior_fit_cs7", "prior_fit") for s in (0, 1)] == \
+        [1.33, 1.37, 1.47, 1.50]
 
 
 def test_what_the_readme_says_about_the_1m_long_run_holds():
