@@ -268,8 +268,13 @@ def memory_format(model, bf16):
     return torch.channels_last if (bf16 or on_cpu) and not slow else torch.contiguous_format
 
 
+def batchnorm_layers(model):
+    """The BatchNorm layers of model, in the order it registers them (its forward order for the CNNs here)."""
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
 def has_batchnorm(model):
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    return bool(batchnorm_layers(model))
 
 
 # ----------------------------------------------------------------------------------------------------------------------

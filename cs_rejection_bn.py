@@ -162,9 +162,9 @@ def current_statistics(model, last=0):
     """Inside this context every BatchNorm of `model` normalizes with the mean and (biased) variance of the current
     batch, per channel over (N, H, W), as in training mode - but its running buffers are neither read nor written, so
     the teacher comes out bit-identical (the prior work put the teacher in train mode and overwrote them).
-    last=k: only the last k BatchNorm layers (in the order the model registers them, its forward order for the CNNs
-    here); the earlier ones keep their running statistics (0 = all of them)."""
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    last=k: only the last k BatchNorm layers (in common.batchnorm_layers' order); the earlier ones keep their running
+    statistics (0 = all of them)."""
+    bns = common.batchnorm_layers(model)
     patched = bns[max(len(bns) - last, 0):] if last else bns
     for m in patched:
         # An instance attribute shadows the class's forward; deleting it restores the original exactly.
@@ -484,9 +484,9 @@ def main(argv=None):
     x_test, y_test = common.load_split(args.dataset, "test", args.data_dir, tinfo["image_size"])
     if args.eval_subset:
         x_test, y_test = x_test[:args.eval_subset], y_test[:args.eval_subset]
-    if not common.has_batchnorm(teacher):
+    n_bn = len(common.batchnorm_layers(teacher))
+    if not n_bn:
         sys.exit(f"teacher {args.teacher} ({tinfo['norm']}) has no BatchNorm: CS does nothing; use batch_align_ln_gn.py")
-    n_bn = sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in teacher.modules())
     if args.cs_last_layers > n_bn:
         sys.exit(f"--cs-last-layers {args.cs_last_layers}: teacher {args.teacher} has only {n_bn} BatchNorm layers")
     torch.manual_seed(args.seed)  # the student's initialization depends on the seed alone, not on the teacher

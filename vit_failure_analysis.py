@@ -59,9 +59,9 @@ def current_statistics(model, last=0):
     """Inside this context every BatchNorm of `model` normalizes with the mean and (biased) variance of the current
     batch, per channel over (N, H, W), as in training mode - but its running buffers are neither read nor written, so
     the teacher comes out bit-identical (the prior work put the teacher in train mode and overwrote them).
-    last=k: only the last k BatchNorm layers (in the order the model registers them, its forward order for the CNNs
-    here); the earlier ones keep their running statistics (0 = all of them)."""
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    last=k: only the last k BatchNorm layers (in common.batchnorm_layers' order); the earlier ones keep their running
+    statistics (0 = all of them)."""
+    bns = common.batchnorm_layers(model)
     patched = bns[max(len(bns) - last, 0):] if last else bns
     for m in patched:
         # An instance attribute shadows the class's forward; deleting it restores the original exactly.

@@ -29,7 +29,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,13 +52,16 @@ CS_LAST = [2, 3, 5, 7, 13]
 def bn_statistics(model, mode):
     """Every BatchNorm of `model` normalizes with the mean and variance `mode` names (see the docstring); the running
     buffers are only read."""
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    patched = bns[len(bns) - int(mode[len("cs_last"):]):] if mode.startswith("cs_last") else bns
+    bns = common.batchnorm_layers(model)
+    if mode.startswith("cs_last"):  # cs_lastK: CS in the last K layers, the earlier ones left as they are
+        patched, batch_mean, batch_var = bns[len(bns) - int(mode[len("cs_last"):]):], True, True
+    else:
+        patched, batch_mean, batch_var = bns, mode in ("cs", "bm_rv"), mode in ("cs", "rm_bv")
     for m in patched:
         def forward(x, m=m):
             var, mean = torch.var_mean(x, (0, 2, 3), correction=0)
-            mu = mean if mode in ("cs", "bm_rv") or mode.startswith("cs_last") else m.running_mean
-            v = var if mode in ("cs", "rm_bv") or mode.startswith("cs_last") else m.running_var
+            mu = mean if batch_mean else m.running_mean
+            v = var if batch_var else m.running_var
             return F.batch_norm(x, mu, v, m.weight, m.bias, training=False, eps=m.eps)
         m.forward = forward
     try:
@@ -111,7 +113,7 @@ def main(argv=None):
         row = {"teacher": name, "arch": arch, "checkpoint": str(Path(path).resolve()), "sha256": tinfo["sha256"],
                "test_acc": common.evaluate(teacher, x, y, tinfo["mean"], tinfo["std"]),
                "fitted_alpha": fitted["alpha"],
-               "bn_layers": sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in teacher.modules()),
+               "bn_layers": len(common.batchnorm_layers(teacher)),
                "images_running": answers(teacher, list(images.split(args.batch_size)), "running", args.sigma, gen)}
         for noise, shaping in (("white", {}), ("fitted", fitted)):
             batches = [common.sample_noise(args.batch_size, shape, gen, **shaping) for _ in range(args.batches)]
