@@ -28,6 +28,7 @@ import contextlib
 import copy
 import math
 import random
+import re
 import sys
 import time
 from pathlib import Path
@@ -89,6 +90,10 @@ def parse_args(argv=None):
     p.add_argument("--loss", default="kl", choices=["kl", "mse"],
                    help="kl: KL(teacher || student) at --tau, the paper's; mse (ours, a study arm): mean squared error "
                         "between the logits, each centred on its mean over the classes")
+    p.add_argument("--feature-weight", type=float, default=0.0,
+                   help="ours: add this weight x the squared error between the teacher's (CS) and the student's stage "
+                        "outputs, relative to the teacher's (needs stages of the same shapes, e.g. resnet20 or "
+                        "resnet56 -> resnet20); 0 = the logits alone, the paper's")
     # --- optimization
     p.add_argument("--steps", type=int, default=4000, help="student updates; noise samples seen = steps * batch-size")
     # Ours: small batches. The student is short of updates, not of samples: at the same 128k samples, batches of 32
@@ -131,6 +136,8 @@ def parse_args(argv=None):
         p.error("--noise-alpha sets the spectrum by hand: add --no-fit-noise (the default --fit-noise fits it)")
     if args.loss == "mse" and args.tau != 1:
         p.error("--tau applies to --loss kl only; --loss mse matches the logits themselves")
+    if args.feature_weight < 0:
+        p.error(f"--feature-weight must be >= 0, got {args.feature_weight}")
     if args.cs_last_layers < 0 or (args.cs_last_layers and args.teacher_bn != "cs"):
         p.error("--cs-last-layers K needs K >= 0, and K > 0 only with --teacher-bn cs")
     if args.fit_noise_steps < 1 or args.calibrate_samples < 2 or args.calibrate_steps < 0:
@@ -433,6 +440,42 @@ def logit_mse_loss(student_logits, teacher_logits, weights=None):
     return (se * weights).mean() if weights is not None else se.mean()
 
 
+def stages(model):
+    """The residual stages of our CNNs (layer1, layer2, ...: CIFAR and torchvision ResNets), in forward order."""
+    return [m for name, m in model.named_children() if re.fullmatch(r"layer\d+", name)]
+
+
+@contextlib.contextmanager
+def stage_outputs(model):
+    """Yields a list that each forward of `model` fills with its stages' outputs (clear it between forwards); the
+    hooks are removed after."""
+    outs = []
+    hooks = [m.register_forward_hook(lambda m, inputs, out: outs.append(out)) for m in stages(model)]
+    try:
+        yield outs
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+@torch.no_grad()
+def teacher_features(teacher, z, bn_mode, cs_last=0):
+    """The teacher's stage outputs on a noise batch, its BatchNorm layers as in teacher_forward."""
+    with stage_outputs(teacher) as outs:
+        teacher_forward(teacher, z, bn_mode, cs_last)
+    return list(outs)
+
+
+def feature_loss(student_feats, teacher_feats, weights=None):
+    """Per stage, the squared error between the student's and the teacher's outputs, averaged over the sample's
+    elements and divided by the teacher's mean square on the (global) batch, so that every stage counts alike,
+    whatever its scale; averaged over stages, then over samples (optionally weighted)."""
+    mean_square = lambda t: common.all_reduce_sum(t.float().pow(2).sum()) / (t.numel() * common.dist_info()[1])
+    per_sample = sum((s.float() - t.float()).pow(2).flatten(1).mean(1) / mean_square(t).clamp_min(1e-12)
+                     for s, t in zip(student_feats, teacher_feats, strict=True)) / len(teacher_feats)
+    return (per_sample * weights).mean() if weights is not None else per_sample.mean()
+
+
 def noise_summary(stats):
     """The teacher's labels on raw noise and on the batches the student trained on (README: How it works)."""
     raw, acc = common.label_stats(stats["raw_counts"]), common.label_stats(stats["acc_counts"])
@@ -496,6 +539,14 @@ def main(argv=None):
     teacher, student = teacher.to(args.device), student.to(args.device)
     t_fmt, s_fmt = common.memory_format(teacher, args.bf16), common.memory_format(student, args.bf16)
     teacher, student = teacher.to(memory_format=t_fmt), student.to(memory_format=s_fmt)
+    if args.feature_weight:  # matching stage outputs needs the same shapes stage for stage
+        with torch.no_grad(), stage_outputs(teacher) as t_out, stage_outputs(student) as s_out:
+            probe = torch.zeros(2, 3, *x_test.shape[1:3], device=args.device)
+            teacher(probe), student.eval()(probe), student.train()
+        t_shapes, s_shapes = [tuple(o.shape[1:]) for o in t_out], [tuple(o.shape[1:]) for o in s_out]
+        if not t_shapes or t_shapes != s_shapes:
+            sys.exit(f"--feature-weight needs stages of the same shapes: teacher {args.teacher} has {t_shapes}, "
+                     f"student {args.student} {s_shapes}")
     # DDP averages the gradients of the ranks' equal shares: the gradient of the global batch's mean loss.
     net = torch.nn.parallel.DistributedDataParallel(student) if world > 1 else student
     teacher_fn = lambda z: teacher_forward(teacher, z.contiguous(memory_format=t_fmt), args.teacher_bn,
@@ -593,11 +644,16 @@ def main(argv=None):
             with torch.autocast(torch.device(args.device).type, dtype=torch.bfloat16, enabled=args.bf16):
                 # ALGO LOGIC: noise -> teacher (CS) -> accept / reject: a batch of noise and the teacher's logits on it
                 z, t_logits, weights = draw_batch(args, teacher_fn, sampler, noise_gen, shape, stats, noise_params)
-                with common.synced_batch_norm(student):  # BN student: statistics of the global batch, as in 1 process
-                    s_logits = net(z.contiguous(memory_format=s_fmt))
+                student_stages = stage_outputs(student) if args.feature_weight else contextlib.nullcontext()
+                with common.synced_batch_norm(student), student_stages as s_feats:
+                    s_logits = net(z.contiguous(memory_format=s_fmt))  # BN student: global-batch statistics
+                t_feats = teacher_features(teacher, z.contiguous(memory_format=t_fmt), args.teacher_bn,
+                                           args.cs_last_layers) if args.feature_weight else None
             # ALGO LOGIC: KL(teacher || student) * tau^2 (the paper's), or MSE between centred logits (--loss mse)
             loss = (kd_loss(s_logits, t_logits, args.tau, weights) if args.loss == "kl"
                     else logit_mse_loss(s_logits, t_logits, weights))
+            if args.feature_weight:  # ALGO LOGIC (ours): match the teacher's stage outputs too, on the same batch
+                loss = loss + args.feature_weight * feature_loss(s_feats, t_feats, weights)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

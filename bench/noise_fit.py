@@ -33,6 +33,8 @@ ARMS = {  # name: flags on top of cs_rejection_bn.py's defaults
     "prior_white": [*PRIOR, "--no-fit-noise"],  # the paper's noise: N(0, I)
     "prior_fit": [*PRIOR, "--fit-noise"],       # the same recipe, noise fitted to the teacher's BN statistics
     "prior_fit_cs7": [*PRIOR, "--fit-noise", "--cs-last-layers", "7"],  # and CS in the last 7 BN layers only
+    # and the teacher's stage outputs matched too (ours); fp32 like the AMD runs of the rows it is read with
+    "prior_fit_feat": [*PRIOR, "--fit-noise", "--feature-weight", "1", "--no-bf16"],
     "default_white": ["--no-fit-noise", "--batch-size", "256"],  # CS + rejection, Adam 2e-3 cosine, white noise
     "default_fit": ["--fit-noise", "--batch-size", "256"],       # the same with the fitted noise (the former default)
     "default_fit_b64": ["--fit-noise", "--batch-size", "64"],    # the same, 4x the updates for the same samples
@@ -42,6 +44,8 @@ ARMS = {  # name: flags on top of cs_rejection_bn.py's defaults
     # the default with CS in the teacher's last 7 of its 19 BatchNorm layers only (the earlier ones on the running
     # statistics the fitted noise was fitted to)
     "default_fit_b32_cs7": ["--fit-noise", "--batch-size", "32", "--cs-last-layers", "7"],
+    # the default, plus the teacher's stage outputs matched (ours); fp32 like the AMD runs of the rows it is read with
+    "default_fit_b32_feat": ["--fit-noise", "--batch-size", "32", "--feature-weight", "1", "--no-bf16"],
 }
 
 

@@ -165,6 +165,69 @@ def test_loss_mse_trains_on_the_logit_mse_and_never_calls_the_kl(tiny_data, tiny
     assert len(calls) == 6 and res["args"]["loss"] == "mse" and math.isfinite(res["train/final_loss"])
 
 
+# --- matching the teacher's stage outputs (--feature-weight) -------------------------------------------------------
+def test_feature_loss_is_zero_for_equal_outputs_ignores_their_scale_and_weights_samples():
+    torch.manual_seed(0)
+    t = [torch.randn(8, 4, 6, 6), torch.randn(8, 8, 3, 3) * 50]
+    s = [x + torch.randn_like(x) * x.std() for x in t]  # the same relative error in both stages
+    assert kd.feature_loss(t, t).item() == 0
+    loss = kd.feature_loss(s, t)
+    assert loss.item() == pytest.approx(1.0, rel=0.2)  # error variance / teacher mean square, stage scale divided out
+    assert kd.feature_loss([x * 10 for x in s], [x * 10 for x in t]).item() == pytest.approx(loss.item(), rel=1e-5)
+    w = torch.zeros(8)
+    w[2] = 8.0  # all the weight on one sample
+    expected = sum((a[2] - b[2]).pow(2).mean() / b.pow(2).mean() for a, b in zip(s, t)) / 2
+    assert kd.feature_loss(s, t, w).item() == pytest.approx(expected.item(), rel=1e-5)
+    with pytest.raises(ValueError):
+        kd.feature_loss(s[:1], t)  # a stage without its partner is an error, not a silent shorter sum
+
+
+def test_stage_outputs_are_the_stages_in_forward_order_and_the_hooks_go_away(tiny_teacher):
+    teacher, _ = common.load_teacher("resnet20", tiny_teacher)
+    z = torch.randn(4, 3, 32, 32)
+    with kd.stage_outputs(teacher) as outs:
+        logits = teacher(z)
+    assert [tuple(o.shape) for o in outs] == [(4, 16, 32, 32), (4, 32, 16, 16), (4, 64, 8, 8)]
+    assert torch.equal(teacher.linear(F.adaptive_avg_pool2d(outs[-1], 1).flatten(1)), logits)  # the last stage feeds it
+    assert all(not m._forward_hooks for m in kd.stages(teacher))
+    feats = kd.teacher_features(teacher, z, "cs")
+    with kd.current_statistics(teacher), kd.stage_outputs(teacher) as cs_outs:
+        teacher(z)
+    assert all(torch.equal(a, b) for a, b in zip(feats, cs_outs, strict=True))  # CS, like the teacher's targets
+    assert not torch.equal(feats[0], outs[0])
+
+
+def test_feature_weight_trains_the_student_on_the_teachers_stage_outputs_of_its_own_batch(tiny_data, tiny_teacher,
+                                                                                            tmp_path, monkeypatch):
+    seen = []
+    real_features, real_loss = kd.teacher_features, kd.feature_loss
+    monkeypatch.setattr(kd, "teacher_features", lambda t, z, *a: seen.append(z.clone()) or real_features(t, z, *a))
+    monkeypatch.setattr(kd, "feature_loss", lambda s, t, w: seen.append(len(s)) or real_loss(s, t, w))
+    monkeypatch.setattr(kd, "kd_loss", lambda s, t, tau, w: (s * 0).sum())  # the logits teach nothing here
+    real_draw = kd.draw_batch
+    batches = []
+    monkeypatch.setattr(kd, "draw_batch", lambda *a: batches.append(real_draw(*a)) or batches[-1])
+    res = kd.main(tiny_args(tiny_data, tiny_teacher, tmp_path, "--feature-weight", "0.5"))
+    assert [x for x in seen if isinstance(x, int)] == [3] * 6  # every step, all three stages
+    zs = [x for x in seen if torch.is_tensor(x)]
+    assert len(zs) == 6 and all(torch.equal(z, b[0]) for z, b in zip(zs, batches))  # the student's own batch
+    assert res["args"]["feature_weight"] == 0.5 and res["train/final_loss"] > 0
+    run = next(p for p in tmp_path.iterdir() if p.is_dir())
+    torch.manual_seed(0)
+    init = common.build_model("resnet20", 10).state_dict()
+    trained = common.load_checkpoint(run / "checkpoint.pt")["student"]
+    assert not torch.equal(init["conv1.weight"], trained["conv1.weight"])  # the feature loss alone moved it ...
+    assert torch.equal(init["linear.weight"], trained["linear.weight"])  # ... and not what lies after the stages
+
+
+def test_feature_weight_is_off_by_default_and_refuses_stages_of_other_shapes(tiny_data, tiny_teacher, tmp_path,
+                                                                            monkeypatch):
+    monkeypatch.setattr(kd, "teacher_features", lambda *a: pytest.fail("the default matched stage outputs"))
+    assert kd.main(tiny_args(tiny_data, tiny_teacher, tmp_path, "--steps", "2"))["args"]["feature_weight"] == 0
+    with pytest.raises(SystemExit, match=r"needs stages of the same shapes: teacher resnet20 has \[\(16, 32, 32\)"):
+        kd.main(tiny_args(tiny_data, tiny_teacher, tmp_path, "--feature-weight", "1", "--student", "resnet18"))
+
+
 # --- whole runs on generated data ----------------------------------------------------------------------------------
 def test_run_trains_the_student_and_leaves_the_teacher_bit_identical(tiny_data, tiny_teacher, tmp_path, monkeypatch):
     real_load = common.load_teacher
@@ -383,7 +446,8 @@ def test_teacher_trained_on_another_dataset_is_refused(tiny_data, tiny_teacher, 
                                    ["--tau", "0"], ["--pool-factor", "0.5"], ["--accept-floor", "2"],
                                    ["--noise-alpha", "-1"], ["--noise-alpha", "30"], ["--fit-noise-steps", "0"],
                                    ["--fit-noise", "--noise-alpha", "2"], ["--loss", "mse", "--tau", "4"],
-                                   ["--cs-last-layers", "-1"], ["--teacher-bn", "running", "--cs-last-layers", "3"]])
+                                   ["--cs-last-layers", "-1"], ["--teacher-bn", "running", "--cs-last-layers", "3"],
+                                   ["--feature-weight", "-1"]])
 def test_bad_flag_values_are_argument_errors(flags, capsys):
     with pytest.raises(SystemExit):
         kd.parse_args(flags)

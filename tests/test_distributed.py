@@ -46,17 +46,23 @@ def test_coupled_teachers_and_the_sampler_see_the_global_batch(tiny_teacher, gn_
     assert torch.equal(got["keep"].bool(), sampler.accept(bn_one.argmax(1)))  # the same coins, the same decisions
 
 
-@pytest.mark.parametrize("student", ["bn", "gn"])
-def test_a_few_steps_under_torchrun_give_the_single_process_student(tiny_data, tiny_teacher, tmp_path, student):
+@pytest.mark.parametrize("student, extra", [("bn", []), ("gn", []), ("bn", ["--feature-weight", "1"])])
+def test_a_few_steps_under_torchrun_give_the_single_process_student(tiny_data, tiny_teacher, tmp_path, student,
+                                                                     extra):
     # SGD: Adam divides by sqrt(v) + 1e-8, which blows float rounding up for gradients near 1e-8 (found here: with
     # Adam the two runs differ by up to 2e-3 in a weight after one step, rounding only; with SGD by 1e-6).
-    flags = ["--balance", "none", "--no-bf16", "--student-norm", student, "--optimizer", "sgd"]
+    flags = ["--balance", "none", "--no-bf16", "--student-norm", student, "--optimizer", "sgd", *extra]
     one = kd.main(tiny_args(tiny_data, tiny_teacher, tmp_path / "one", *flags))
     torchrun(REPO / "cs_rejection_bn.py", *tiny_args(tiny_data, tiny_teacher, tmp_path / "two", *flags))
     a, b = final_state(tmp_path / "one"), final_state(tmp_path / "two")
     assert a.keys() == b.keys()
+    torch.manual_seed(0)
+    init = common.build_model("resnet20", 10, student).state_dict()  # the student before its 6 steps
     for k in (k for k in a if not k.startswith("opt.")):  # the student, up to float rounding (sums in another order)
-        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)
+        # Rounding differences grow over the steps through the CS teacher on noise: measured up to 1.6% of how far a
+        # tensor moved (with the threads of the two runs set alike or not); a method error moves it by its own size.
+        moved, gap = (a[k].double() - init[k].double()).abs().max(), (b[k].double() - a[k].double()).abs().max()
+        assert gap <= 0.05 * moved + 1e-6, f"{k}: the two runs differ by {gap:.2e}, the tensor moved {moved:.2e}"
     two = common.load_checkpoint(next((tmp_path / "two").iterdir()) / "checkpoint.pt")
     assert two["stats"]["student_samples"] == one["samples_seen"] and two["stats"]["teacher_samples"] == 6 * 16
 
