@@ -707,11 +707,12 @@ def make_run_dir(out_dir, dataset, script, teacher, seed):
 RENAMED = {"diag_samples": "probe_samples"}  # old args.json key: its name now
 
 
-def resume_args(parser, args, script, extra_keys=()):
+def resume_args(parser, args, script, extra_keys=(), before=None):
     """The settings of the run folder args.resume, which `script` continues. Exits with one line (parser.error) when
     the folder is missing or not a run of this script, or when other flags were given beside --resume: a resumed run
     keeps the settings it started with, so such flags could only be ignored. Settings that the run's args.json
-    predates get their defaults; extra_keys: what the script adds to args.json beside its flags."""
+    predates get their defaults, or the value in `before` (what the script did before the setting existed);
+    extra_keys: what the script adds to args.json beside its flags."""
     given = [a.option_strings[0] for a in parser._actions
              if a.dest not in ("help", "resume") and a.option_strings and getattr(args, a.dest) != a.default]
     if given:
@@ -729,7 +730,7 @@ def resume_args(parser, args, script, extra_keys=()):
     if foreign:
         parser.error(f"--resume {run}: a run of another script (its settings {sorted(foreign)[:3]} "
                      f"are not {script}.py's)")
-    return argparse.Namespace(**{**defaults, **saved, "resume": str(run)})
+    return argparse.Namespace(**{**defaults, **(before or {}), **saved, "resume": str(run)})
 
 
 def check_same_teacher(ckpt, tinfo, run_dir):

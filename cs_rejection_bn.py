@@ -4,10 +4,12 @@ The student never sees an image while it learns. Each step draws Gaussian noise 
 space, runs the teacher with every BatchNorm normalizing by the statistics of the current noise batch (CS; in eval
 mode a BN teacher puts all noise into two or three classes), rejects samples of over-predicted classes so that the
 accepted batch has a near-uniform teacher label marginal, and minimizes KL(softmax(T(z)/tau) || softmax(S(z)/tau))
-* tau^2 (or, with --loss mse, the squared error between centred logits). The noise is z ~ N(0, I) in the paper
-(--no-fit-noise); by default (ours) it is a Gaussian whose spectrum, colour covariance and mean are first fitted to the
-teacher's BatchNorm running statistics (fit_noise): the student learns much faster and works in plain eval mode
-(README: "What limits learning from noise"). Real test images are used only to evaluate.
+* tau^2 (or, with --loss mse, the squared error between centred logits); by default (ours), where the student's
+residual stages have the teacher's shapes, it also matches the teacher's stage outputs (--feature-weight; 0 = the
+paper's logits alone). The noise is z ~ N(0, I) in the paper (--no-fit-noise); by default (ours) it is a Gaussian
+whose spectrum, colour covariance and mean are first fitted to the teacher's BatchNorm running statistics
+(fit_noise). Both make the student learn much faster (README: "What limits learning from noise"). Real test images
+are used only to evaluate.
 Design: the README's "How it works"; numbers: the README's tables, generated from results/. The default command
 below took 17 minutes on 2 cores of an AMD EPYC without bf16 (fp32) and gave a 27.6% student (eval mode) / 33.3%
 (test-batch statistics) from the 89.9% teacher (results/default_run.json; throughput with bf16: README, Speed).
@@ -90,10 +92,11 @@ def parse_args(argv=None):
     p.add_argument("--loss", default="kl", choices=["kl", "mse"],
                    help="kl: KL(teacher || student) at --tau, the paper's; mse (ours, a study arm): mean squared error "
                         "between the logits, each centred on its mean over the classes")
-    p.add_argument("--feature-weight", type=float, default=0.0,
+    p.add_argument("--feature-weight", type=float, default=None,
                    help="ours: add this weight x the squared error between the teacher's (CS) and the student's stage "
-                        "outputs, relative to the teacher's (needs stages of the same shapes, e.g. resnet20 or "
-                        "resnet56 -> resnet20); 0 = the logits alone, the paper's")
+                        "outputs, relative to the teacher's; needs stages of the same shapes (resnet20/56 -> "
+                        "resnet20, resnet34 -> resnet18). Default: 1 where they have them, else 0; 0 = the logits "
+                        "alone, the paper's")
     # --- optimization
     p.add_argument("--steps", type=int, default=4000, help="student updates; noise samples seen = steps * batch-size")
     # Ours: small batches. The student is short of updates, not of samples: at the same 128k samples, batches of 32
@@ -118,7 +121,8 @@ def parse_args(argv=None):
     p.add_argument("--device", default=common.default_device(), help="cpu or cuda")
     args = p.parse_args(argv)
     if args.resume:  # the run's own settings; other flags beside --resume are refused, not silently ignored
-        return common.resume_args(p, args, Path(__file__).stem)
+        # a run started before --feature-weight existed matched the logits alone
+        return common.resume_args(p, args, Path(__file__).stem, before={"feature_weight": 0.0})
     common.check_device(p, args.device)
     args.student = args.student or ("resnet18" if args.teacher == "resnet34" else "resnet20")
     if args.bf16 is None:
@@ -136,7 +140,7 @@ def parse_args(argv=None):
         p.error("--noise-alpha sets the spectrum by hand: add --no-fit-noise (the default --fit-noise fits it)")
     if args.loss == "mse" and args.tau != 1:
         p.error("--tau applies to --loss kl only; --loss mse matches the logits themselves")
-    if args.feature_weight < 0:
+    if args.feature_weight is not None and args.feature_weight < 0:
         p.error(f"--feature-weight must be >= 0, got {args.feature_weight}")
     if args.cs_last_layers < 0 or (args.cs_last_layers and args.teacher_bn != "cs"):
         p.error("--cs-last-layers K needs K >= 0, and K > 0 only with --teacher-bn cs")
@@ -539,14 +543,16 @@ def main(argv=None):
     teacher, student = teacher.to(args.device), student.to(args.device)
     t_fmt, s_fmt = common.memory_format(teacher, args.bf16), common.memory_format(student, args.bf16)
     teacher, student = teacher.to(memory_format=t_fmt), student.to(memory_format=s_fmt)
-    if args.feature_weight:  # matching stage outputs needs the same shapes stage for stage
-        with torch.no_grad(), stage_outputs(teacher) as t_out, stage_outputs(student) as s_out:
-            probe = torch.zeros(2, 3, *x_test.shape[1:3], device=args.device)
-            teacher(probe), student.eval()(probe), student.train()
-        t_shapes, s_shapes = [tuple(o.shape[1:]) for o in t_out], [tuple(o.shape[1:]) for o in s_out]
-        if not t_shapes or t_shapes != s_shapes:
-            sys.exit(f"--feature-weight needs stages of the same shapes: teacher {args.teacher} has {t_shapes}, "
-                     f"student {args.student} {s_shapes}")
+    with torch.no_grad(), stage_outputs(teacher) as t_out, stage_outputs(student) as s_out:  # stage shapes
+        probe = torch.zeros(2, 3, *x_test.shape[1:3], device=args.device)
+        teacher(probe), student.eval()(probe), student.train()
+    t_shapes, s_shapes = [tuple(o.shape[1:]) for o in t_out], [tuple(o.shape[1:]) for o in s_out]
+    stages_match = bool(t_shapes) and t_shapes == s_shapes
+    if args.feature_weight is None:  # our default: match the stage outputs wherever the shapes allow it
+        args.feature_weight = 1.0 if stages_match else 0.0
+    elif args.feature_weight and not stages_match:
+        sys.exit(f"--feature-weight needs stages of the same shapes: teacher {args.teacher} has {t_shapes}, "
+                 f"student {args.student} {s_shapes}")
     # DDP averages the gradients of the ranks' equal shares: the gradient of the global batch's mean loss.
     net = torch.nn.parallel.DistributedDataParallel(student) if world > 1 else student
     teacher_fn = lambda z: teacher_forward(teacher, z.contiguous(memory_format=t_fmt), args.teacher_bn,
@@ -596,7 +602,9 @@ def main(argv=None):
     if rank == 0:
         print(f"run folder {run_dir}\nteacher {args.teacher} ({tinfo['path']}): test acc {teacher_acc:.4f} "
               f"(recorded {tinfo['test_acc']}), teacher BN: {args.teacher_bn}"
-              f"{f' (last {args.cs_last_layers} layers)' if args.cs_last_layers else ''}, balance: {args.balance}")
+              f"{f' (last {args.cs_last_layers} layers)' if args.cs_last_layers else ''}, balance: {args.balance}, "
+              f"stage outputs matched: {f'weight {args.feature_weight:g}' if args.feature_weight else 'no'}"
+              f"{'' if stages_match else ' (their shapes differ)'}")
 
     def save():
         if rank > 0:

@@ -12,6 +12,9 @@ import common  # noqa: E402
 # studies were measured with them and pass them explicitly, now that the script's default is batches of 32. A flag
 # given later on the same command line wins.
 BATCH_256 = ["--batch-size", "256", "--eval-every", "125", "--ckpt-every", "100"]
+# cs_rejection_bn.py's default before it matched the teacher's stage outputs (--feature-weight): the studies measured
+# with the logits alone pass it; an arm that matches them gives --feature-weight after it.
+LOGITS_ONLY = ["--feature-weight", "0"]
 
 
 def unfinished_runs(run_root):

@@ -18,14 +18,15 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 import batch_align_ln_gn  # noqa: E402
 import cs_rejection_bn  # noqa: E402
-from _runs import BATCH_256, run_or_resume  # noqa: E402
+from _runs import BATCH_256, LOGITS_ONLY, run_or_resume  # noqa: E402
 
 TEACHERS = {  # name: (script, flags that pick the teacher)
     "gn": (batch_align_ln_gn, ["--teacher", "resnet20", "--teacher-norm", "gn"]),
     "ln": (batch_align_ln_gn, ["--teacher", "resnet20", "--teacher-norm", "ln"]),
     "vit": (batch_align_ln_gn, ["--teacher", "vit_tiny", "--teacher-norm", "ln"]),
     "bn": (cs_rejection_bn, ["--teacher", "resnet20", "--teacher-ckpt", str(REPO / "teachers/resnet20_cifar10_bn.pt"),
-                             "--no-fit-noise", *BATCH_256]),  # white noise, as the per-sample teachers' arms
+                             # white noise, as the per-sample teachers' arms
+                             "--no-fit-noise", *BATCH_256, *LOGITS_ONLY]),
 }
 ARMS = {  # arm: flags for the per-sample teachers, flags for the BN control
     "plain": (["--align-strength", "0", "--balance", "none"], ["--teacher-bn", "running", "--balance", "none"]),

@@ -14,10 +14,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 import cs_rejection_bn  # noqa: E402
-from _runs import BATCH_256, batch_size_of, run_or_resume  # noqa: E402
+from _runs import BATCH_256, LOGITS_ONLY, batch_size_of, run_or_resume  # noqa: E402
 
 TEACHER = ["--teacher", "resnet20", "--teacher-ckpt", str(REPO.parent / "shared/teachers/akamaster_resnet20-12fca82f.th"),
-           "--no-fit-noise", *BATCH_256]  # the paper's white noise (and --noise-alpha): bench/noise_fit.py fits it
+           # the paper's white noise (and --noise-alpha): bench/noise_fit.py fits it
+           "--no-fit-noise", *BATCH_256, *LOGITS_ONLY]
 # The prior work's recipe (Raikwar & Mishra 2022): CS teacher, Adam 1e-3 constant, T = 1, batch 256, fresh white noise.
 PRIOR = ["--teacher-bn", "cs", "--balance", "none", "--optimizer", "adam", "--lr", "1e-3", "--schedule", "constant"]
 VARIANTS = {  # name: flags on top of the script's defaults (our recipe: Adam 2e-3, 50 warm-up steps, cosine decay)

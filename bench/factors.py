@@ -27,13 +27,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 import common  # noqa: E402
 import cs_rejection_bn  # noqa: E402
-from _runs import attach_loss_curve, batch_size_of, run_or_resume  # noqa: E402
+from _runs import LOGITS_ONLY, attach_loss_curve, batch_size_of, run_or_resume  # noqa: E402
 
 TEACHER = ["--teacher", "resnet20", "--teacher-ckpt",
            str(REPO.parent / "shared" / "teachers" / "akamaster_resnet20-12fca82f.th")]
 TRAINED = REPO / "runs" / "bench_factors" / "teachers"  # the short-trained teachers of the teacher arms
 CENTRE = ["--teacher-bn", "cs", "--balance", "none", "--optimizer", "adam", "--lr", "1e-3", "--schedule", "constant",
-          "--tau", "1", "--fit-noise", "--batch-size", "256"]
+          "--tau", "1", "--fit-noise", "--batch-size", "256", *LOGITS_ONLY]
 ARMS = {  # name: (flags on top of CENTRE, what changes); the README lists them in this order
     "centre": ([], "the centre: prior recipe, fitted noise"),
     "white": (["--no-fit-noise"], "noise: white N(0, I), the paper's"),

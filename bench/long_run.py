@@ -10,12 +10,15 @@ the unfinished run from its last checkpoint (every 25,600 samples, about 3 minut
 arm's curve so far from its checkpoint to results/long_run/<arm>.json with "finished": false, so that a curve in
 progress can be committed; the finished run's results.json replaces it.
 
-Arms (one run of cs_rejection_bn.py each, shipped ResNet-20 teacher -> ResNet-20, seed 0 unless the arm says):
+Arms (one run of cs_rejection_bn.py each, shipped ResNet-20 teacher -> ResNet-20, seed 0 unless the arm says; the
+logits alone unless the arm says, as the script did before it matched the teacher's stage outputs by default):
 - ours_1m, ours_1m_s1: the defaults (fitted noise, CS + rejection, batches of 32, Adam 2e-3 with warm-up and cosine
   decay over the budget) for 1M samples, 8x the default run's budget (about 2 hours on 2 CPU cores without bf16),
   seeds 0 and 1.
 - ours_512k, ours_512k_s1: the defaults for 512k samples (4x the default run's budget), seeds 0 and 1: the budget at
   which the 1M run's student passed 0.74 of its teacher with test-batch statistics.
+- ours_512k_cs7, ours_512k_cs7_s1: the same with CS in the teacher's last 7 BN layers only.
+- feat_512k, feat_512k_s1: the defaults of today, the stage outputs matched too (--feature-weight 1), for 512k.
 - ours: the defaults for 10M samples.
 - prior: the prior work's recipe (white noise, CS, no balancing, batches of 256, Adam 1e-3 constant) for 10M samples.
 """
@@ -28,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 import common  # noqa: E402
 import cs_rejection_bn  # noqa: E402
-from _runs import attach_loss_curve, run_or_resume, unfinished_runs  # noqa: E402
+from _runs import LOGITS_ONLY, attach_loss_curve, run_or_resume, unfinished_runs  # noqa: E402
 
 ARMS = {  # name: (flags on top of the shipped teacher, budget in noise samples, batch size), run in this order
     "ours_1m": ([], 1_000_000, 32),
@@ -37,6 +40,8 @@ ARMS = {  # name: (flags on top of the shipped teacher, budget in noise samples,
     "ours_1m_s1": (["--seed", "1"], 1_000_000, 32),
     "ours_512k_cs7": (["--cs-last-layers", "7"], 512_000, 32),  # CS in the teacher's last 7 BN layers only
     "ours_512k_cs7_s1": (["--cs-last-layers", "7", "--seed", "1"], 512_000, 32),
+    "feat_512k": (["--feature-weight", "1"], 512_000, 32),  # the stage outputs matched too: today's default
+    "feat_512k_s1": (["--feature-weight", "1", "--seed", "1"], 512_000, 32),
     "ours": ([], 10_000_000, 32),
     "prior": (["--no-fit-noise", "--balance", "none", "--lr", "1e-3", "--schedule", "constant"], 10_000_000, 256),
 }
@@ -49,7 +54,7 @@ def argv_of(arm, args):
     batch = args.batch_size or batch
     steps = -(-(args.samples or samples) // batch)  # the budget, rounded up to whole steps
     eval_every, ckpt_every = args.eval_every or EVAL_SAMPLES // batch, args.ckpt_every or CKPT_SAMPLES // batch
-    return ["--seed", str(args.seed), *flags, "--data-dir", args.data_dir, "--batch-size", str(batch),
+    return ["--seed", str(args.seed), *LOGITS_ONLY, *flags, "--data-dir", args.data_dir, "--batch-size", str(batch),
             "--steps", str(steps), "--eval-every", str(eval_every), "--ckpt-every", str(ckpt_every)]
 
 

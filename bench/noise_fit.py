@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 import common  # noqa: E402
 import cs_rejection_bn  # noqa: E402
-from _runs import attach_loss_curve, batch_size_of, run_or_resume  # noqa: E402
+from _runs import LOGITS_ONLY, attach_loss_curve, batch_size_of, run_or_resume  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "teachers"
 TEACHERS = {  # name: flags; the akamaster teachers are the ones users bring (we did not train them)
@@ -46,6 +46,7 @@ ARMS = {  # name: flags on top of cs_rejection_bn.py's defaults
     "default_fit_b32_cs7": ["--fit-noise", "--batch-size", "32", "--cs-last-layers", "7"],
     # the default, plus the teacher's stage outputs matched (ours); fp32 like the AMD runs of the rows it is read with
     "default_fit_b32_feat": ["--fit-noise", "--batch-size", "32", "--feature-weight", "1", "--no-bf16"],
+    "default_fit_b32_feat3": ["--fit-noise", "--batch-size", "32", "--feature-weight", "3", "--no-bf16"],  # weight 3
 }
 
 
@@ -74,7 +75,7 @@ def main():
             per = 256 // batch_size_of(cs_rejection_bn, flags)
             run_or_resume(cs_rejection_bn, [*TEACHERS[teacher], "--data-dir", args.data_dir, "--steps",
                                             str(args.steps * per), "--eval-every", str(125 * per), "--ckpt-every",
-                                            str(100 * per), "--seed", seed, *flags], run_root, target)
+                                            str(100 * per), "--seed", seed, *LOGITS_ONLY, *flags], run_root, target)
         attach_loss_curve(target, run_root)
 
 

@@ -267,6 +267,7 @@ NOISE_FIT_ROWS = [  # (teacher, arm, colour in the figure, label): the order of 
     ("aka20", "prior_white", "tab:gray", "prior work's recipe, white noise (the paper's)"),
     ("aka20", "prior_fit", "tab:blue", "prior work's recipe, fitted noise (`--fit-noise`)"),
     ("aka20", "prior_fit_cs7", "tab:pink", "the same with CS in the last 7 BN layers (`--cs-last-layers 7`)"),
+    ("aka20", "prior_fit_feat", "gold", "the same with the stage outputs matched (`--feature-weight 1`)"),
     ("ours20", "default_white", "tab:orange", "our recipe (CS + rejection, Adam 2e-3 cosine), white"),
     ("ours20", "default_fit", "tab:red", "our recipe, fitted noise, batch 256 (the former default)"),
     ("ours20", "default_fit_b64", "tab:purple", "our recipe, fitted noise, batch 64 (`--batch-size 64`)"),
@@ -274,6 +275,8 @@ NOISE_FIT_ROWS = [  # (teacher, arm, colour in the figure, label): the order of 
     ("ours20", "default_fit_b32_mse", "tab:olive", "the default with `--loss mse`"),
     ("ours20", "default_fit_b16", "tab:cyan", "the default with batches of 16 (`--batch-size 16`)"),
     ("ours20", "default_fit_b32_cs7", "tab:brown", "the default with CS in the last 7 BN layers (`--cs-last-layers 7`)"),
+    ("ours20", "default_fit_b32_feat", "black", "the default with the stage outputs matched (`--feature-weight 1`)"),
+    ("ours20", "default_fit_b32_feat3", "dimgray", "the same with `--feature-weight 3`"),
 ]
 
 
@@ -304,7 +307,8 @@ def noise_fit_block():
                    f"{r['noise/bn_loss_white']:.1f} -> {r['noise/bn_loss_fitted']:.1f}")
         if "source" in r:  # the run of the other table: another machine, bf16, and 256k samples
             fit = f"the run of `{r['source']}` (another CPU, bf16; its loss at {r['samples_seen'] // 1000}k)"
-        rows.append([teacher, label, r["args"]["seed"], *curve_cells(r, points), f"{r['train/final_loss']:.2f}", fit])
+        loss = f"{r['train/final_loss']:.2f}" + (" (KD + features)" if r["args"].get("feature_weight") else "")
+        rows.append([teacher, label, r["args"]["seed"], *curve_cells(r, points), loss, fit])
     return block(
         f"ResNet-20 students, CIFAR-10 test accuracy (%) after {' / '.join(f'{n // 1000}k' for n in points)} "
         "noise samples, with the student's running statistics (eval mode: the deployed model) and with test-batch "
@@ -323,7 +327,8 @@ def noise_fit_figure(path):
     last = max(row["samples_seen"] for r in runs.values() if "source" not in r for row in r["curve"])
     curves = []
     for teacher, color, label, r in table_rows:
-        seed, kl = r["args"]["seed"], r["args"].get("loss", "kl") == "kl"  # an MSE loss is not in nats
+        seed, a = r["args"]["seed"], r["args"]
+        kl = a.get("loss", "kl") == "kl" and not a.get("feature_weight")  # an MSE or feature loss is not the KL
         curves.append(([row for row in r["curve"] if row["samples_seen"] <= last],
                        dict(color=color, ls="-" if seed == 0 else "--", label=f"{teacher}: {label}, seed {seed}"),
                        r.get("train_loss_curve") if kl else None))
@@ -458,6 +463,8 @@ LONG_RUN = [  # (arm, colour in the figure, recipe): the rows of the long-run ta
     ("ours_1m_s1", "tab:olive", "the same as `ours_1m`, seed 1"),
     ("ours_512k_cs7", "tab:purple", "our default recipe with CS in the last 7 BN layers (`--cs-last-layers 7`)"),
     ("ours_512k_cs7_s1", "tab:pink", "the same, seed 1"),
+    ("feat_512k", "black", "our default recipe with the stage outputs matched (`--feature-weight 1`, today's default)"),
+    ("feat_512k_s1", "dimgray", "the same, seed 1"),
     ("ours", "tab:red", "our default recipe"),
     ("prior", "tab:gray", "the prior work's recipe (white noise, CS, batch 256, Adam 1e-3 constant)"),
 ]

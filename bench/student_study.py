@@ -30,12 +30,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 import batch_align_ln_gn  # noqa: E402
 import cs_rejection_bn  # noqa: E402
-from _runs import BATCH_256, run_or_resume  # noqa: E402
+from _runs import BATCH_256, LOGITS_ONLY, run_or_resume  # noqa: E402
 import common  # noqa: E402
 
 TEACHERS = {  # name: (script, flags)
     "bn": (cs_rejection_bn, ["--teacher", "resnet20", "--teacher-ckpt", str(REPO / "teachers/resnet20_cifar10_bn.pt"),
-                             "--teacher-bn", "cs", "--balance", "none", "--no-fit-noise", *BATCH_256]),
+                             "--teacher-bn", "cs", "--balance", "none", "--no-fit-noise", *BATCH_256,
+                             *LOGITS_ONLY]),
     "gn": (batch_align_ln_gn, ["--teacher", "resnet20", "--teacher-norm", "gn", "--balance", "none"]),
 }
 STUDENTS = {

@@ -220,12 +220,32 @@ def test_feature_weight_trains_the_student_on_the_teachers_stage_outputs_of_its_
     assert torch.equal(init["linear.weight"], trained["linear.weight"])  # ... and not what lies after the stages
 
 
-def test_feature_weight_is_off_by_default_and_refuses_stages_of_other_shapes(tiny_data, tiny_teacher, tmp_path,
-                                                                            monkeypatch):
-    monkeypatch.setattr(kd, "teacher_features", lambda *a: pytest.fail("the default matched stage outputs"))
-    assert kd.main(tiny_args(tiny_data, tiny_teacher, tmp_path, "--steps", "2"))["args"]["feature_weight"] == 0
+def test_feature_weight_is_1_by_default_where_the_stages_match_and_refused_where_they_do_not(tiny_data, tiny_teacher,
+                                                                                              tmp_path, capsys):
+    assert kd.parse_args([]).feature_weight is None  # decided once the models are built
+    res = kd.main(tiny_args(tiny_data, tiny_teacher, tmp_path / "same", "--steps", "2"))
+    assert res["args"]["feature_weight"] == 1.0 and "stage outputs matched: weight 1" in capsys.readouterr().out
+    run = next((tmp_path / "same").iterdir())
+    assert json.loads((run / "args.json").read_text())["feature_weight"] == 1.0  # a resumed run keeps it
+    res = kd.main(tiny_args(tiny_data, tiny_teacher, tmp_path / "other", "--steps", "2", "--student", "resnet18",
+                            "--eval-subset", "8"))
+    assert res["args"]["feature_weight"] == 0.0
+    assert "stage outputs matched: no (their shapes differ)" in capsys.readouterr().out
     with pytest.raises(SystemExit, match=r"needs stages of the same shapes: teacher resnet20 has \[\(16, 32, 32\)"):
         kd.main(tiny_args(tiny_data, tiny_teacher, tmp_path, "--feature-weight", "1", "--student", "resnet18"))
+
+
+def test_a_run_started_before_feature_matching_resumes_without_it(tiny_data, tiny_teacher, tmp_path, monkeypatch):
+    monkeypatch.setattr(kd, "teacher_features", lambda *a: pytest.fail("an old run resumed with stage outputs"))
+    kd.main(tiny_args(tiny_data, tiny_teacher, tmp_path, "--feature-weight", "0", "--steps", "2"))
+    run = next(tmp_path.iterdir())
+    saved = json.loads((run / "args.json").read_text())
+    del saved["feature_weight"]  # what an args.json of an older run holds
+    saved["steps"] = 4
+    (run / "args.json").write_text(json.dumps(saved))
+    (run / "results.json").unlink()
+    assert kd.parse_args(["--resume", str(run)]).feature_weight == 0.0
+    assert kd.main(["--resume", str(run)])["samples_seen"] == 4 * 16
 
 
 # --- whole runs on generated data ----------------------------------------------------------------------------------
