@@ -11,8 +11,8 @@ whose spectrum, colour covariance and mean are first fitted to the teacher's Bat
 (fit_noise). Both make the student learn much faster (README: "What limits learning from noise"). Real test images
 are used only to evaluate.
 Design: the README's "How it works"; numbers: the README's tables, generated from results/. The default command
-below took 17 minutes on 2 cores of an AMD EPYC without bf16 (fp32) and gave a 27.6% student (eval mode) / 33.3%
-(test-batch statistics) from the 89.9% teacher (results/default_run.json; throughput with bf16: README, Speed).
+below took 6 minutes on 2 cores of an Intel Xeon with bf16 and gave a 48.1% student (eval mode) / 53.2% (test-batch
+statistics) from the 89.9% teacher (results/default_run.json; fp32, on a CPU without bf16, is several times slower).
 
     python cs_rejection_bn.py        # shipped ResNet-20 teacher -> ResNet-20, CIFAR-10, 128k noise samples (batch 32)
     python cs_rejection_bn.py --no-fit-noise   # the paper's white noise

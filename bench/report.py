@@ -138,24 +138,34 @@ def learning_curves(runs, figsize, loss_title=None, **kw):
 # ---- README blocks and figures, one function each ----
 
 HEADLINE = [  # (results file, what it is, its row in calibrate_bn.json or None[, no wall time]): the first table
-    ("default_run.json", "`python cs_rejection_bn.py` (the default: fitted noise, CS + rejection)",
-     "ours20__default_fit_b32__s0"),  # the default run is that run (tests/test_readme.py checks it)
+    ("default_run.json", "`python cs_rejection_bn.py` (the default: fitted noise, CS + rejection, stage outputs "
+                         "matched)", None),
+    ("default_run_s1.json", "the same, seed 1 (`--seed 1`)", None),
+    ("noise_fit/ours20__default_fit_b32_feat__s0.json", "the same in fp32 (`bench/noise_fit.py`)",
+     "ours20__default_fit_b32_feat__s0"),
+    ("noise_fit/ours20__default_fit_b32_feat__s1.json", "the same, seed 1", "ours20__default_fit_b32_feat__s1"),
+    ("noise_fit/ours20__default_fit_b32__s0.json", "the former default: the logits alone (`--feature-weight 0`)",
+     "ours20__default_fit_b32__s0"),
     ("noise_fit/ours20__default_fit_b32__s1.json", "the same, seed 1", "ours20__default_fit_b32__s1"),
-    ("noise_fit/ours20__default_fit__s0.json", "the same with batches of 256 (the former default)",
-     "ours20__default_fit__s0"),
-    ("noise_fit/ours20__default_fit__s1.json", "the same, seed 1", "ours20__default_fit__s1"),
-    ("default_run_white_256k.json", "the former default with the paper's white noise (`--no-fit-noise`), twice the "
-                                    "budget", None),
+    ("noise_fit/aka20__default_fit_b32_feat__s0.json", "the default, fp32, on the shared teacher (`--teacher-ckpt`)",
+     "aka20__default_fit_b32_feat__s0"),
+    ("noise_fit/aka20__default_fit_b32_feat__s1.json", "the same, seed 1", "aka20__default_fit_b32_feat__s1"),
+    ("noise_fit/aka20__default_fit_b32__s0.json", "the former default on the shared teacher",
+     "aka20__default_fit_b32__s0"),
+    ("noise_fit/aka20__default_fit_b32__s1.json", "the same, seed 1", "aka20__default_fit_b32__s1"),
+    ("default_run_white_256k.json", "an earlier default (batch 256, the logits alone) with the paper's white noise "
+                                    "(`--no-fit-noise`), twice the budget", None),
     ("noise_fit/aka20__prior_fit__s0.json", "prior work's recipe with fitted noise, the shared teacher",
      "aka20__prior_fit__s0"),
     ("noise_fit/aka20__prior_fit__s1.json", "the same, seed 1", "aka20__prior_fit__s1"),
     ("bn_variants/prior_recipe.json", "prior work's recipe, white noise (the paper's), the shared teacher", None),
     ("noise_fit/aka20__prior_white__s1.json", "the same, seed 1, 128k samples", "aka20__prior_white__s1"),
-    ("long_run/ours_512k.json", "the default recipe for 512k samples (`bench/long_run.py`)", "ours_512k"),
+    ("long_run/feat_512k.json", "the default recipe for 512k samples (`bench/long_run.py`)", None),
+    ("long_run/feat_512k_s1.json", "the same, seed 1", None),
+    ("long_run/ours_512k.json", "the former default for 512k samples (`bench/long_run.py`)", "ours_512k"),
     ("long_run/ours_512k_s1.json", "the same, seed 1", "ours_512k_s1"),
-    ("long_run/ours_1m.json", "the default recipe for 1M samples (`bench/long_run.py`)", "ours_1m", "paused"),
-    ("long_run/ours_1m_s1.json", "the same, seed 1", "ours_1m_s1"),
-]
+    ("long_run/ours_1m.json", "the former default for 1M samples (`bench/long_run.py`)", "ours_1m", "paused"),
+    ("long_run/ours_1m_s1.json", "the same, seed 1", "ours_1m_s1"),]
 
 
 def headline_block():
@@ -198,8 +208,8 @@ def default_run_block():
             f"everything else the defaults): with the shipped teacher ({pct(r['teacher/acc'])}%), the student reached "
             f"{pct(r['eval/acc_running'])}% with its running statistics and {pct(r['eval/acc_batchstats'])}% with "
             f"test-batch statistics (batch {r['eval/batch_size']}) after {r['samples_seen']:,} noise samples, in "
-            f"{r['provenance']['wall_time_s'] / 60:.0f} minutes on {r['provenance']['device']} "
-            "(`results/default_run.json`).")
+            f"{r['provenance']['wall_time_s'] / 60:.0f} minutes on {r['provenance']['device']}"
+            f"{', bf16' if r['args'].get('bf16') else ''} (`results/default_run.json`).")
 
 
 BN_VARIANTS = [  # (file stem, label): the order of the table's rows
@@ -268,14 +278,20 @@ NOISE_FIT_ROWS = [  # (teacher, arm, colour in the figure, label): the order of 
     ("aka20", "prior_fit", "tab:blue", "prior work's recipe, fitted noise (`--fit-noise`)"),
     ("aka20", "prior_fit_cs7", "tab:pink", "the same with CS in the last 7 BN layers (`--cs-last-layers 7`)"),
     ("aka20", "prior_fit_feat", "gold", "the same with the stage outputs matched (`--feature-weight 1`)"),
+    ("aka20", "default_fit_b32", "tab:olive",
+     "our recipe, fitted noise, batch 32, the logits alone (the former default)"),
+    ("aka20", "default_fit_b32_feat", "goldenrod", "the same with the stage outputs matched: the default"),
     ("ours20", "default_white", "tab:orange", "our recipe (CS + rejection, Adam 2e-3 cosine), white"),
-    ("ours20", "default_fit", "tab:red", "our recipe, fitted noise, batch 256 (the former default)"),
+    ("ours20", "default_fit", "tab:red", "our recipe, fitted noise, batch 256 (an earlier default)"),
     ("ours20", "default_fit_b64", "tab:purple", "our recipe, fitted noise, batch 64 (`--batch-size 64`)"),
-    ("ours20", "default_fit_b32", "tab:green", "our recipe, fitted noise, batch 32 (the default)"),
-    ("ours20", "default_fit_b32_mse", "tab:olive", "the default with `--loss mse`"),
-    ("ours20", "default_fit_b16", "tab:cyan", "the default with batches of 16 (`--batch-size 16`)"),
-    ("ours20", "default_fit_b32_cs7", "tab:brown", "the default with CS in the last 7 BN layers (`--cs-last-layers 7`)"),
-    ("ours20", "default_fit_b32_feat", "black", "the default with the stage outputs matched (`--feature-weight 1`)"),
+    ("ours20", "default_fit_b32", "tab:green",
+     "our recipe, fitted noise, batch 32, the logits alone (the former default)"),
+    ("ours20", "default_fit_b32_mse", "tab:olive", "the former default with `--loss mse`"),
+    ("ours20", "default_fit_b16", "tab:cyan", "the former default with batches of 16 (`--batch-size 16`)"),
+    ("ours20", "default_fit_b32_cs7", "tab:brown",
+     "the former default with CS in the last 7 BN layers (`--cs-last-layers 7`)"),
+    ("ours20", "default_fit_b32_feat", "black",
+     "batch 32 with the stage outputs matched (`--feature-weight 1`): the default"),
     ("ours20", "default_fit_b32_feat3", "dimgray", "the same with `--feature-weight 3`"),
 ]
 
@@ -314,10 +330,21 @@ def noise_fit_block():
         "noise samples, with the student's running statistics (eval mode: the deployed model) and with test-batch "
         "statistics (batch 256); final KD loss (nats, the last logged batch); for the fitted noise its spectrum "
         "exponent, the correlation between its colour channels, and the BN-statistics loss on white noise -> on "
-        "the fitted noise. One row per seed. Measured on " + next(iter(runs.values()))["provenance"]["device"] + ".",
+        "the fitted noise. One row per seed. " + measured_on([(label, r) for _, _, label, r in table_rows]),
         table("llrllrl", ["teacher", "recipe and noise", "seed", "acc, running stats", "acc, test-batch stats",
                           "final KD loss", "fitted noise"], rows),
         "![fitted noise](results/noise_fit.png)")
+
+
+def measured_on(labelled_runs):
+    """'Measured on <the device of most rows>', then the rows run elsewhere, by label."""
+    by_device = {}
+    for label, r in labelled_runs:
+        if "source" not in r:  # the borrowed run says where it comes from in its own cell
+            by_device.setdefault(r["provenance"]["device"], []).append(label)
+    main, *others = sorted(by_device, key=lambda d: -len(by_device[d]))
+    elsewhere = [f"the rows \"{label}\" on {d}" for d in others for label in dict.fromkeys(by_device[d])]
+    return f"Measured on {main}" + (f"; {', '.join(elsewhere)}" if elsewhere else "") + "."
 
 
 def noise_fit_figure(path):
@@ -353,7 +380,8 @@ def calibrate_bn_block():
                           "eval mode, calibrated on inverted inputs", "test-batch statistics"],
               [[f"`{x['run']}`" + (" (long run)" if x.get("study") == "long_run" else ""), x["trained_on"],
                 x["seed"], pct(x["acc_running"]), pct(x["acc_calibrated"]), pct(x["acc_inverted"]),
-                pct(x["acc_batchstats"])] for x in r["rows"]]))
+                pct(x["acc_batchstats"])]
+               for x in sorted(r["rows"], key=lambda x: (x.get("study") == "long_run", x["run"]))]))
 
 
 FACTORS = [  # (arm, colour in the figure, what changes): the rows of the factor study, in bench/factors.py's order
