@@ -499,6 +499,17 @@ def test_what_the_readme_says_about_matching_stage_outputs_holds():
     cells = lambda run: [round(100 * rows[run][k], 1) for k in ("acc_running", "acc_inverted", "acc_batchstats")]
     assert [cells(f"ours20__default_fit_b32_feat__s{s}") for s in (0, 1)] == [[44.3, 49.9, 49.6], [36.0, 43.3, 44.9]]
     assert cells("aka20__default_fit_b32_feat__s0") == [30.9, 33.0, 33.1]
+    # the shared teacher: our recipe on both seeds, the prior recipe on seed 0
+    shared = lambda arm, seed: json.loads((folder / f"aka20__{arm}__s{seed}.json").read_text())
+    assert [at(shared(a, s), 128_000, k) for a in ("default_fit_b32_feat", "default_fit_b32") for s in (0, 1)
+            for k in keys] == [30.9, 33.1, 32.8, 32.2, 29.1, 29.4, 29.0, 29.4]
+    diff = lambda a, b, s, ns: [round(at(shared(a, s), n, k) - at(shared(b, s), n, k), 1) for n in ns for k in keys]
+    late = [d for s in (0, 1) for d in diff("default_fit_b32_feat", "default_fit_b32", s, (96_000, 128_000))]
+    early = [d for s in (0, 1) for d in diff("default_fit_b32_feat", "default_fit_b32", s, (32_000, 64_000))]
+    assert (min(late), max(late)) == (1.8, 4.5) and (min(early), max(early)) == (-1.4, 3.0)
+    prior = diff("prior_fit_feat", "prior_fit", 0, (32_000, 64_000, 96_000, 128_000))
+    assert (min(prior), max(prior)) == (-3.1, -1.3) and not (folder / "aka20__prior_fit_feat__s1.json").exists()
+    assert [at(shared("prior_fit_feat", 0), 128_000, k) for k in keys] == [25.3, 24.6]
 
 
 def test_what_the_readme_says_about_the_default_run_and_the_targets_holds():
