@@ -38,14 +38,14 @@ ARMS = {  # name: flags on top of cs_rejection_bn.py's defaults
     "default_white": ["--no-fit-noise", "--batch-size", "256"],  # CS + rejection, Adam 2e-3 cosine, white noise
     "default_fit": ["--fit-noise", "--batch-size", "256"],       # the same with the fitted noise (the former default)
     "default_fit_b64": ["--fit-noise", "--batch-size", "64"],    # the same, 4x the updates for the same samples
-    # 8x: the default since it won on both seeds; fp32 as on the AMD EPYC, which has no bf16, where it first ran
+    # 8x: the default once it won on both seeds (with the logits alone); fp32 as on the AMD EPYC, where it first ran
     "default_fit_b32": ["--fit-noise", "--batch-size", "32", "--no-bf16"],
     "default_fit_b32_mse": ["--fit-noise", "--batch-size", "32", "--loss", "mse"],  # the default, MSE on logits
     "default_fit_b16": ["--fit-noise", "--batch-size", "16"],    # 16x: does the batch trend go on below 32?
     # the default with CS in the teacher's last 7 of its 19 BatchNorm layers only (the earlier ones on the running
     # statistics the fitted noise was fitted to)
     "default_fit_b32_cs7": ["--fit-noise", "--batch-size", "32", "--cs-last-layers", "7"],
-    # the default, plus the teacher's stage outputs matched (ours); fp32 like the AMD runs of the rows it is read with
+    # plus the teacher's stage outputs matched (ours; the default since it won on both seeds); fp32 like the rows above
     "default_fit_b32_feat": ["--fit-noise", "--batch-size", "32", "--feature-weight", "1", "--no-bf16"],
     "default_fit_b32_feat3": ["--fit-noise", "--batch-size", "32", "--feature-weight", "3", "--no-bf16"],  # weight 3
 }

@@ -524,6 +524,18 @@ def test_what_the_readme_says_about_the_default_run_and_the_targets_holds():
     assert [round(r["provenance"]["wall_time_s"] / 60) for r in runs] == [6, 5]
     ratios = [round(r[k] / r["teacher/acc"], 2) for k in ("eval/acc_running", "eval/acc_batchstats") for r in runs]
     assert ratios == [0.54, 0.43, 0.59, 0.52]  # "0.54 and 0.43 ... (0.59 and 0.52 ...)"
+    twice = json.loads((REPO / "results" / "default_run_256k.json").read_text())  # the same with --steps 8000
+    assert {k: v for k, v in twice["args"].items() if k not in ("steps", "out_dir")} == \
+        {k: v for k, v in runs[0]["args"].items() if k not in ("steps", "out_dir")} and twice["args"]["steps"] == 8000
+    assert round(twice["provenance"]["wall_time_s"] / 60) == 13
+    ratio = lambda row, k: round(row[k] / twice["teacher/acc"], 2)
+    assert (ratio(twice, "eval/acc_running"), ratio(twice, "eval/acc_batchstats")) == (0.58, 0.80)
+    at = {row["samples_seen"]: row for row in twice["curve"]}
+    assert ratio(at[160_000], "eval/acc_running") == 0.62
+    assert max(ratio(r, "eval/acc_running") for r in at.values()) == 0.62
+    swings = [abs(ratio(a, "eval/acc_running") - ratio(b, "eval/acc_running"))
+              for a, b in zip(twice["curve"], twice["curve"][1:]) if a["samples_seen"] >= 96_000]
+    assert max(swings) <= 0.1  # "swings by up to 0.1 between evaluations"
 
 
 def test_what_the_readme_says_about_the_1m_long_run_holds():
