@@ -141,10 +141,11 @@ HEADLINE = [  # (results file, what it is, its row in calibrate_bn.json or None[
     ("default_run.json", "`python cs_rejection_bn.py` (the default: fitted noise, CS + rejection, stage outputs "
                          "matched)", None),
     ("default_run_s1.json", "the same, seed 1 (`--seed 1`)", None),
-    ("default_run_256k.json", "the default with twice the samples (`--steps 8000`)", None),
     ("noise_fit/ours20__default_fit_b32_feat__s0.json", "the same in fp32 (`bench/noise_fit.py`)",
      "ours20__default_fit_b32_feat__s0"),
     ("noise_fit/ours20__default_fit_b32_feat__s1.json", "the same, seed 1", "ours20__default_fit_b32_feat__s1"),
+    ("default_run_256k.json", "the default with twice the samples (`--steps 8000`)", None),
+    ("default_run_256k_s1.json", "the same, seed 1", None),
     ("noise_fit/ours20__default_fit_b32__s0.json", "the former default: the logits alone (`--feature-weight 0`)",
      "ours20__default_fit_b32__s0"),
     ("noise_fit/ours20__default_fit_b32__s1.json", "the same, seed 1", "ours20__default_fit_b32__s1"),
