@@ -536,6 +536,10 @@ def test_what_the_readme_says_about_the_default_run_and_the_targets_holds():
     swings = [abs(ratio(a, "eval/acc_running") - ratio(b, "eval/acc_running"))
               for a, b in zip(twice["curve"], twice["curve"][1:]) if a["samples_seen"] >= 96_000]
     assert max(swings) <= 0.1  # "swings by up to 0.1 between evaluations"
+    s1 = json.loads((REPO / "results" / "default_run_256k_s1.json").read_text())
+    assert s1["args"]["seed"] == 1 and s1["args"]["steps"] == 8000 and round(s1["provenance"]["wall_time_s"] / 60) == 13
+    assert (round(s1["eval/acc_running"] / s1["teacher/acc"], 2), round(s1["eval/acc_batchstats"] / s1["teacher/acc"],
+                                                                         2)) == (0.45, 0.79)
 
 
 def test_what_the_readme_says_about_the_1m_long_run_holds():
