@@ -474,9 +474,10 @@ def feature_loss(student_feats, teacher_feats, weights=None):
     """Per stage, the squared error between the student's and the teacher's outputs, averaged over the sample's
     elements and divided by the teacher's mean square on the (global) batch, so that every stage counts alike,
     whatever its scale; averaged over stages, then over samples (optionally weighted)."""
-    mean_square = lambda t: common.all_reduce_sum(t.float().pow(2).sum()) / (t.numel() * common.dist_info()[1])
-    per_sample = sum((s.float() - t.float()).pow(2).flatten(1).mean(1) / mean_square(t).clamp_min(1e-12)
-                     for s, t in zip(student_feats, teacher_feats, strict=True)) / len(teacher_feats)
+    world = common.dist_info()[1]  # one all-reduce for every stage's sum of squares under torchrun
+    square_sums = common.all_reduce_sum(torch.stack([t.float().pow(2).sum() for t in teacher_feats]))
+    per_sample = sum((s.float() - t.float()).pow(2).flatten(1).mean(1) / (ss / (t.numel() * world)).clamp_min(1e-12)
+                     for s, t, ss in zip(student_feats, teacher_feats, square_sums, strict=True)) / len(teacher_feats)
     return (per_sample * weights).mean() if weights is not None else per_sample.mean()
 
 

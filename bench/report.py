@@ -167,7 +167,8 @@ HEADLINE = [  # (results file, what it is, its row in calibrate_bn.json or None[
     ("long_run/ours_512k.json", "the former default for 512k samples (`bench/long_run.py`)", "ours_512k"),
     ("long_run/ours_512k_s1.json", "the same, seed 1", "ours_512k_s1"),
     ("long_run/ours_1m.json", "the former default for 1M samples (`bench/long_run.py`)", "ours_1m", "paused"),
-    ("long_run/ours_1m_s1.json", "the same, seed 1", "ours_1m_s1"),]
+    ("long_run/ours_1m_s1.json", "the same, seed 1", "ours_1m_s1"),
+]
 
 
 def headline_block():
