@@ -227,8 +227,13 @@ def bn_statistics_loss(teacher):
         total = 0.0
         for m, h in zip(bns, inputs):
             var, mean = torch.var_mean(h.float(), dim=(0, *range(2, h.ndim)), correction=0)
-            rv = m.running_var
+            # a channel that is constant on this batch (dead behind a ReLU) would make the loss infinite and every
+            # gradient NaN: its variance counts as 1e-12 (a floor far below any live channel's: the others are exact)
+            var, rv = var.clamp_min(1e-12), m.running_var.clamp_min(1e-12)
             total = total + (((mean - m.running_mean) ** 2 + var) / rv - torch.log(var / rv) - 1).mean() / 2
+        if not torch.isfinite(total):  # a host sync, once per Adam step of the fit or the inversion
+            raise common.InputError("the BN-statistics loss is not finite: the teacher's activations in eval mode "
+                                    "overflow on noise; run with --no-fit-noise and --no-calibrate-bn")
         return total
 
     was_training = teacher.training

@@ -338,6 +338,22 @@ def test_fit_noise_recovers_the_gaussian_a_teacher_was_calibrated_on():
     assert not any(m._forward_pre_hooks for m in net.modules())  # the fit's hooks are gone
 
 
+def test_the_bn_statistics_loss_survives_a_dead_channel_and_refuses_an_overflowing_teacher():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU(),
+                        nn.Conv2d(4, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4)).eval().requires_grad_(False)
+    with torch.no_grad():  # channel 0 pruned: constant (0) on every input, in training as on noise
+        net[0].weight[0] = 0
+        net[1].running_var[0] = 0
+    params, loss = kd.fit_noise(net, (3, 8, 8), 3, torch.Generator().manual_seed(0), batch_size=16)
+    assert math.isfinite(loss["noise/bn_loss_white"]) and math.isfinite(loss["noise/bn_loss_fitted"])
+    assert all(torch.isfinite(torch.as_tensor(v)).all() for v in params.values())
+    with torch.no_grad():
+        net[0].weight.mul_(1e30)  # activations overflow float32 in the BN layers' statistics
+    with pytest.raises(common.InputError, match="not finite.*--no-fit-noise and --no-calibrate-bn"):
+        kd.fit_noise(net, (3, 8, 8), 3, torch.Generator().manual_seed(0), batch_size=16)
+
+
 def test_fit_noise_run_records_the_fitted_gaussian_and_trains_on_it(tiny_data, tiny_teacher, tmp_path, monkeypatch):
     seen = []
     real_sample = common.sample_noise
