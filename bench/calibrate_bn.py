@@ -8,15 +8,15 @@ statistics (`cs_rejection_bn.invert_teacher_inputs`, what `--calibrate-bn` does 
 
     python bench/calibrate_bn.py --data-dir ../shared/data --only ours_1m   # one student, merged into the results
 
-For every finished run of bench/noise_fit.py and bench/long_run.py whose run folder is still here (or those named by
---only, whose rows replace their old ones and leave the others as they are): load the student from its final
-checkpoint, reset its BatchNorm running statistics and re-estimate them (cumulative average, BatchNorm's
-momentum=None) (a) on --batches batches of 256 samples of the Gaussian fitted to the run's teacher (the run's own fit
-when it trained on fitted noise; otherwise a fit made here with the same seed and settings), and (b) on the inputs
-that `cs_rejection_bn.py --calibrate-bn` would make for that run (its defaults: 512 inputs, 100 Adam steps per batch of
-256, starting from the fitted noise, seeded as the run would). The student's weights are not changed. Writes
-results/calibrate_bn.json: accuracy in eval mode as trained, after each calibration, and with test-batch statistics
-(the number to reach).
+For every finished run of bench/noise_fit.py and bench/long_run.py, and every default run copied to
+results/default_run*.json, whose run folder is still here (or those named by --only, whose rows replace their old ones
+and leave the others as they are): load the student from its final checkpoint, reset its BatchNorm running statistics
+and re-estimate them (cumulative average, BatchNorm's momentum=None) (a) on --batches batches of 256 samples of the
+Gaussian fitted to the run's teacher (the run's own fit when it trained on fitted noise; otherwise a fit made here with
+the same seed and settings), and (b) on the inputs that `cs_rejection_bn.py --calibrate-bn` would make for that run (its
+defaults: 512 inputs, 100 Adam steps per batch of 256, starting from the fitted noise, seeded as the run would). The
+student's weights are not changed. Writes results/calibrate_bn.json: accuracy in eval mode as trained, after each
+calibration, and with test-batch statistics (the number to reach).
 """
 import argparse
 import json
@@ -49,13 +49,17 @@ def main(argv=None):
     if old and old.get("batches", args.batches) != args.batches:  # one file, one setting
         sys.exit(f"--only: {args.out} was made with --batches {old['batches']}; use the same")
     x, y = common.load_split("cifar10", "test", args.data_dir)
-    targets = [(study, t) for study in STUDIES for t in sorted((RESULTS / study).glob("*.json"))
+    targets = [(study, t, RUNS / f"bench_{study}" / t.stem) for study in STUDIES
+               for t in sorted((RESULTS / study).glob("*.json"))]
+    targets += [("default_run", t, REPO / json.loads(t.read_text())["args"]["out_dir"])  # --out-dir as it ran
+                for t in sorted(RESULTS.glob("default_run*.json"))]
+    targets = [(study, t, root) for study, t, root in targets
                if (args.only is None or t.stem in args.only) and json.loads(t.read_text()).get("finished", True)]
-    missing = set(args.only or ()) - {t.stem for _, t in targets}
+    missing = set(args.only or ()) - {t.stem for _, t, _ in targets}
     if missing:
-        sys.exit(f"--only: no finished result named {sorted(missing)} in results/{{{','.join(STUDIES)}}}/")
-    for study, target in targets:
-        run_root = RUNS / f"bench_{study}" / target.stem
+        sys.exit(f"--only: no finished result named {sorted(missing)} in results/{{{','.join(STUDIES)}}}/ "
+                 "or results/default_run*.json")
+    for study, target, run_root in targets:
         runs = [d for d in run_root.glob("*") if (d / "results.json").exists() and (d / "checkpoint.pt").exists()]
         if not runs:
             print(f"{target.stem}: run folder gone; skipped")

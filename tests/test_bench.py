@@ -206,6 +206,7 @@ def test_long_run_snapshots_an_unfinished_arm_then_resumes_it_to_the_finished_re
     long_run.main(flags)  # resumes the run, replaces the snapshot with its results.json
     done = json.loads((tmp_path / "prior.json").read_text())
     assert "finished" not in done and done["samples_seen"] == 64
+    assert done["args"]["calibrate_bn"] is False  # a study's student as trained: bench/calibrate_bn.py calibrates it
     assert done["curve"][:2] == part["curve"] and len(done["curve"]) == 4 and done["train_loss_curve"]
     long_run.main([*flags, "--snapshot"])  # a finished arm is left alone
     assert json.loads((tmp_path / "prior.json").read_text()) == done
@@ -215,6 +216,7 @@ def test_calibrate_bn_only_recomputes_the_named_runs_and_keeps_the_other_rows(ti
                                                                                monkeypatch):
     monkeypatch.setattr(calibrate_bn, "RESULTS", tmp_path / "results")
     monkeypatch.setattr(calibrate_bn, "RUNS", tmp_path / "runs")
+    monkeypatch.setattr(calibrate_bn, "REPO", tmp_path)  # what a default run's --out-dir is relative to
     made = []  # the inversion itself is tested with --calibrate-bn; here a small batch of noise stands in for it
 
     def invert(teacher, shape, n, steps, gen, params):
@@ -222,10 +224,13 @@ def test_calibrate_bn_only_recomputes_the_named_runs_and_keeps_the_other_rows(ti
         return [common.sample_noise(16, shape, gen, **params)]
     monkeypatch.setattr(cs_rejection_bn, "invert_teacher_inputs", invert)
     done = cs_rejection_bn.main(tiny_args(tiny_data, tiny_teacher, tmp_path / "runs" / "bench_long_run" / "arm",
-                                          "--no-bf16"))  # fp32, as calibrate_bn evaluates
+                                          "--no-bf16", "--no-calibrate-bn"))  # fp32, as calibrate_bn evaluates
     (tmp_path / "results" / "long_run").mkdir(parents=True)
     common.write_json(tmp_path / "results" / "long_run" / "arm.json", done)
     common.write_json(tmp_path / "results" / "long_run" / "going.json", {**done, "finished": False})
+    # a default run copied to results/: its run folder is its --out-dir
+    common.write_json(tmp_path / "results" / "default_run_x.json",
+                      {**done, "args": {**done["args"], "out_dir": "runs/bench_long_run/arm"}})
     out = tmp_path / "results" / "calibrate_bn.json"
     old = {"run": "old", "acc_running": 0.5}
     common.write_json(out, {"rows": [old], "batches": 1})
@@ -241,3 +246,8 @@ def test_calibrate_bn_only_recomputes_the_named_runs_and_keeps_the_other_rows(ti
     assert new["acc_running"] == pytest.approx(done["eval/acc_running"])
     assert new["acc_batchstats"] == pytest.approx(done["eval/acc_batchstats"])
     assert made == [(512, 100)]  # what --calibrate-bn does by default
+    calibrate_bn.main(["--data-dir", str(tiny_data), "--batches", "1", "--only", "default_run_x"])
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["run"], r["study"]) for r in rows] == [("old", "noise_fit"), ("arm", "long_run"),
+                                                      ("default_run_x", "default_run")]
+    assert rows[2]["acc_inverted"] == new["acc_inverted"]  # the same student, calibrated the same way
