@@ -15,6 +15,10 @@ BATCH_256 = ["--batch-size", "256", "--eval-every", "125", "--ckpt-every", "100"
 # cs_rejection_bn.py's default before it matched the teacher's stage outputs (--feature-weight): the studies measured
 # with the logits alone pass it; an arm that matches them gives --feature-weight after it.
 LOGITS_ONLY = ["--feature-weight", "0"]
+# cs_rejection_bn.py calibrates a BN student's statistics after training by default (--calibrate-bn); the studies
+# report their students as trained, and bench/calibrate_bn.py calibrates them afterwards: run_or_resume passes this
+# to every script that has the flag.
+AS_TRAINED = ["--no-calibrate-bn"]
 
 
 def unfinished_runs(run_root):
@@ -33,6 +37,8 @@ def run_or_resume(script, argv, run_root, target):
     """script.main(argv) with --out-dir run_root, or --resume of the newest unfinished run there; then copy the
     newest results.json under run_root to target."""
     run_root = Path(run_root)
+    if "calibrate_bn" in vars(script.parse_args([])):
+        argv = [*AS_TRAINED, *argv]
     unfinished = unfinished_runs(run_root)
     argv = ["--resume", str(unfinished[-1])] if unfinished else [*argv, "--out-dir", str(run_root)]
     print(f"=== {Path(target).stem}: {Path(script.__file__).name} {' '.join(argv)}", flush=True)

@@ -139,17 +139,22 @@ def learning_curves(runs, figsize, loss_title=None, **kw):
 
 HEADLINE = [  # (results file, what it is, its row in calibrate_bn.json or None[, no wall time]): the first table
     ("default_run.json", "`python cs_rejection_bn.py` (the default: fitted noise, CS + rejection, stage outputs "
-                         "matched)", None),
+                         "matched, BN statistics calibrated)", None),
     ("default_run_s1.json", "the same, seed 1 (`--seed 1`)", None),
+    ("default_run_aka20.json", "the default on the shared ResNet-20 (`--teacher-ckpt`), a teacher users bring", None),
+    ("default_run_aka20_s1.json", "the same, seed 1", None),
+    ("default_run_aka56.json", "the default on the shared ResNet-56 (`--teacher resnet56 --teacher-ckpt`)", None),
+    ("default_run_aka56_s1.json", "the same, seed 1", None),
+    ("default_run_128k.json", "the default with half the samples (`--steps 4000`, the default before)",
+     "default_run_128k"),
+    ("default_run_128k_s1.json", "the same, seed 1", "default_run_128k_s1"),
     ("noise_fit/ours20__default_fit_b32_feat__s0.json", "the same in fp32 (`bench/noise_fit.py`)",
      "ours20__default_fit_b32_feat__s0"),
     ("noise_fit/ours20__default_fit_b32_feat__s1.json", "the same, seed 1", "ours20__default_fit_b32_feat__s1"),
-    ("default_run_256k.json", "the default with twice the samples (`--steps 8000`)", None),
-    ("default_run_256k_s1.json", "the same, seed 1", None),
     ("noise_fit/ours20__default_fit_b32__s0.json", "the former default: the logits alone (`--feature-weight 0`)",
      "ours20__default_fit_b32__s0"),
     ("noise_fit/ours20__default_fit_b32__s1.json", "the same, seed 1", "ours20__default_fit_b32__s1"),
-    ("noise_fit/aka20__default_fit_b32_feat__s0.json", "the default, fp32, on the shared teacher (`--teacher-ckpt`)",
+    ("noise_fit/aka20__default_fit_b32_feat__s0.json", "the 128k default, fp32, on the shared ResNet-20",
      "aka20__default_fit_b32_feat__s0"),
     ("noise_fit/aka20__default_fit_b32_feat__s1.json", "the same, seed 1", "aka20__default_fit_b32_feat__s1"),
     ("noise_fit/aka20__default_fit_b32__s0.json", "the former default on the shared teacher",
@@ -162,8 +167,8 @@ HEADLINE = [  # (results file, what it is, its row in calibrate_bn.json or None[
     ("noise_fit/aka20__prior_fit__s1.json", "the same, seed 1", "aka20__prior_fit__s1"),
     ("bn_variants/prior_recipe.json", "prior work's recipe, white noise (the paper's), the shared teacher", None),
     ("noise_fit/aka20__prior_white__s1.json", "the same, seed 1, 128k samples", "aka20__prior_white__s1"),
-    ("long_run/feat_512k.json", "the default recipe for 512k samples (`bench/long_run.py`)", None),
-    ("long_run/feat_512k_s1.json", "the same, seed 1", None),
+    ("long_run/feat_512k.json", "the default recipe for 512k samples (`bench/long_run.py`)", "feat_512k"),
+    ("long_run/feat_512k_s1.json", "the same, seed 1", "feat_512k_s1"),
     ("long_run/ours_512k.json", "the former default for 512k samples (`bench/long_run.py`)", "ours_512k"),
     ("long_run/ours_512k_s1.json", "the same, seed 1", "ours_512k_s1"),
     ("long_run/ours_1m.json", "the former default for 1M samples (`bench/long_run.py`)", "ours_1m", "paused"),
@@ -187,6 +192,7 @@ def headline_block():
             device = "CPU (name not recorded)," + device[len("cpu,"):]
         rows.append([label, f"{a['teacher']} ({pct(r['teacher/acc'])}%) -> {a['student']}",
                      samples(r["samples_seen"]), a["batch_size"], *(f"{pct(r[k])}%" for k in PROTOCOLS),
+                     f"{pct(r['eval/acc_calibrated'])}%" if "eval/acc_calibrated" in r else  # calibrated in the run
                      f"{pct(calibrated[cal])}%" if calibrated.get(cal) is not None else "",
                      f"n/a ({no_wall[0]})" if no_wall else
                      f"{prov['wall_time_s'] / 60:.0f} min" if prov.get("wall_time_s") else "n/a",
@@ -196,9 +202,10 @@ def headline_block():
                                      "hardware"], rows),
                  "Wall time as measured on a shared 2-core machine: tests ran beside some of these runs, so it is an "
                  "upper bound; the AMD EPYC has no bf16 and runs fp32, several times slower per step than the Xeon "
-                 "with bf16. `--calibrate-bn` (ours, off by default, \"How it works\"): the student's BN statistics "
-                 "re-estimated after training on inputs synthesized from the teacher (`results/calibrate_bn.json`; "
-                 "blank: not measured)." + (" Paused: the run was stopped for hours by other jobs on this machine, "
+                 "with bf16. `--calibrate-bn` (ours, \"How it works\"; on by default for a BN student since the 256k "
+                 "default, so the rows above the 128k ones ran it; earlier rows were calibrated afterwards by "
+                 "`bench/calibrate_bn.py`, `results/calibrate_bn.json`; blank: not measured): the student's BN "
+                 "statistics re-estimated after training on inputs synthesized from the teacher." + (" Paused: the run was stopped for hours by other jobs on this machine, "
                                             "so its wall time says nothing of its speed." if paused else ""))
 
 
@@ -209,9 +216,11 @@ def default_run_block():
                 "results/default_run.json._")
     return (f"Measured (`python cs_rejection_bn.py --data-dir {r['args']['data_dir']}`, the data read from elsewhere, "
             f"everything else the defaults): with the shipped teacher ({pct(r['teacher/acc'])}%), the student reached "
-            f"{pct(r['eval/acc_running'])}% with its running statistics and {pct(r['eval/acc_batchstats'])}% with "
-            f"test-batch statistics (batch {r['eval/batch_size']}) after {r['samples_seen']:,} noise samples, in "
-            f"{r['provenance']['wall_time_s'] / 60:.0f} minutes on {r['provenance']['device']}"
+            f"{pct(r['eval/acc_calibrated'])}% in plain eval mode after its BN statistics were calibrated "
+            f"({pct(r['eval/acc_running'])}% with its running statistics as trained on noise) and "
+            f"{pct(r['eval/acc_batchstats'])}% with test-batch statistics (batch {r['eval/batch_size']}) after "
+            f"{r['samples_seen']:,} noise samples, in {r['provenance']['wall_time_s'] / 60:.0f} minutes on "
+            f"{r['provenance']['device']}"
             f"{', bf16' if r['args'].get('bf16') else ''} (`results/default_run.json`).")
 
 

@@ -63,7 +63,8 @@ def tmp_results(tmp_path, monkeypatch):
 def tiny_args(data, teacher, out, *extra):
     return ["--data-dir", str(data), "--teacher-ckpt", str(teacher), "--out-dir", str(out), "--steps", "6",
             "--batch-size", "16", "--eval-every", "3", "--ckpt-every", "2", "--eval-batch-size", "32",
-            "--warmup-steps", "0", "--lr", "1e-2", "--fit-noise-steps", "2", *extra]
+            "--warmup-steps", "0", "--lr", "1e-2", "--fit-noise-steps", "2",
+            "--calibrate-samples", "16", "--calibrate-steps", "2", *extra]  # --calibrate-bn is on by default
 
 
 def final_state(run_root):

@@ -235,16 +235,19 @@ def test_feature_weight_is_1_by_default_where_the_stages_match_and_refused_where
         kd.main(tiny_args(tiny_data, tiny_teacher, tmp_path, "--feature-weight", "1", "--student", "resnet18"))
 
 
-def test_a_run_started_before_feature_matching_resumes_without_it(tiny_data, tiny_teacher, tmp_path, monkeypatch):
+def test_a_run_started_before_feature_matching_and_calibration_resumes_without_them(tiny_data, tiny_teacher, tmp_path,
+                                                                                      monkeypatch):
     monkeypatch.setattr(kd, "teacher_features", lambda *a: pytest.fail("an old run resumed with stage outputs"))
-    kd.main(tiny_args(tiny_data, tiny_teacher, tmp_path, "--feature-weight", "0", "--steps", "2"))
+    monkeypatch.setattr(kd, "invert_teacher_inputs", lambda *a: pytest.fail("an old run resumed with calibration"))
+    kd.main(tiny_args(tiny_data, tiny_teacher, tmp_path, "--feature-weight", "0", "--no-calibrate-bn", "--steps", "2"))
     run = next(tmp_path.iterdir())
     saved = json.loads((run / "args.json").read_text())
-    del saved["feature_weight"]  # what an args.json of an older run holds
+    del saved["feature_weight"], saved["calibrate_bn"]  # what an args.json of an older run holds
     saved["steps"] = 4
     (run / "args.json").write_text(json.dumps(saved))
     (run / "results.json").unlink()
-    assert kd.parse_args(["--resume", str(run)]).feature_weight == 0.0
+    resumed = kd.parse_args(["--resume", str(run)])
+    assert resumed.feature_weight == 0.0 and resumed.calibrate_bn is False
     assert kd.main(["--resume", str(run)])["samples_seen"] == 4 * 16
 
 
@@ -389,19 +392,28 @@ def test_calibrate_bn_averages_the_statistics_of_its_batches_in_a_copy():
     assert torch.equal(student[1].running_mean, torch.zeros(4))  # the student itself is not touched
 
 
-def test_calibrate_bn_run_reports_and_saves_the_calibrated_student(tiny_data, tiny_teacher, tmp_path):
-    plain = kd.main(tiny_args(tiny_data, tiny_teacher, tmp_path / "a"))
-    cal = kd.main(tiny_args(tiny_data, tiny_teacher, tmp_path / "b", "--calibrate-bn", "--calibrate-samples", "16",
-                            "--calibrate-steps", "2"))
+def test_calibrate_bn_is_on_by_default_for_a_bn_student_and_saves_the_calibrated_one_beside(tiny_data, tiny_teacher,
+                                                                                            tmp_path):
+    # fp32: the test evaluates the saved student in fp32, as the run then does
+    plain = kd.main(tiny_args(tiny_data, tiny_teacher, tmp_path / "a", "--no-calibrate-bn", "--no-bf16"))
+    cal = kd.main(tiny_args(tiny_data, tiny_teacher, tmp_path / "b", "--no-bf16"))  # the default
     assert "eval/acc_calibrated" not in plain and cal["curve"] == plain["curve"]  # training itself is the same
-    ck = common.load_checkpoint(next((tmp_path / "b").iterdir()) / "student_calibrated.pt")
+    assert not plain["args"]["calibrate_bn"] and cal["args"]["calibrate_bn"]  # args.json says what the run did
+    run = next((tmp_path / "b").iterdir())
+    trained = common.load_checkpoint(run / "checkpoint.pt")["student"]
+    assert all(torch.equal(trained[k], v) for k, v in final_state(tmp_path / "a").items() if k in trained)
+    ck = common.load_checkpoint(run / "student_calibrated.pt")
     student = common.build_model("resnet20", 10)
     common.load_state_strict(student, ck["student"], "student_calibrated.pt")
+    assert not torch.equal(student.bn1.running_mean, trained["bn1.running_mean"])  # only the statistics differ
+    assert torch.equal(student.conv1.weight, trained["conv1.weight"])
     x, y = common.load_split("cifar10", "test", tiny_data)
     _, info = common.load_teacher("resnet20", tiny_teacher)
     assert cal["eval/acc_calibrated"] == common.evaluate(student, x, y, info["mean"], info["std"], 32)
+    gn = kd.main(tiny_args(tiny_data, tiny_teacher, tmp_path / "c", "--student-norm", "gn"))  # nothing to calibrate
+    assert "eval/acc_calibrated" not in gn and not gn["args"]["calibrate_bn"]
     with pytest.raises(SystemExit, match="student resnet20 has none"):
-        kd.main(tiny_args(tiny_data, tiny_teacher, tmp_path / "c", "--calibrate-bn", "--student-norm", "gn"))
+        kd.main(tiny_args(tiny_data, tiny_teacher, tmp_path / "d", "--calibrate-bn", "--student-norm", "gn"))
 
 
 def test_a_plain_state_dict_teacher_needs_and_takes_its_normalization(tiny_data, tiny_teacher, tmp_path):

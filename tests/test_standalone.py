@@ -38,7 +38,7 @@ def teachers(tmp_path_factory):
 SMALL = ["--steps", "2", "--batch-size", "16", "--eval-batch-size", "32", "--out-dir", "runs"]
 RUNS = {
     "cs_rejection_bn.py": lambda t, d: ["--teacher-ckpt", str(t["bn"]), "--data-dir", str(d), "--fit-noise-steps",
-                                        "2", *SMALL],
+                                        "2", "--calibrate-samples", "16", "--calibrate-steps", "2", *SMALL],
     "batch_align_ln_gn.py": lambda t, d: ["--teacher-ckpt", str(t["gn"]), "--data-dir", str(d), "--probe-samples",
                                           "32", *SMALL],
     "bn_ablation.py": lambda t, d: ["--teacher-ckpt", str(t["bn"]), "--data-dir", str(d), "--sweep", "first-k",
