@@ -496,16 +496,19 @@ def teacher_on_noise_cs_last(r, cell):
 
 
 LONG_RUN = [  # (arm, colour in the figure, recipe): the rows of the long-run table, in bench/long_run.py's order
-    ("ours_1m", "tab:green", "our default recipe (fitted noise, CS + rejection, batch 32, Adam 2e-3 cosine over the "
-                             "budget)"),
-    ("ours_512k", "tab:blue", "our default recipe"),
+    ("ours_1m", "tab:green", "our former default recipe (fitted noise, CS + rejection, batch 32, Adam 2e-3 cosine "
+                             "over the budget; the logits alone)"),
+    ("ours_512k", "tab:blue", "our former default recipe"),
     ("ours_512k_s1", "tab:cyan", "the same, seed 1"),
     ("ours_1m_s1", "tab:olive", "the same as `ours_1m`, seed 1"),
-    ("ours_512k_cs7", "tab:purple", "our default recipe with CS in the last 7 BN layers (`--cs-last-layers 7`)"),
+    ("ours_512k_cs7", "tab:purple", "our former default recipe with CS in the last 7 BN layers "
+                                    "(`--cs-last-layers 7`)"),
     ("ours_512k_cs7_s1", "tab:pink", "the same, seed 1"),
-    ("feat_512k", "black", "our default recipe with the stage outputs matched (`--feature-weight 1`, today's default)"),
+    ("feat_512k", "black", "our former default recipe with the stage outputs matched (`--feature-weight 1`): "
+                           "today's default"),
     ("feat_512k_s1", "dimgray", "the same, seed 1"),
-    ("ours", "tab:red", "our default recipe"),
+    ("feat_10m", "tab:orange", "today's default recipe"),
+    ("ours", "tab:red", "our former default recipe"),
     ("prior", "tab:gray", "the prior work's recipe (white noise, CS, batch 256, Adam 1e-3 constant)"),
 ]
 LONG_RUN_POINTS = [128_000 * 2 ** k for k in range(7)]  # 128k ... 8.2M; then each arm's end of budget
