@@ -720,8 +720,11 @@ def main(argv=None):
                "provenance": common.provenance(args.device, wall_time(), resumed_at, time.time() - t_start)}
     common.write_json(run_dir / "results.json", results)
     common.finish_distributed()
+    calibrated = (f", calibrated {results['eval/acc_calibrated']:.4f} (student_calibrated.pt)"
+                  if "eval/acc_calibrated" in results else "")
     print(f"done: acc running {results['eval/acc_running']:.4f}, test-batch stats {results['eval/acc_batchstats']:.4f} "
-          f"(batch {args.eval_batch_size}), {results['samples_per_s']:.0f} samples/s -> {run_dir / 'results.json'}")
+          f"(batch {args.eval_batch_size}){calibrated}, {results['samples_per_s']:.0f} samples/s -> "
+          f"{run_dir / 'results.json'}")
     return results
 
 

@@ -13,9 +13,9 @@ progress can be committed; the finished run's results.json replaces it.
 Arms (one run of cs_rejection_bn.py each, shipped ResNet-20 teacher -> ResNet-20, seed 0 unless the arm says; the
 logits alone unless the arm says, as the script did before it matched the teacher's stage outputs by default):
 - ours_1m, ours_1m_s1: the defaults (fitted noise, CS + rejection, batches of 32, Adam 2e-3 with warm-up and cosine
-  decay over the budget) for 1M samples, 8x the default run's budget (about 2 hours on 2 CPU cores without bf16),
+  decay over the budget) for 1M samples, 8x the 128k default run of then (about 2 hours on 2 CPU cores without bf16),
   seeds 0 and 1.
-- ours_512k, ours_512k_s1: the defaults for 512k samples (4x the default run's budget), seeds 0 and 1: the budget at
+- ours_512k, ours_512k_s1: the defaults for 512k samples (4x the default run of then), seeds 0 and 1: the budget at
   which the 1M run's student passed 0.74 of its teacher with test-batch statistics.
 - ours_512k_cs7, ours_512k_cs7_s1: the same with CS in the teacher's last 7 BN layers only.
 - feat_512k, feat_512k_s1: the defaults of today, the stage outputs matched too (--feature-weight 1), for 512k.

@@ -393,10 +393,13 @@ def test_calibrate_bn_averages_the_statistics_of_its_batches_in_a_copy():
 
 
 def test_calibrate_bn_is_on_by_default_for_a_bn_student_and_saves_the_calibrated_one_beside(tiny_data, tiny_teacher,
-                                                                                            tmp_path):
+                                                                                            tmp_path, capsys):
     # fp32: the test evaluates the saved student in fp32, as the run then does
     plain = kd.main(tiny_args(tiny_data, tiny_teacher, tmp_path / "a", "--no-calibrate-bn", "--no-bf16"))
+    assert "calibrated" not in capsys.readouterr().out.splitlines()[-1]
     cal = kd.main(tiny_args(tiny_data, tiny_teacher, tmp_path / "b", "--no-bf16"))  # the default
+    done = capsys.readouterr().out.splitlines()[-1]
+    assert f"calibrated {cal['eval/acc_calibrated']:.4f} (student_calibrated.pt)" in done
     assert "eval/acc_calibrated" not in plain and cal["curve"] == plain["curve"]  # training itself is the same
     assert not plain["args"]["calibrate_bn"] and cal["args"]["calibrate_bn"]  # args.json says what the run did
     run = next((tmp_path / "b").iterdir())
