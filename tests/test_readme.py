@@ -603,3 +603,32 @@ def test_what_the_readme_says_about_the_default_recipe_at_512k_holds():
     assert pct(cal) == 81.5 and round(cal / feat["teacher/acc"], 2) == 0.91  # "81.5% ... 0.91 of the teacher"
     in_runs = [json.loads(p.read_text()).get("eval/acc_calibrated", 0) for p in (REPO / "results").glob("default_run*")]
     assert cal == max(x["acc_inverted"] for x in rows.values()) and cal > max(in_runs)  # "the closest any student"
+
+
+def test_what_the_readme_says_about_the_default_on_a_teacher_users_bring_holds():
+    runs = [json.loads((REPO / "results" / f"default_run_aka20{s}.json").read_text()) for s in ("", "_s1")]
+    import cs_rejection_bn
+    defaults = vars(cs_rejection_bn.parse_args([]))
+    for seed, r in enumerate(runs):  # the default command with --teacher-ckpt
+        assert r["args"]["seed"] == seed and r["teacher/ckpt"].rsplit("/", 1)[-1] == "akamaster_resnet20-12fca82f.th"
+        assert all(r["args"][k] == v for k, v in defaults.items() if k not in (
+            "seed", "data_dir", "out_dir", "feature_weight", "calibrate_bn", "bf16", "device", "teacher_ckpt"))
+        assert r["args"]["feature_weight"] == 1 and r["args"]["calibrate_bn"]
+    pct = lambda v: round(100 * v, 1)
+    assert pct(runs[0]["teacher/acc"]) == 91.7
+    assert [pct(r["eval/acc_calibrated"]) for r in runs] == [45.5, 47.0]
+    assert [round(r["eval/acc_calibrated"] / r["teacher/acc"], 2) for r in runs] == [0.50, 0.51]  # "short of 0.6"
+    assert [(pct(r["eval/acc_running"]), pct(r["eval/acc_batchstats"])) for r in runs] == [(44.7, 46.9),
+                                                                                           (43.3, 46.9)]
+    assert [round(r["provenance"]["wall_time_s"] / 60) for r in runs] == [17, 16]
+    assert [round(r["train/final_loss"], 1) for r in runs] == [1.7, 1.9]
+    assert [pct(r["eval/acc_calibrated"] - r["eval/acc_running"]) for r in runs] == [0.8, 3.8]  # "adds only"
+    ours = [json.loads((REPO / "results" / f"default_run{s}.json").read_text()) for s in ("", "_s1")]
+    assert all(0.55 < r["train/final_loss"] < 0.65 for r in ours)  # "against 0.6 on the teacher we ship"
+
+
+def test_the_readme_opening_numbers_are_the_default_runs():
+    opening = " ".join((REPO / "README.md").read_text().split("\n\n")[1].split())
+    pct = lambda name: round(100 * json.loads((REPO / "results" / f"{name}.json").read_text())["eval/acc_calibrated"], 1)
+    assert f"students of {pct('default_run')}% and {pct('default_run_s1')}% (two seeds)" in opening
+    assert f"distils less well ({pct('default_run_aka20')}% and {pct('default_run_aka20_s1')}% from its 91.7%" in opening
