@@ -141,6 +141,10 @@ HEADLINE = [  # (results file, what it is, its row in calibrate_bn.json or None[
     ("default_run.json", "`python cs_rejection_bn.py` (the default: fitted noise, CS + rejection, stage outputs "
                          "matched, BN statistics calibrated)", None),
     ("default_run_s1.json", "the same, seed 1 (`--seed 1`)", None),
+    ("prior_run_256k.json", "prior work's recipe at the same budget: white noise, the logits alone, batch 256, Adam "
+                            "1e-3 constant, no calibration (the command under \"What limits learning from noise\")",
+     None),
+    ("prior_run_256k_s1.json", "the same, seed 1", None),
     ("default_run_aka20.json", "the default on the shared ResNet-20 (`--teacher-ckpt`), a teacher users bring", None),
     ("default_run_aka20_s1.json", "the same, seed 1", None),
     ("default_run_aka56.json", "the default on the shared ResNet-56 (`--teacher resnet56 --teacher-ckpt`)", None),

@@ -598,9 +598,14 @@ def test_what_the_readme_says_about_the_default_recipe_at_512k_holds():
                     for row in r["curve"]}
     assert [at(feat)[n] for n in (128_000, 256_000, 512_000)] == [(44.5, 65.6), (51.3, 77.1), (54.4, 81.4)]
     assert [at(logits)[n] for n in (128_000, 256_000, 512_000)] == [(25.4, 30.6), (32.8, 43.4), (44.2, 57.3)]
+    s1 = load("feat_512k_s1")
+    assert s1["args"]["seed"] == 1 and s1["args"]["feature_weight"] == 1 and s1["args"]["steps"] == feat["args"]["steps"]
+    assert [at(s1)[n] for n in (128_000, 256_000, 512_000)] == [(52.3, 61.1), (45.6, 75.3), (53.0, 79.4)]
     rows = {x["run"]: x for x in json.loads((REPO / "results" / "calibrate_bn.json").read_text())["rows"]}
     cal = rows["feat_512k"]["acc_inverted"]
     assert pct(cal) == 81.5 and round(cal / feat["teacher/acc"], 2) == 0.91  # "81.5% ... 0.91 of the teacher"
+    cal1 = rows["feat_512k_s1"]["acc_inverted"]
+    assert pct(cal1) == 78.7 and round(cal1 / s1["teacher/acc"], 2) == 0.88
     in_runs = [json.loads(p.read_text()).get("eval/acc_calibrated", 0) for p in (REPO / "results").glob("default_run*")]
     assert cal == max(x["acc_inverted"] for x in rows.values()) and cal > max(in_runs)  # "the closest any student"
 
