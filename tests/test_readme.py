@@ -637,3 +637,13 @@ def test_the_readme_opening_numbers_are_the_default_runs():
     pct = lambda name: round(100 * json.loads((REPO / "results" / f"{name}.json").read_text())["eval/acc_calibrated"], 1)
     assert f"students of {pct('default_run')}% and {pct('default_run_s1')}% (two seeds)" in opening
     assert f"distils less well ({pct('default_run_aka20')}% and {pct('default_run_aka20_s1')}% from its 91.7%" in opening
+
+
+def test_what_the_readme_says_about_the_prior_recipe_at_the_default_budget_holds():
+    r = json.loads((REPO / "results" / "prior_run_256k.json").read_text())
+    a = r["args"]
+    assert (a["fit_noise"], a["feature_weight"], a["calibrate_bn"], a["balance"], a["lr"], a["schedule"],
+            a["batch_size"], a["steps"], a["seed"]) == (False, 0, False, "none", 1e-3, "constant", 256, 1000, 0)
+    default = json.loads((REPO / "results" / "default_run.json").read_text())
+    assert r["samples_seen"] == default["samples_seen"] and r["teacher/sha256"] == default["teacher/sha256"]
+    assert (round(100 * r["eval/acc_running"], 1), round(100 * r["eval/acc_batchstats"], 1)) == (12.7, 20.3)
