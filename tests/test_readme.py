@@ -647,3 +647,7 @@ def test_what_the_readme_says_about_the_prior_recipe_at_the_default_budget_holds
     default = json.loads((REPO / "results" / "default_run.json").read_text())
     assert r["samples_seen"] == default["samples_seen"] and r["teacher/sha256"] == default["teacher/sha256"]
     assert (round(100 * r["eval/acc_running"], 1), round(100 * r["eval/acc_batchstats"], 1)) == (12.7, 20.3)
+    s1 = json.loads((REPO / "results" / "prior_run_256k_s1.json").read_text())
+    assert s1["args"]["seed"] == 1 and {k: v for k, v in s1["args"].items() if k not in ("seed", "out_dir")} == \
+        {k: v for k, v in a.items() if k not in ("seed", "out_dir")}
+    assert (round(100 * s1["eval/acc_running"], 1), round(100 * s1["eval/acc_batchstats"], 1)) == (20.5, 26.5)
