@@ -599,7 +599,8 @@ def test_what_the_readme_says_about_the_default_recipe_at_512k_holds():
     assert [at(feat)[n] for n in (128_000, 256_000, 512_000)] == [(44.5, 65.6), (51.3, 77.1), (54.4, 81.4)]
     assert [at(logits)[n] for n in (128_000, 256_000, 512_000)] == [(25.4, 30.6), (32.8, 43.4), (44.2, 57.3)]
     s1 = load("feat_512k_s1")
-    assert s1["args"]["seed"] == 1 and s1["args"]["feature_weight"] == 1 and s1["args"]["steps"] == feat["args"]["steps"]
+    assert s1["args"]["seed"] == 1 and s1["args"]["feature_weight"] == 1
+    assert s1["args"]["steps"] == feat["args"]["steps"]
     assert [at(s1)[n] for n in (128_000, 256_000, 512_000)] == [(52.3, 61.1), (45.6, 75.3), (53.0, 79.4)]
     rows = {x["run"]: x for x in json.loads((REPO / "results" / "calibrate_bn.json").read_text())["rows"]}
     cal = rows["feat_512k"]["acc_inverted"]
@@ -634,9 +635,11 @@ def test_what_the_readme_says_about_the_default_on_a_teacher_users_bring_holds()
 
 def test_the_readme_opening_numbers_are_the_default_runs():
     opening = " ".join((REPO / "README.md").read_text().split("\n\n")[1].split())
-    pct = lambda name: round(100 * json.loads((REPO / "results" / f"{name}.json").read_text())["eval/acc_calibrated"], 1)
+    read = lambda name: json.loads((REPO / "results" / f"{name}.json").read_text())
+    pct = lambda name: round(100 * read(name)["eval/acc_calibrated"], 1)
     assert f"students of {pct('default_run')}% and {pct('default_run_s1')}% (two seeds)" in opening
-    assert f"distils less well ({pct('default_run_aka20')}% and {pct('default_run_aka20_s1')}% from its 91.7%" in opening
+    aka = f"({pct('default_run_aka20')}% and {pct('default_run_aka20_s1')}% from its 91.7%"
+    assert f"distils less well {aka}" in opening
 
 
 def test_what_the_readme_says_about_the_prior_recipe_at_the_default_budget_holds():
