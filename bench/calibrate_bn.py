@@ -49,12 +49,13 @@ def main(argv=None):
     if old and old.get("batches", args.batches) != args.batches:  # one file, one setting
         sys.exit(f"--only: {args.out} was made with --batches {old['batches']}; use the same")
     x, y = common.load_split("cifar10", "test", args.data_dir)
-    targets = [(study, t, RUNS / f"bench_{study}" / t.stem) for study in STUDIES
-               for t in sorted((RESULTS / study).glob("*.json"))]
-    targets += [("default_run", t, REPO / json.loads(t.read_text())["args"]["out_dir"])  # --out-dir as it ran
-                for t in sorted(RESULTS.glob("default_run*.json"))]
-    targets = [(study, t, root) for study, t, root in targets
-               if (args.only is None or t.stem in args.only) and json.loads(t.read_text()).get("finished", True)]
+    found = [(study, t) for study in STUDIES for t in sorted((RESULTS / study).glob("*.json"))]
+    found += [("default_run", t) for t in sorted(RESULTS.glob("default_run*.json"))]
+    read = {t: json.loads(t.read_text()) for _, t in found}
+    root = lambda study, t: (REPO / read[t]["args"]["out_dir"] if study == "default_run"  # --out-dir as it ran
+                             else RUNS / f"bench_{study}" / t.stem)
+    targets = [(study, t, root(study, t)) for study, t in found
+               if (args.only is None or t.stem in args.only) and read[t].get("finished", True)]
     missing = set(args.only or ()) - {t.stem for _, t, _ in targets}
     if missing:
         sys.exit(f"--only: no finished result named {sorted(missing)} in results/{{{','.join(STUDIES)}}}/ "

@@ -209,8 +209,9 @@ def headline_block():
                  "with bf16. `--calibrate-bn` (ours, \"How it works\"; on by default for a BN student since the 256k "
                  "default, so the rows above the 128k ones ran it; earlier rows were calibrated afterwards by "
                  "`bench/calibrate_bn.py`, `results/calibrate_bn.json`; blank: not measured): the student's BN "
-                 "statistics re-estimated after training on inputs synthesized from the teacher." + (" Paused: the run was stopped for hours by other jobs on this machine, "
-                                            "so its wall time says nothing of its speed." if paused else ""))
+                 "statistics re-estimated after training on inputs synthesized from the teacher."
+                 + (" Paused: the run was stopped for hours by other jobs on this machine, so its wall time says "
+                    "nothing of its speed." if paused else ""))
 
 
 def default_run_block():
