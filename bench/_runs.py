@@ -49,8 +49,9 @@ def run_or_resume(script, argv, run_root, target):
 
 def attach_loss_curve(target, run_root):
     """Add the KD loss logged every 10 steps (the run's metrics.jsonl) to its results file as `train_loss_curve`
-    ([noise samples seen, loss]): can the student fit the teacher on this noise is the question the accuracy curve
-    alone does not answer."""
+    ([noise samples seen, loss]), and for a run that matched the stage outputs and logged its terms, the logit loss
+    alone as `train_logit_loss_curve`: can the student fit the teacher on this noise is the question the accuracy
+    curve alone does not answer."""
     result = json.loads(Path(target).read_text())
     if "train_loss_curve" in result:
         return
@@ -62,4 +63,7 @@ def attach_loss_curve(target, run_root):
     rows = common.MetricsLog.read(run[0] / "metrics.jsonl")
     result["train_loss_curve"] = [[r["step"] * result["args"]["batch_size"], r["train/loss"]] for r in rows
                                   if "train/loss" in r]
+    if any("train/logit_loss" in r for r in rows):  # with the stage outputs: the logit loss (KL) alone, as well
+        result["train_logit_loss_curve"] = [[r["step"] * result["args"]["batch_size"], r["train/logit_loss"]]
+                                            for r in rows if "train/logit_loss" in r]
     common.write_json(target, result)

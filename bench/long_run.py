@@ -18,8 +18,9 @@ logits alone unless the arm says, as the script did before it matched the teache
 - ours_512k, ours_512k_s1: the defaults for 512k samples (4x the default run of then), seeds 0 and 1: the budget at
   which the 1M run's student passed 0.74 of its teacher with test-batch statistics.
 - ours_512k_cs7, ours_512k_cs7_s1: the same with CS in the teacher's last 7 BN layers only.
-- feat_512k, feat_512k_s1: the defaults of today, the stage outputs matched too (--feature-weight 1), for 512k.
-- feat_10m: the defaults of today for 10M samples (about 8 hours with bf16 on a 2-core Xeon).
+- feat_512k, feat_512k_s1: the stage outputs matched too (--feature-weight 1, the default before weight 10), 512k.
+- feat10_10m: the defaults of today (the stage outputs at weight 10) for 10M samples (about 8 hours with bf16 on a
+  2-core Xeon).
 - ours: the former defaults (the logits alone) for 10M samples.
 - prior: the prior work's recipe (white noise, CS, no balancing, batches of 256, Adam 1e-3 constant) for 10M samples.
 """
@@ -41,9 +42,9 @@ ARMS = {  # name: (flags on top of the shipped teacher, budget in noise samples,
     "ours_1m_s1": (["--seed", "1"], 1_000_000, 32),
     "ours_512k_cs7": (["--cs-last-layers", "7"], 512_000, 32),  # CS in the teacher's last 7 BN layers only
     "ours_512k_cs7_s1": (["--cs-last-layers", "7", "--seed", "1"], 512_000, 32),
-    "feat_512k": (["--feature-weight", "1"], 512_000, 32),  # the stage outputs matched too: today's default
+    "feat_512k": (["--feature-weight", "1"], 512_000, 32),  # the stage outputs matched too, at weight 1
     "feat_512k_s1": (["--feature-weight", "1", "--seed", "1"], 512_000, 32),
-    "feat_10m": (["--feature-weight", "1"], 10_000_000, 32),  # today's default at the prior work's budget
+    "feat10_10m": (["--feature-weight", "10"], 10_000_000, 32),  # today's default at the prior work's budget
     "ours": ([], 10_000_000, 32),
     "prior": (["--no-fit-noise", "--balance", "none", "--lr", "1e-3", "--schedule", "constant"], 10_000_000, 256),
 }

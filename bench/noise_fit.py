@@ -48,6 +48,15 @@ ARMS = {  # name: flags on top of cs_rejection_bn.py's defaults
     # plus the teacher's stage outputs matched (ours; the default since it won on both seeds); fp32 like the rows above
     "default_fit_b32_feat": ["--fit-noise", "--batch-size", "32", "--feature-weight", "1", "--no-bf16"],
     "default_fit_b32_feat3": ["--fit-noise", "--batch-size", "32", "--feature-weight", "3", "--no-bf16"],  # weight 3
+    # cs_rejection_bn.py's default of then (fitted noise, batch 32, stage outputs at weight 1, bf16 where it is fast)
+    # and the levers tried on top of it for the sharp teachers users bring: temperature, a larger feature weight
+    # (weight 10 won on both seeds and both teachers at 256k and is the default now)
+    "default": ["--feature-weight", "1"],
+    "default_tau2": ["--feature-weight", "1", "--tau", "2"],
+    "default_tau4": ["--feature-weight", "1", "--tau", "4"],
+    "default_feat3": ["--feature-weight", "3"],
+    "default_feat10": ["--feature-weight", "10"],
+    "default_feat30": ["--feature-weight", "30"],
 }
 
 

@@ -149,7 +149,11 @@ HEADLINE = [  # (results file, what it is, its row in calibrate_bn.json or None[
     ("default_run_aka20_s1.json", "the same, seed 1", None),
     ("default_run_aka56.json", "the default on the shared ResNet-56 (`--teacher resnet56 --teacher-ckpt`)", None),
     ("default_run_aka56_s1.json", "the same, seed 1", None),
-    ("default_run_128k.json", "the default with half the samples (`--steps 4000`, the default before)",
+    ("default_run_feat1.json", "the default before: the stage outputs at weight 1 (`--feature-weight 1`)", None),
+    ("default_run_feat1_s1.json", "the same, seed 1", None),
+    ("default_run_aka20_feat1.json", "the same on the shared ResNet-20", None),
+    ("default_run_aka20_feat1_s1.json", "the same, seed 1", None),
+    ("default_run_128k.json", "weight 1 with half the samples (`--steps 4000`, the default before 256k)",
      "default_run_128k"),
     ("default_run_128k_s1.json", "the same, seed 1", "default_run_128k_s1"),
     ("noise_fit/ours20__default_fit_b32_feat__s0.json", "the same in fp32 (`bench/noise_fit.py`)",
@@ -158,7 +162,7 @@ HEADLINE = [  # (results file, what it is, its row in calibrate_bn.json or None[
     ("noise_fit/ours20__default_fit_b32__s0.json", "the former default: the logits alone (`--feature-weight 0`)",
      "ours20__default_fit_b32__s0"),
     ("noise_fit/ours20__default_fit_b32__s1.json", "the same, seed 1", "ours20__default_fit_b32__s1"),
-    ("noise_fit/aka20__default_fit_b32_feat__s0.json", "the 128k default, fp32, on the shared ResNet-20",
+    ("noise_fit/aka20__default_fit_b32_feat__s0.json", "weight 1 at 128k, fp32, on the shared ResNet-20",
      "aka20__default_fit_b32_feat__s0"),
     ("noise_fit/aka20__default_fit_b32_feat__s1.json", "the same, seed 1", "aka20__default_fit_b32_feat__s1"),
     ("noise_fit/aka20__default_fit_b32__s0.json", "the former default on the shared teacher",
@@ -171,7 +175,8 @@ HEADLINE = [  # (results file, what it is, its row in calibrate_bn.json or None[
     ("noise_fit/aka20__prior_fit__s1.json", "the same, seed 1", "aka20__prior_fit__s1"),
     ("bn_variants/prior_recipe.json", "prior work's recipe, white noise (the paper's), the shared teacher", None),
     ("noise_fit/aka20__prior_white__s1.json", "the same, seed 1, 128k samples", "aka20__prior_white__s1"),
-    ("long_run/feat_512k.json", "the default recipe for 512k samples (`bench/long_run.py`)", "feat_512k"),
+    ("long_run/feat_512k.json", "the default before (weight 1) for 512k samples (`bench/long_run.py`)",
+     "feat_512k"),
     ("long_run/feat_512k_s1.json", "the same, seed 1", "feat_512k_s1"),
     ("long_run/ours_512k.json", "the former default for 512k samples (`bench/long_run.py`)", "ours_512k"),
     ("long_run/ours_512k_s1.json", "the same, seed 1", "ours_512k_s1"),
@@ -297,7 +302,13 @@ NOISE_FIT_ROWS = [  # (teacher, arm, colour in the figure, label): the order of 
     ("aka20", "prior_fit_feat", "gold", "the same with the stage outputs matched (`--feature-weight 1`)"),
     ("aka20", "default_fit_b32", "tab:olive",
      "our recipe, fitted noise, batch 32, the logits alone (the former default)"),
-    ("aka20", "default_fit_b32_feat", "goldenrod", "the same with the stage outputs matched: the default"),
+    ("aka20", "default_fit_b32_feat", "goldenrod", "the same with the stage outputs matched (weight 1)"),
+    ("aka20", "default", "darkgoldenrod", "the same in bf16 (the default before weight 10)"),
+    ("aka20", "default_tau2", "lightsteelblue", "the same (bf16) with temperature 2 (`--tau 2`)"),
+    ("aka20", "default_tau4", "steelblue", "the same (bf16) with temperature 4 (`--tau 4`)"),
+    ("aka20", "default_feat3", "orangered", "the same (bf16) with `--feature-weight 3`"),
+    ("aka20", "default_feat10", "darkred", "the same (bf16) with `--feature-weight 10`"),
+    ("aka20", "default_feat30", "magenta", "the same (bf16) with `--feature-weight 30`"),
     ("ours20", "default_white", "tab:orange", "our recipe (CS + rejection, Adam 2e-3 cosine), white"),
     ("ours20", "default_fit", "tab:red", "our recipe, fitted noise, batch 256 (an earlier default)"),
     ("ours20", "default_fit_b64", "tab:purple", "our recipe, fitted noise, batch 64 (`--batch-size 64`)"),
@@ -308,8 +319,11 @@ NOISE_FIT_ROWS = [  # (teacher, arm, colour in the figure, label): the order of 
     ("ours20", "default_fit_b32_cs7", "tab:brown",
      "the former default with CS in the last 7 BN layers (`--cs-last-layers 7`)"),
     ("ours20", "default_fit_b32_feat", "black",
-     "batch 32 with the stage outputs matched (`--feature-weight 1`): the default"),
+     "batch 32 with the stage outputs matched (`--feature-weight 1`)"),
     ("ours20", "default_fit_b32_feat3", "dimgray", "the same with `--feature-weight 3`"),
+    ("ours20", "default_feat3", "salmon", "our recipe in bf16 with `--feature-weight 3`"),
+    ("ours20", "default_feat10", "crimson", "our recipe in bf16 with `--feature-weight 10`"),
+    ("ours20", "default_feat30", "deeppink", "our recipe in bf16 with `--feature-weight 30`"),
 ]
 
 
@@ -372,10 +386,11 @@ def noise_fit_figure(path):
     curves = []
     for teacher, color, label, r in table_rows:
         seed, a = r["args"]["seed"], r["args"]
-        kl = a.get("loss", "kl") == "kl" and not a.get("feature_weight")  # an MSE or feature loss is not the KL
+        kl = a.get("loss", "kl") == "kl"  # an MSE loss is not the KL; with the stage outputs, the KL term alone
+        loss = r.get("train_logit_loss_curve") if a.get("feature_weight") else r.get("train_loss_curve")
         curves.append(([row for row in r["curve"] if row["samples_seen"] <= last],
                        dict(color=color, ls="-" if seed == 0 else "--", label=f"{teacher}: {label}, seed {seed}"),
-                       r.get("train_loss_curve") if kl else None))
+                       loss if kl else None))
     fig, axes = learning_curves(curves, (14, 4.4), "KD loss (KL, nats)")
     save(fig, path, axes[0], ncol=2, bottom=0.2)
 
@@ -509,10 +524,10 @@ LONG_RUN = [  # (arm, colour in the figure, recipe): the rows of the long-run ta
     ("ours_512k_cs7", "tab:purple", "our former default recipe with CS in the last 7 BN layers "
                                     "(`--cs-last-layers 7`)"),
     ("ours_512k_cs7_s1", "tab:pink", "the same, seed 1"),
-    ("feat_512k", "black", "our former default recipe with the stage outputs matched (`--feature-weight 1`): "
-                           "today's default"),
+    ("feat_512k", "black", "our former default recipe with the stage outputs matched (`--feature-weight 1`, the "
+                           "default before weight 10)"),
     ("feat_512k_s1", "dimgray", "the same, seed 1"),
-    ("feat_10m", "tab:orange", "today's default recipe"),
+    ("feat10_10m", "tab:orange", "today's default recipe (the stage outputs at weight 10)"),
     ("ours", "tab:red", "our former default recipe"),
     ("prior", "tab:gray", "the prior work's recipe (white noise, CS, batch 256, Adam 1e-3 constant)"),
 ]

@@ -190,12 +190,12 @@ def test_long_run_snapshots_an_unfinished_arm_then_resumes_it_to_the_finished_re
     seed = lambda arm: cs_rejection_bn.parse_args(long_run.argv_of(arm, argparse.Namespace(
         samples=None, batch_size=None, data_dir="d", seed=0, eval_every=None, ckpt_every=None))).seed
     arms = ("ours_1m", "ours_1m_s1", "ours_512k", "ours_512k_s1", "ours_512k_cs7", "ours_512k_cs7_s1", "feat_512k",
-            "feat_512k_s1", "feat_10m")
+            "feat_512k_s1", "feat10_10m")
     assert [seed(a) for a in arms] == [0, 1, 0, 1, 0, 1, 0, 1, 0]  # own seed wins
     weight = lambda arm: cs_rejection_bn.parse_args(long_run.argv_of(arm, argparse.Namespace(
         samples=None, batch_size=None, data_dir="d", seed=0, eval_every=None, ckpt_every=None))).feature_weight
-    assert [weight(a) for a in arms] == [0, 0, 0, 0, 0, 0, 1, 1, 1]  # the logits alone unless the arm says
-    assert own("feat_10m")[3] == str(312_500)  # 10M samples in batches of 32
+    assert [weight(a) for a in arms] == [0, 0, 0, 0, 0, 0, 1, 1, 10]  # the logits alone unless the arm says
+    assert own("feat10_10m")[3] == str(312_500)  # 10M samples in batches of 32
     with monkeypatch.context() as m:
         crash_after_second_save(m)
         with pytest.raises(SystemExit, match="130"):  # the interrupt, as cs_rejection_bn reports it
@@ -252,3 +252,21 @@ def test_calibrate_bn_only_recomputes_the_named_runs_and_keeps_the_other_rows(ti
     assert [(r["run"], r["study"]) for r in rows] == [("old", "noise_fit"), ("arm", "long_run"),
                                                       ("default_run_x", "default_run")]
     assert rows[2]["acc_inverted"] == new["acc_inverted"]  # the same student, calibrated the same way
+
+
+def test_attach_loss_curve_adds_the_logit_term_where_the_run_logged_it(tmp_path):
+    import _runs
+    curve = [{"step": 2, "samples_seen": 8}]
+    for name, extra in (("feat", {"train/logit_loss": 0.5}), ("logits", {})):
+        run = tmp_path / name / "run1"
+        run.mkdir(parents=True)
+        common.write_json(run / "results.json", {"curve": curve, "args": {"batch_size": 4}})
+        log = common.MetricsLog(run / "metrics.jsonl")
+        log.log(1, **{"train/loss": 2.0, **extra})
+        log.log(2, **{"eval/acc_running": 0.1})
+        target = tmp_path / f"{name}.json"
+        common.write_json(target, {"curve": curve, "args": {"batch_size": 4}})
+        _runs.attach_loss_curve(target, tmp_path / name)
+        result = json.loads(target.read_text())
+        assert result["train_loss_curve"] == [[4, 2.0]]
+        assert result.get("train_logit_loss_curve") == ([[4, 0.5]] if extra else None)

@@ -220,13 +220,27 @@ def test_feature_weight_trains_the_student_on_the_teachers_stage_outputs_of_its_
     assert torch.equal(init["linear.weight"], trained["linear.weight"])  # ... and not what lies after the stages
 
 
-def test_feature_weight_is_1_by_default_where_the_stages_match_and_refused_where_they_do_not(tiny_data, tiny_teacher,
-                                                                                              tmp_path, capsys):
+def test_the_log_has_the_logit_and_feature_terms_of_the_loss(tiny_data, tiny_teacher, tmp_path):
+    res = kd.main(tiny_args(tiny_data, tiny_teacher, tmp_path / "feat", "--feature-weight", "3"))
+    rows = [r for r in common.MetricsLog.read(next((tmp_path / "feat").iterdir()) / "metrics.jsonl")
+            if "train/loss" in r]
+    assert rows and all(r["train/logit_loss"] > 0 and r["train/feature_loss"] > 0 for r in rows)
+    assert all(r["train/loss"] == pytest.approx(r["train/logit_loss"] + 3 * r["train/feature_loss"], rel=1e-5)
+               for r in rows)
+    assert res["train/final_loss"] == rows[-1]["train/loss"]
+    kd.main(tiny_args(tiny_data, tiny_teacher, tmp_path / "logits", "--feature-weight", "0"))
+    rows = [r for r in common.MetricsLog.read(next((tmp_path / "logits").iterdir()) / "metrics.jsonl")
+            if "train/loss" in r]
+    assert rows and not any("train/logit_loss" in r or "train/feature_loss" in r for r in rows)  # the loss is one
+
+
+def test_feature_weight_is_10_by_default_where_the_stages_match_and_refused_where_they_do_not(tiny_data, tiny_teacher,
+                                                                                               tmp_path, capsys):
     assert kd.parse_args([]).feature_weight is None  # decided once the models are built
     res = kd.main(tiny_args(tiny_data, tiny_teacher, tmp_path / "same", "--steps", "2"))
-    assert res["args"]["feature_weight"] == 1.0 and "stage outputs matched: weight 1" in capsys.readouterr().out
+    assert res["args"]["feature_weight"] == 10.0 and "stage outputs matched: weight 10" in capsys.readouterr().out
     run = next((tmp_path / "same").iterdir())
-    assert json.loads((run / "args.json").read_text())["feature_weight"] == 1.0  # a resumed run keeps it
+    assert json.loads((run / "args.json").read_text())["feature_weight"] == 10.0  # a resumed run keeps it
     res = kd.main(tiny_args(tiny_data, tiny_teacher, tmp_path / "other", "--steps", "2", "--student", "resnet18",
                             "--eval-subset", "8"))
     assert res["args"]["feature_weight"] == 0.0
