@@ -471,15 +471,20 @@ def main(argv=None):
                    f"{row['eval/acc_batchstats']:.4f}, noise label entropy {row['noise/label_entropy']:.3f}")
         return row
 
-    def log_train(loss, t_logits):
-        """Every 10 steps and before an evaluation or checkpoint: stop on a non-finite loss, log loss, speed and
-        acceptance. The loop's only host syncs (a GPU runs ahead in between); every rank joins, rank 0 writes."""
+    def log_train(loss, t_logits, logit_loss=None, feat_loss=None):
+        """Every 10 steps and before an evaluation or checkpoint: stop on a non-finite loss, log the loss (and, with
+        the stage outputs, its two terms: the logit loss alone says whether the student fits the teacher's answers),
+        speed and acceptance. The loop's only host syncs (a GPU runs ahead in between); every rank joins, rank 0
+        writes."""
         if common.all_reduce_sum(nonfinite).item():  # every rank stops together
             raise FloatingPointError(f"distillation loss became non-finite at or before step {step} (teacher "
                                      f"logits finite: {bool(torch.isfinite(t_logits).all())}); lower --lr or "
                                      f"check the teacher")
         stats["last_loss"] = (common.all_reduce_sum(loss.detach()) / world).item()
-        row = {"train/loss": stats["last_loss"], "train/lr": lr_at(args, step - 1),
+        terms = {} if feat_loss is None else {  # loss = logit_loss + feature_weight * feature_loss
+            "train/logit_loss": (common.all_reduce_sum(logit_loss.detach()) / world).item(),
+            "train/feature_loss": (common.all_reduce_sum(feat_loss.detach()) / world).item()}
+        row = {"train/loss": stats["last_loss"], **terms, "train/lr": lr_at(args, step - 1),
                "train/samples_per_s": stats["student_samples"] / stats["train_s"],
                "train/acceptance_rate": stats["accepted"] / max(1, stats["teacher_samples"]),
                "train/sampler_time_frac": stats["sampler_s"] / stats["train_s"]}

@@ -637,7 +637,7 @@ def main(argv=None):
                    f"{row['eval/acc_batchstats']:.4f}, noise label entropy {row['noise/label_entropy']:.3f}")
         return row
 
-    def log_train(loss, t_logits, logit_loss, feat_loss):
+    def log_train(loss, t_logits, logit_loss=None, feat_loss=None):
         """Every 10 steps and before an evaluation or checkpoint: stop on a non-finite loss, log the loss (and, with
         the stage outputs, its two terms: the logit loss alone says whether the student fits the teacher's answers),
         speed and acceptance. The loop's only host syncs (a GPU runs ahead in between); every rank joins, rank 0
