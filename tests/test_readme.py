@@ -704,3 +704,17 @@ def test_what_the_readme_says_about_the_weight_of_the_stage_outputs_holds():
                                                                  "eval_every", "ckpt_every")} == \
         {k: v for k, v in ours["args"].items() if k not in ("out_dir", "feature_weight", "calibrate_bn",
                                                             "eval_every", "ckpt_every")}
+
+
+def test_what_the_readme_says_about_the_default_on_the_shared_resnet56_holds():
+    r = json.loads((REPO / "results" / "default_run_aka56.json").read_text())
+    a, pct = r["args"], lambda v: round(100 * v, 1)
+    assert (a["teacher"], a["student"], a["feature_weight"], a["seed"], a["calibrate_bn"], a["steps"]) == \
+        ("resnet56", "resnet20", 10, 0, True, 8000)
+    assert r["teacher/ckpt"].rsplit("/", 1)[-1] == "akamaster_resnet56-4bfd9763.th" and pct(r["teacher/acc"]) == 93.4
+    assert not (REPO / "results" / "default_run_aka56_s1.json").exists()  # "seed 1 queued"
+    assert [pct(r[k]) for k in ("eval/acc_calibrated", "eval/acc_running", "eval/acc_batchstats")] == [70.7, 40.1, 68.9]
+    assert [round(r[k] / r["teacher/acc"], 2) for k in ("eval/acc_calibrated", "eval/acc_batchstats")] == [0.76, 0.74]
+    assert round(r["provenance"]["wall_time_s"] / 60) == 35
+    kl = lambda lo, hi: sum(v for n, v in r["train_logit_loss_curve"] if lo < n / 32 <= hi) / ((hi - lo) / 10)
+    assert (round(kl(500, 1000), 2), round(kl(7000, 8000), 2)) == (1.61, 1.22)
