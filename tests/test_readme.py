@@ -694,6 +694,8 @@ def test_what_the_readme_says_about_the_weight_of_the_stage_outputs_holds():
         assert r["args"]["tau"] == (4 if arm == "default_tau4" else 1) and r["args"]["batch_size"] == 32
     assert [final(load("aka20", a, 0)) for a in arms] == [[31.9, 33.4], [30.8, 29.9], [39.2, 48.2], [28.5, 59.0],
                                                           [34.9, 62.4]]
+    gap = lambda arm: round(final(load("aka20", arm, 0))[1] - final(load("aka20", arm, 0))[0], 1)
+    assert [gap(a) for a in ("default_feat10", "default_feat30", "default")] == [30.5, 27.5, 1.5]
     assert final(load("aka20", "default_feat3", 1)) == [44.2, 44.3]
     assert final(load("aka20", "default_fit_b32_feat", 1)) == [32.8, 32.2]  # weight 1, fp32
     ours = load("ours20", "default_feat10", 0)
