@@ -646,11 +646,10 @@ def main(argv=None):
             raise FloatingPointError(f"distillation loss became non-finite at or before step {step} (teacher "
                                      f"logits finite: {bool(torch.isfinite(t_logits).all())}); lower --lr or "
                                      f"check the teacher")
-        stats["last_loss"] = (common.all_reduce_sum(loss.detach()) / world).item()
-        terms = {} if feat_loss is None else {  # loss = logit_loss + feature_weight * feature_loss
-            "train/logit_loss": (common.all_reduce_sum(logit_loss.detach()) / world).item(),
-            "train/feature_loss": (common.all_reduce_sum(feat_loss.detach()) / world).item()}
-        row = {"train/loss": stats["last_loss"], **terms, "train/lr": lr_at(args, step - 1),
+        parts = [loss] if feat_loss is None else [loss, logit_loss, feat_loss]  # loss = logit + weight * feature
+        stats["last_loss"], *terms = (common.all_reduce_sum(torch.stack(parts).detach()) / world).tolist()
+        row = {"train/loss": stats["last_loss"], **dict(zip(("train/logit_loss", "train/feature_loss"), terms)),
+               "train/lr": lr_at(args, step - 1),
                "train/samples_per_s": stats["student_samples"] / stats["train_s"],
                "train/acceptance_rate": stats["accepted"] / max(1, stats["teacher_samples"]),
                "train/sampler_time_frac": stats["sampler_s"] / stats["train_s"]}

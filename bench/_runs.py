@@ -61,9 +61,14 @@ def attach_loss_curve(target, run_root):
         print(f"{Path(target).name}: its run folder is gone; no loss curve")
         return
     rows = common.MetricsLog.read(run[0] / "metrics.jsonl")
-    result["train_loss_curve"] = [[r["step"] * result["args"]["batch_size"], r["train/loss"]] for r in rows
-                                  if "train/loss" in r]
+    common.write_json(target, {**result, **loss_curves(rows, result["args"]["batch_size"])})
+
+
+def loss_curves(rows, batch_size):
+    """From a run's metrics.jsonl rows: `train_loss_curve` ([noise samples seen, loss]) and, where the run logged
+    the logit term apart (with the stage outputs), `train_logit_loss_curve`."""
+    curve = lambda key: [[r["step"] * batch_size, r[key]] for r in rows if key in r]
+    curves = {"train_loss_curve": curve("train/loss")}
     if any("train/logit_loss" in r for r in rows):  # with the stage outputs: the logit loss (KL) alone, as well
-        result["train_logit_loss_curve"] = [[r["step"] * result["args"]["batch_size"], r["train/logit_loss"]]
-                                            for r in rows if "train/logit_loss" in r]
-    common.write_json(target, result)
+        curves["train_logit_loss_curve"] = curve("train/logit_loss")
+    return curves

@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 import common  # noqa: E402
 import cs_rejection_bn  # noqa: E402
-from _runs import LOGITS_ONLY, attach_loss_curve, run_or_resume, unfinished_runs  # noqa: E402
+from _runs import LOGITS_ONLY, attach_loss_curve, loss_curves, run_or_resume, unfinished_runs  # noqa: E402
 
 ARMS = {  # name: (flags on top of the shipped teacher, budget in noise samples, batch size), run in this order
     "ours_1m": ([], 1_000_000, 32),
@@ -78,7 +78,7 @@ def snapshot(arm, run_root, target):
         "samples_seen": ck["stats"]["student_samples"], "samples_budget": a["steps"] * a["batch_size"],
         "curve": ck["curve"], "noise/fitted": ck.get("noise_params") and {
             k: v.tolist() if hasattr(v, "tolist") else v for k, v in ck["noise_params"].items()},
-        "train_loss_curve": [[r["step"] * a["batch_size"], r["train/loss"]] for r in rows if "train/loss" in r],
+        **loss_curves(rows, a["batch_size"]),
         "provenance": common.provenance(a["device"], ck.get("wall_s"), ck.get("resumed_at", []))})
     return True
 
