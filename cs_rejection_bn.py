@@ -104,7 +104,7 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=8000, help="student updates; noise samples seen = steps * batch-size")
     # Ours: small batches, 256k samples. The student is short of updates, not of samples: at the same 128k samples,
     # batches of 32 beat 256 on two seeds (README, "What limits learning from noise"); from 128k to 256k samples the
-    # student still gains (README, first table). A GPU runs larger batches faster per sample.
+    # student still gains (README, "Earlier defaults"). A GPU runs larger batches faster per sample.
     p.add_argument("--batch-size", type=int, default=32, help="noise samples per student update (the paper: 256)")
     p.add_argument("--optimizer", default="adam", choices=["adam", "sgd"], help="student optimizer")
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")

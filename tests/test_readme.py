@@ -416,15 +416,39 @@ def test_what_the_readme_says_about_the_teachers_on_noise_holds():
     assert [round(x["fitted_cs_last2"]["label_entropy"], 2) for x in well] == [0.94, 0.83, 0.84]
 
 
-def test_each_headline_row_shows_the_calibration_of_its_own_student():
+def test_each_history_row_shows_the_calibration_of_its_own_student():
     study = {r["run"]: r.get("study", "noise_fit")
              for r in json.loads((REPO / "results" / "calibrate_bn.json").read_text())["rows"]}
-    for name, _, cal, *_ in report.HEADLINE:
+    for name, _, cal, *_ in report.HISTORY:
         if cal is not None and cal in study:
             row = json.loads((REPO / "results" / name).read_text())
             folder = REPO / "results" / ("" if study[cal] == "default_run" else study[cal])  # default runs: results/
             calibrated = json.loads((folder / f"{cal}.json").read_text())
             assert row["curve"] == calibrated["curve"] and row["args"]["seed"] == calibrated["args"]["seed"], name
+
+
+def test_the_headline_shows_the_recipe_of_today_and_the_prior_recipe_with_the_commands_it_names():
+    """A change of cs_rejection_bn.py's defaults must rerun the headline rows (older runs go to report.HISTORY)."""
+    import cs_rejection_bn as kd
+    own = {"seed", "out_dir", "data_dir", "teacher_ckpt", "device", "bf16"}  # where and how a run ran, not its recipe
+    # the defaults that main() resolves: the stage outputs at weight 10 where their shapes agree, calibration of a BN
+    # student
+    resolved = {"feature_weight": 10.0, "calibrate_bn": True}
+    prior = ["--no-fit-noise", "--feature-weight", "0", "--no-calibrate-bn", "--balance", "none", "--lr", "1e-3",
+             "--schedule", "constant", "--batch-size", "256", "--steps", "1000", "--eval-every", "125"]
+    assert "prior" in report.HEADLINE[-2][1] and "seed 1" in report.HEADLINE[-1][1]
+    shown = 0
+    for name, label in report.HEADLINE:
+        if not (REPO / "results" / name).exists():
+            continue
+        a = json.loads((REPO / "results" / name).read_text())["args"]
+        flags = ["--teacher", a["teacher"]] + (prior if name.startswith("prior") else [])
+        expected = {**vars(kd.parse_args(flags)), **({} if name.startswith("prior") else resolved)}
+        differs = {k: (a[k], expected[k]) for k in expected if k not in own and a.get(k) != expected[k]}
+        assert not differs, f"{name}: not the recipe its row names: {differs}"
+        assert ("seed 1" in label) == (a["seed"] == 1), name
+        shown += 1
+    assert shown >= 6
 
 
 def test_what_the_readme_says_about_mse_in_our_recipe_holds():
