@@ -34,6 +34,20 @@ def test_train_teacher_writes_a_loadable_checkpoint_with_its_recorded_accuracy(t
     assert "train_teacher.py" in blob["command"] and not out.with_suffix(".partial").exists()
 
 
+def test_train_teacher_half_stores_float16_weights_and_the_accuracy_they_give(tiny_data, tmp_path):
+    out = tmp_path / "h.pt"
+    res = train_teacher.main(["--data-dir", str(tiny_data), "--epochs", "1", "--batch-size", "16", "--half",
+                              "--no-bf16", "--out", str(out)])
+    blob = common.load_checkpoint(out)
+    floats = [v for v in blob["model"].values() if v.is_floating_point()]
+    assert floats and all(v.dtype == torch.float16 for v in floats)
+    assert blob["model"]["bn1.num_batches_tracked"].dtype == torch.long and "test_acc_fp32_weights" in blob
+    model, info = common.load_teacher("resnet20", out)
+    assert next(model.parameters()).dtype == torch.float32  # loaded teachers compute in float32
+    x, y = common.load_split("cifar10", "test", tiny_data)
+    assert info["test_acc"] == res["test_acc"] == common.evaluate(model, x, y, info["mean"], info["std"], 500)
+
+
 def test_train_teacher_resume_continues_where_it_stopped(tiny_data, tmp_path, monkeypatch):
     args = ["--data-dir", str(tiny_data), "--epochs", "2", "--batch-size", "16", "--no-bf16"]
     whole = train_teacher.main(args + ["--out", str(tmp_path / "whole.pt")])
