@@ -57,6 +57,11 @@ ARMS = {  # name: flags on top of cs_rejection_bn.py's defaults
     "default_feat3": ["--feature-weight", "3"],
     "default_feat10": ["--feature-weight", "10"],
     "default_feat30": ["--feature-weight", "30"],
+    # The paper's question asked again of a student that learns: today's default (weight 10) without the rejection
+    # sampler, with loss reweighting instead, and with the teacher in eval mode (running statistics, not CS)
+    "default_feat10_none": ["--feature-weight", "10", "--balance", "none"],
+    "default_feat10_reweight": ["--feature-weight", "10", "--balance", "reweight"],
+    "default_feat10_running": ["--feature-weight", "10", "--teacher-bn", "running", "--balance", "none"],
 }
 
 

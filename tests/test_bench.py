@@ -270,3 +270,20 @@ def test_attach_loss_curve_adds_the_logit_term_where_the_run_logged_it(tmp_path)
         result = json.loads(target.read_text())
         assert result["train_loss_curve"] == [[4, 2.0]]
         assert result.get("train_logit_loss_curve") == ([[4, 0.5]] if extra else None)
+
+
+def test_every_noise_fit_arm_parses_and_has_its_row_in_the_readme_table():
+    import noise_fit
+    import report
+    from _runs import LOGITS_ONLY
+    rows = {(teacher, arm) for teacher, arm, *_ in report.NOISE_FIT_ROWS}
+    parse = lambda arm: vars(cs_rejection_bn.parse_args([*LOGITS_ONLY, *noise_fit.ARMS[arm]]))
+    for arm in noise_fit.ARMS:
+        parse(arm)  # a typo in an arm's flags fails here, not hours into a queue
+        assert any(a == arm for _, a in rows), f"arm {arm} has no row in report.NOISE_FIT_ROWS"
+    # the balance arms change today's default (weight 10) in the balancing and the teacher's BN mode alone
+    base = parse("default_feat10")
+    for arm, changed in [("default_feat10_none", {"balance": "none"}),
+                         ("default_feat10_reweight", {"balance": "reweight"}),
+                         ("default_feat10_running", {"balance": "none", "teacher_bn": "running"})]:
+        assert {k: v for k, v in parse(arm).items() if base[k] != v} == changed, arm
