@@ -30,6 +30,7 @@ import argparse
 import contextlib
 import math
 import random
+import re
 import sys
 import time
 from pathlib import Path
@@ -82,6 +83,11 @@ def parse_args(argv=None):
     p.add_argument("--noise-alpha", type=float, default=0.0,
                    help="noise power spectrum ~ 1/f^alpha per channel, unit variance per pixel; 0 = white (the paper)")
     p.add_argument("--tau", type=float, default=1.0, help="distillation temperature")
+    p.add_argument("--feature-weight", type=float, default=0.0,
+                   help="ours, a study arm here: add this weight x the squared error between the (aligned) teacher's "
+                        "and the student's stage outputs, relative to the teacher's; needs stages of the same shapes "
+                        "(resnet20/56 -> resnet20, resnet34 -> resnet18). 0 = the logits alone, the paper's (the "
+                        "default of cs_rejection_bn.py is 10, where it won on two seeds; here it is not measured yet)")
     p.add_argument("--probe-samples", type=int, default=4096,
                    help="noise samples for the teacher's label histogram with and without alignment, before training")
     # --- optimization
@@ -106,7 +112,8 @@ def parse_args(argv=None):
     p.add_argument("--device", default=common.default_device(), help="cpu or cuda")
     args = p.parse_args(argv)
     if args.resume:  # the run's own settings; other flags beside --resume are refused, not silently ignored
-        return common.resume_args(p, args, Path(__file__).stem)
+        # a run started before --feature-weight existed matched the logits alone
+        return common.resume_args(p, args, Path(__file__).stem, before={"feature_weight": 0.0})
     common.check_device(p, args.device)
     args.student = args.student or ("resnet18" if args.teacher == "resnet34" else "resnet20")
     if args.bf16 is None:
@@ -120,6 +127,8 @@ def parse_args(argv=None):
         p.error("need --lr >= 0, --weight-decay >= 0, --eval-subset >= 0 and 0 <= --marginal-momentum < 1")
     if not 0 <= args.noise_alpha <= 8:
         p.error(f"--noise-alpha must be in [0, 8] (0 = white, natural images near 2), got {args.noise_alpha}")
+    if args.feature_weight < 0:
+        p.error(f"--feature-weight must be >= 0, got {args.feature_weight}")
     if not 0 <= args.align_strength <= 1 or args.align_layers < 0 or args.probe_samples < 2:
         p.error("need 0 <= --align-strength <= 1, --align-layers >= 0 and --probe-samples >= 2")
     return args
@@ -193,6 +202,14 @@ def teacher_forward(teacher, z, args):
            else contextlib.nullcontext())
     with ctx:
         return teacher(z).float()
+
+
+@torch.no_grad()
+def teacher_features(teacher, z, args):
+    """The teacher's stage outputs on a noise batch, aligned as in teacher_forward."""
+    with stage_outputs(teacher) as outs:
+        teacher_forward(teacher, z, args)
+    return list(outs)
 
 
 @torch.no_grad()
@@ -345,6 +362,35 @@ def kd_loss(student_logits, teacher_logits, tau, weights=None):
     return (kl * weights).mean() if weights is not None else kl.mean()
 
 
+def stages(model):
+    """The residual stages of our CNNs (layer1, layer2, ...: CIFAR and torchvision ResNets), in forward order."""
+    return [m for name, m in model.named_children() if re.fullmatch(r"layer\d+", name)]
+
+
+@contextlib.contextmanager
+def stage_outputs(model):
+    """Yields a list that each forward of `model` fills with its stages' outputs (clear it between forwards); the
+    hooks are removed after."""
+    outs = []
+    hooks = [m.register_forward_hook(lambda m, inputs, out: outs.append(out)) for m in stages(model)]
+    try:
+        yield outs
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def feature_loss(student_feats, teacher_feats, weights=None):
+    """Per stage, the squared error between the student's and the teacher's outputs, averaged over the sample's
+    elements and divided by the teacher's mean square on the (global) batch, so that every stage counts alike,
+    whatever its scale; averaged over stages, then over samples (optionally weighted)."""
+    world = common.dist_info()[1]  # one all-reduce for every stage's sum of squares under torchrun
+    square_sums = common.all_reduce_sum(torch.stack([t.float().pow(2).sum() for t in teacher_feats]))
+    per_sample = sum((s.float() - t.float()).pow(2).flatten(1).mean(1) / (ss / (t.numel() * world)).clamp_min(1e-12)
+                     for s, t, ss in zip(student_feats, teacher_feats, square_sums, strict=True)) / len(teacher_feats)
+    return (per_sample * weights).mean() if weights is not None else per_sample.mean()
+
+
 def noise_summary(stats):
     """The teacher's labels on raw noise and on the batches the student trained on (README: How it works)."""
     raw, acc = common.label_stats(stats["raw_counts"]), common.label_stats(stats["acc_counts"])
@@ -403,6 +449,14 @@ def main(argv=None):
     teacher, student = teacher.to(args.device), student.to(args.device)
     t_fmt, s_fmt = common.memory_format(teacher, args.bf16), common.memory_format(student, args.bf16)
     teacher, student = teacher.to(memory_format=t_fmt), student.to(memory_format=s_fmt)
+    if args.feature_weight:  # the stage outputs must have the same shapes to be compared
+        with torch.no_grad(), stage_outputs(teacher) as t_out, stage_outputs(student) as s_out:
+            probe_x = torch.zeros(2, 3, *x_test.shape[1:3], device=args.device)
+            teacher(probe_x), student.eval()(probe_x), student.train()
+        t_shapes, s_shapes = [tuple(o.shape[1:]) for o in t_out], [tuple(o.shape[1:]) for o in s_out]
+        if not t_shapes or t_shapes != s_shapes:
+            sys.exit(f"--feature-weight needs stages of the same shapes: teacher {args.teacher} has {t_shapes}, "
+                     f"student {args.student} {s_shapes}")
     # DDP averages the gradients of the ranks' equal shares: the gradient of the global batch's mean loss.
     net = torch.nn.parallel.DistributedDataParallel(student) if world > 1 else student
     teacher_fn = lambda z: teacher_forward(teacher, z.contiguous(memory_format=t_fmt), args)
@@ -503,9 +557,16 @@ def main(argv=None):
             with torch.autocast(torch.device(args.device).type, dtype=torch.bfloat16, enabled=args.bf16):
                 # ALGO LOGIC: noise -> teacher (aligned) -> accept / reject: a batch of noise and the teacher's logits on it
                 z, t_logits, weights = draw_batch(args, teacher_fn, sampler, noise_gen, shape, stats)
-                with common.synced_batch_norm(student):  # BN student: statistics of the global batch, as in 1 process
-                    s_logits = net(z.contiguous(memory_format=s_fmt))
-            loss = kd_loss(s_logits, t_logits, args.tau, weights)  # ALGO LOGIC: KL(teacher || student) * tau^2
+                student_stages = stage_outputs(student) if args.feature_weight else contextlib.nullcontext()
+                with common.synced_batch_norm(student), student_stages as s_feats:
+                    s_logits = net(z.contiguous(memory_format=s_fmt))  # BN student: global-batch statistics
+                t_feats = (teacher_features(teacher, z.contiguous(memory_format=t_fmt), args) if args.feature_weight
+                           else None)
+            logit_loss = kd_loss(s_logits, t_logits, args.tau, weights)  # ALGO LOGIC: KL(teacher || student) * tau^2
+            loss, feat_loss = logit_loss, None
+            if args.feature_weight:  # ALGO LOGIC (ours): match the aligned teacher's stage outputs, on the same batch
+                feat_loss = feature_loss(s_feats, t_feats, weights)
+                loss = logit_loss + args.feature_weight * feat_loss
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -516,7 +577,7 @@ def main(argv=None):
             stats["student_samples"] += len(z) * world
             stats["train_s"] += time.perf_counter() - t_step
             if step % 10 == 0 or step == args.steps or step % args.eval_every == 0 or step % args.ckpt_every == 0:
-                log_train(loss, t_logits)
+                log_train(loss, t_logits, logit_loss, feat_loss)
             bar.update(1)
             if rank == 0 and (step % args.eval_every == 0 or step == args.steps):
                 evaluation()

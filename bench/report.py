@@ -696,7 +696,8 @@ def bn_ablation_figures():
 
 BATCH_ALIGN_TEACHERS = [("gn", "ResNet-20, GroupNorm(8)"), ("ln", "ResNet-20, LayerNorm over (C, H, W)"),
                         ("vit", "ViT-tiny, LayerNorm"), ("bn", "control: ResNet-20, BatchNorm")]  # (file prefix, label)
-BATCH_ALIGN_ARMS = {"plain": "tab:gray", "align": "tab:blue", "align_reject": "tab:orange"}  # arm: colour
+BATCH_ALIGN_ARMS = {"plain": "tab:gray", "align": "tab:blue", "align_reject": "tab:orange",  # arm: colour
+                    "align_feat10": "tab:red"}
 
 
 def batch_align_block():
@@ -721,10 +722,12 @@ def batch_align_block():
         f"of {r0['eval/batch_size']}. Noise-label entropy: the teacher's argmax histogram on the noise it saw in "
         "that arm, H / log K (largest class share in brackets). Student accuracy: running statistics / test-batch "
         f"statistics (batch {r0['eval/batch_size']}). For the BatchNorm control the arms are eval mode, CS and "
-        "CS + rejection (cs_rejection_bn.py): CS is BatchNorm's own batch coupling. Measured on "
-        + r0["provenance"]["device"] + ".",
-        table("lrrrrr", ["teacher", "teacher acc (plain / aligned)", "noise-label entropy: plain, aligned",
-                         "student: no alignment", "alignment", "alignment + rejection"], rows),
+        "CS + rejection (cs_rejection_bn.py): CS is BatchNorm's own batch coupling. Stage outputs (ours): "
+        "alignment (CS) without rejection, the teacher's stage outputs matched too at weight 10 "
+        "(`--feature-weight 10`). Measured on " + r0["provenance"]["device"] + ".",
+        table("lrrrrrr", ["teacher", "teacher acc (plain / aligned)", "noise-label entropy: plain, aligned",
+                          "student: no alignment", "alignment", "alignment + rejection",
+                          "alignment + stage outputs"], rows),
         "![batch alignment](results/batch_align.png)")
 
 

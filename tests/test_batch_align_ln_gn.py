@@ -147,6 +147,33 @@ def test_no_alignment_arm_runs_the_plain_teacher(tiny_data, gn_teacher, tmp_path
     assert probe_and_eval_calls == 19 * (2 + 2)  # probe: 32 samples = 2 batches; test split: 64 images = 2 batches
 
 
+def test_feature_weight_matches_the_aligned_teachers_stage_outputs_and_logs_both_terms(tiny_data, gn_teacher, tmp_path,
+                                                                                       monkeypatch):
+    features = []  # the batches the teacher's stage outputs were computed on
+    real = ba.teacher_features
+    monkeypatch.setattr(ba, "teacher_features", lambda t, z, args: features.append(len(z)) or real(t, z, args))
+    real_align = ba.align
+    calls = []
+    monkeypatch.setattr(ba, "align", lambda *a, **kw: calls.append(1) or real_align(*a, **kw))
+    res = ba.main(tiny_args(tiny_data, gn_teacher, tmp_path / "feat", "--feature-weight", "3", "--balance", "none"))
+    assert features == [16] * 6 and res["args"]["feature_weight"] == 3
+    rows = [r for r in common.MetricsLog.read(next((tmp_path / "feat").glob("*/metrics.jsonl"))) if "train/loss" in r]
+    assert rows and all(r["train/loss"] == pytest.approx(r["train/logit_loss"] + 3 * r["train/feature_loss"], rel=1e-5)
+                        and r["train/feature_loss"] > 0 for r in rows)
+    # the features come from an aligned forward: 19 aligned layers per training step on top of the logits' forward
+    plain = len(calls)
+    calls.clear()
+    ba.main(tiny_args(tiny_data, gn_teacher, tmp_path / "logits", "--balance", "none"))
+    assert plain - len(calls) == 6 * 19
+    rows = common.MetricsLog.read(next((tmp_path / "logits").glob("*/metrics.jsonl")))
+    assert not any("train/feature_loss" in r for r in rows)  # the paper's loss: logits alone, nothing else logged
+
+
+def test_feature_weight_needs_stages_of_the_same_shapes(tiny_data, gn_teacher, tmp_path):
+    with pytest.raises(SystemExit, match="--feature-weight needs stages of the same shapes"):
+        ba.main(tiny_args(tiny_data, gn_teacher, tmp_path, "--feature-weight", "1", "--student", "resnet18"))
+
+
 def test_resume_after_an_interruption_gives_the_same_final_metrics(tiny_data, gn_teacher, tmp_path, monkeypatch):
     whole = ba.main(tiny_args(tiny_data, gn_teacher, tmp_path / "whole"))
     real_save = common.save_checkpoint
@@ -186,7 +213,8 @@ def test_missing_default_teacher_says_which_command_makes_one(tiny_data, tmp_pat
 
 
 @pytest.mark.parametrize("flags", [["--align-strength", "1.5"], ["--align-strength", "-0.1"], ["--align-layers", "-1"],
-                                   ["--align-axes", "channels"], ["--batch-size", "1"], ["--probe-samples", "1"]])
+                                   ["--align-axes", "channels"], ["--batch-size", "1"], ["--probe-samples", "1"],
+                                   ["--feature-weight", "-1"]])
 def test_bad_flag_values_are_argument_errors(flags, capsys):
     with pytest.raises(SystemExit):
         ba.parse_args(flags)

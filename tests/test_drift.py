@@ -23,6 +23,7 @@ MEANT_TO_DIFFER = {
     "--probe-samples": "noise samples of a diagnostic, not of training: each study sets its own count",
     "--eval-every": "steps of different default batches (32 and 256): both evaluate every 32k samples",
     "--ckpt-every": "steps of different default batches (32 and 256): both save every 25.6k samples",
+    "--feature-weight": "our default where it won on two seeds (CS teachers); a study arm for aligned teachers",
 }
 
 
@@ -67,7 +68,8 @@ def test_no_file_refers_to_design_notes_outside_the_repository():
 # Method code two scripts need: each carries its own copy (so that it can be copied alone with common.py), and the
 # copies must stay identical to the original.
 COPIES = [("cs_rejection_bn", "batch_align_ln_gn",
-           ["RejectionSampler", "draw_batch", "new_stats", "_record_raw", "kd_loss", "noise_summary"]),
+           ["RejectionSampler", "draw_batch", "new_stats", "_record_raw", "kd_loss", "noise_summary", "stages",
+            "stage_outputs", "feature_loss"]),
           ("cs_rejection_bn", "vit_failure_analysis", ["current_statistics", "global_batch_norm"]),
           ("batch_align_ln_gn", "vit_failure_analysis", ["per_sample_norms", "align", "batch_aligned",
                                                          "PER_SAMPLE_NORMS", "ALIGN_EPS"])]
