@@ -722,6 +722,11 @@ def test_what_the_readme_says_about_the_weight_of_the_stage_outputs_holds():
     gap = lambda arm: round(final(load("aka20", arm, 0))[1] - final(load("aka20", arm, 0))[0], 1)
     assert [gap(a) for a in ("default_feat10", "default_feat30", "default")] == [30.5, 27.5, 1.5]
     assert final(load("aka20", "default_feat3", 1)) == [44.2, 44.3]
+    assert [final(load("aka20", a, 1)) for a in ("default_feat10", "default_feat30")] == [[31.6, 60.6], [27.6, 63.2]]
+    kl = lambda r, lo, hi: round(sum(v for n, v in r["train_logit_loss_curve"] if lo < n / 32 <= hi) / ((hi - lo) / 10),
+                                 2)
+    assert [(kl(load("aka20", a, 1), 500, 1000), kl(load("aka20", a, 1), 3000, 4000))
+            for a in ("default_feat10", "default_feat30")] == [(1.51, 1.25), (1.51, 1.19)]
     assert final(load("aka20", "default_fit_b32_feat", 1)) == [32.8, 32.2]  # weight 1, fp32
     ours = load("ours20", "default_feat10", 0)
     assert final(ours) == [47.1, 75.0] and ours["args"]["feature_weight"] == 10
