@@ -95,6 +95,27 @@ def test_the_second_seed_agrees_with_what_the_readme_says():
     assert all(x["args"]["seed"] == 1 for x in r.values())
 
 
+def test_what_the_readme_says_about_the_aligned_teachers_stage_outputs_holds():
+    folder = REPO / "results" / "batch_align"
+    load = lambda arm: json.loads((folder / f"gn__{arm}.json").read_text())
+    align, feat, reject = load("align"), load("align_feat10"), load("align_reject")
+    flags = lambda r: {k: v for k, v in r["args"].items() if k not in ("out_dir", "feature_weight")}
+    assert feat["args"]["feature_weight"] == 10 and align["args"].get("feature_weight", 0) == 0
+    # alignment alone otherwise; --align-axes had another default then, which a conv teacher does not use (its
+    # features are always standardized over (N, H, W)), and --teacher-mean/--teacher-std did not exist
+    differ = {k for k in flags(feat) if flags(align).get(k, "missing") != flags(feat)[k]}
+    assert differ == {"align_axes", "teacher_mean", "teacher_std"} and feat["args"]["teacher_mean"] is None
+    pct = lambda r, k: round(100 * r[k], 1)
+    keys = ("eval/acc_running", "eval/acc_batchstats")
+    assert [pct(feat, k) for k in keys] == [21.5, 32.4] and [pct(align, k) for k in keys] == [15.1, 13.0]
+    assert all(pct(feat, k) > max(pct(align, k), pct(reject, k)) for k in keys)  # more than anything else here
+    ahead = [[round(pct(f, k) - pct(a, k), 1) for k in keys] for a, f in zip(align["curve"], feat["curve"])]
+    assert all(min(d) > 0 for d in ahead[1:]) and min(ahead[0]) <= 0  # from 64k samples on, not at 32k
+    assert ahead[1] == [3.1, 6.1] and ahead[-1] == [6.4, 19.4]
+    assert [round(r["samples_per_s"]) for r in (feat, align)] == [179, 386]
+    assert [round(r["provenance"]["wall_time_s"] / 60) for r in (feat, align)] == [25, 12]
+
+
 def test_what_the_readme_says_about_batch_alignment_holds():
     folder = REPO / "results" / "batch_align"
     if not (folder / "gn__align.json").exists():
@@ -320,6 +341,9 @@ def test_the_numbers_in_the_method_scripts_headers_are_the_committed_results():
             f"{round(align['provenance']['wall_time_s'] / 60)} minutes on 2 cores of an Intel Xeon with bf16" in doc)
     assert f"stayed at chance, {100 * plain['eval/acc_running']:.1f}% / {100 * plain['eval/acc_batchstats']:.1f}%" in doc
     assert align["args"]["balance"] == "none" and plain["args"]["align_strength"] == 0
+    feat = json.loads((REPO / "results" / "batch_align" / "gn__align_feat10.json").read_text())
+    assert (f"(--feature-weight {feat['args']['feature_weight']:g}, ours) it reached "
+            f"{100 * feat['eval/acc_running']:.1f}% / {100 * feat['eval/acc_batchstats']:.1f}%" in doc)
 
 
 def test_what_the_readme_says_about_the_factor_study_holds():
