@@ -228,7 +228,8 @@ def test_the_report_renders_the_arms_it_has(tiny_data, gn_teacher, tmp_path, tmp
         (tmp_results / "batch_align" / f"gn__{arm}.json").write_text(json.dumps(res))
     block = report.batch_align_block()
     gn_row = next(line for line in block.splitlines() if line.startswith("| ResNet-20, GroupNorm(8)"))
-    assert gn_row.count("not run yet") == 1 and "%), - |" in gn_row  # the align arm is missing: "-", "not run yet"
+    # the align and align_feat10 arms are missing: "-" for the aligned entropy, "not run yet" for the students
+    assert gn_row.count("not run yet") == 2 and "%), - |" in gn_row
     assert "| ViT-tiny, LayerNorm | not run yet |" in block
     report.batch_align_figure(tmp_path / "fig.png")
     assert (tmp_path / "fig.png").stat().st_size > 10_000
