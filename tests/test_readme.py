@@ -475,6 +475,33 @@ def test_the_headline_shows_the_recipe_of_today_and_the_prior_recipe_with_the_co
     assert shown >= 6
 
 
+def test_what_the_readme_says_about_balancing_and_cs_under_todays_default_holds():
+    folder = REPO / "results" / "noise_fit"
+    load = lambda arm, seed: json.loads((folder / f"aka20__{arm}__s{seed}.json").read_text())
+    pct = lambda r, k: round(100 * r[k], 1)
+    final = lambda r: [pct(r, "eval/acc_running"), pct(r, "eval/acc_batchstats")]
+    arms = ("default_feat10", "default_feat10_none", "default_feat10_reweight", "default_feat10_running")
+    got = {arm: [final(load(arm, seed)) for seed in (0, 1)] for arm in arms}
+    assert got == {"default_feat10": [[28.5, 59.0], [31.6, 60.6]], "default_feat10_none": [[30.5, 58.8], [28.8, 60.0]],
+                   "default_feat10_reweight": [[27.7, 57.7], [33.6, 58.5]],
+                   "default_feat10_running": [[23.2, 20.2], [24.4, 19.8]]}
+    cs = [b for arm in arms[:3] for _, b in got[arm]]
+    assert round(max(cs) - min(cs), 1) == 2.9 and min(cs) - max(b for _, b in got["default_feat10_running"]) > 37
+    lead = [round(got["default_feat10"][seed][1] - max(got[arm][seed][1] for arm in arms[1:3]), 1) for seed in (0, 1)]
+    assert lead == [0.2, 0.6]  # rejection first with test-batch statistics on both seeds, barely
+    order = lambda seed: sorted(arms[:3], key=lambda arm: -got[arm][seed][0])
+    assert order(0) != order(1)  # eval mode as trained: the order changes with the seed
+    for seed in (0, 1):
+        base = load("default_feat10", seed)
+        assert base["args"]["balance"] == "reject" and base["args"]["feature_weight"] == 10 and base["args"]["bf16"]
+        assert round(base["noise/acceptance_rate"], 2) == 0.57 and abs(1 / base["noise/acceptance_rate"] - 1.75) < 0.02
+        running = load("default_feat10_running", seed)
+        assert running["args"]["teacher_bn"] == "running"
+        assert round(running["noise/label_entropy"], 2) == 0.51 and round(running["noise/label_max_share"], 1) == 0.6
+        none = load("default_feat10_none", seed)
+        assert round(none["noise/label_entropy"], 2) == 0.98 and round(none["noise/label_max_share"], 2) == 0.18
+
+
 def test_what_the_readme_says_about_mse_in_our_recipe_holds():
     folder = REPO / "results" / "noise_fit"
     load = lambda arm, seed: json.loads((folder / f"ours20__{arm}__s{seed}.json").read_text())
