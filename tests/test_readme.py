@@ -781,6 +781,8 @@ def test_what_the_readme_says_about_the_weight_of_the_stage_outputs_holds():
     assert final(load("aka20", "default_fit_b32_feat", 1)) == [32.8, 32.2]  # weight 1, fp32
     ours = load("ours20", "default_feat10", 0)
     assert final(ours) == [47.1, 75.0] and ours["args"]["feature_weight"] == 10
+    ours30 = load("ours20", "default_feat30", 0)
+    assert final(ours30) == [51.8, 76.5] and ours30["args"]["feature_weight"] == 30
     before = json.loads((REPO / "results" / "default_run_128k.json").read_text())
     assert final(before) == [48.1, 53.2] and before["args"]["feature_weight"] == 1
     assert {k: v for k, v in before["args"].items() if k not in ("out_dir", "feature_weight", "calibrate_bn",
