@@ -113,6 +113,13 @@ def test_what_the_readme_says_about_the_aligned_teachers_stage_outputs_holds():
     assert all(min(d) > 0 for d in ahead[1:]) and min(ahead[0]) <= 0  # from 64k samples on, not at 32k
     assert ahead[1] == [3.1, 6.1] and ahead[-1] == [6.4, 19.4]
     assert [round(r["samples_per_s"]) for r in (feat, align)] == [179, 386]
+    s1 = {arm: json.loads((REPO / "results" / "batch_align_seed1" / f"gn__{arm}.json").read_text())
+          for arm in ("align", "align_feat10")}  # seed 1
+    assert [[pct(s1[arm], k) for k in keys] for arm in ("align_feat10", "align")] == [[18.8, 22.0], [13.1, 16.5]]
+    ahead1 = [[round(pct(f, k) - pct(a, k), 1) for k in keys] for a, f in zip(s1["align"]["curve"],
+                                                                             s1["align_feat10"]["curve"])]
+    assert all(min(d) > 0 for d in ahead1[2:]) and min(ahead1[1]) <= 0  # from 96k samples on
+    assert s1["align_feat10"]["args"]["seed"] == 1 and s1["align_feat10"]["args"]["feature_weight"] == 10
     assert [round(r["provenance"]["wall_time_s"] / 60) for r in (feat, align)] == [25, 12]
 
 
