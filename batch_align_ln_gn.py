@@ -22,7 +22,7 @@ With the shipped GroupNorm teacher (86.7%) and --balance none, the student reach
 13.0% (test-batch statistics) after 256k noise samples, in 12 minutes on 2 cores of an Intel Xeon with bf16
 (results/batch_align/gn__align.json); with --align-strength 0 it stayed at chance, 10.3% / 10.0% (gn__plain.json);
 with the aligned teacher's stage outputs matched too (--feature-weight 10, ours) it reached 21.5% / 32.4%
-(gn__align_feat10.json; one seed so far).
+(gn__align_feat10.json; seed 1 in results/batch_align_seed1/).
 Every shipped teacher, with and without alignment: README section "Batch alignment", generated from
 results/batch_align/ (bench/batch_align.py). A BatchNorm teacher is accepted too; the wrapper then finds nothing to
 wrap, says so, and the teacher runs in eval mode (for CS, use cs_rejection_bn.py). Independent implementation built
