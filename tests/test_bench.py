@@ -2,6 +2,7 @@
 import argparse
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -10,6 +11,7 @@ import calibrate_bn
 import common
 import cs_rejection_bn
 import factors
+import gpu_pair
 import gpu_speed
 import long_run
 import student_study
@@ -287,3 +289,39 @@ def test_every_noise_fit_arm_parses_and_has_its_row_in_the_readme_table():
                          ("default_feat10_reweight", {"balance": "reweight"}),
                          ("default_feat10_running", {"balance": "none", "teacher_bn": "running"})]:
         assert {k: v for k, v in parse(arm).items() if base[k] != v} == changed, arm
+
+
+def test_gpu_pair_trains_the_missing_teacher_runs_both_arms_once_and_times_the_pair(tmp_path, capsys):
+    data = tmp_path / "data"  # 16 training images: the teacher's recipe, at a batch of 16, trains one step an epoch
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        np.savez(data / f"cifar10_{split}.npz", x=rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8),
+                 y=np.arange(16) % 10)
+    teacher, out = tmp_path / "r34.pt", tmp_path / "results"
+    argv = ["--data-dir", str(data), "--device", "cpu", "--samples", "16", "--evals", "1", "--teacher-ckpt",
+            str(teacher), "--teacher-args", "--epochs 1 --batch-size 16", "--speed-steps", "1",
+            "--speed-batch-size", "2", "--runs-dir", str(tmp_path / "runs"), "--out", str(out),
+            "--batch-size", "8", "--eval-batch-size", "16", "--fit-noise-steps", "1", "--calibrate-samples", "8",
+            "--calibrate-steps", "1"]  # the last line: flags for cs_rejection_bn.py
+    gpu_pair.main(argv)
+    blob = common.load_checkpoint(teacher)
+    assert blob["arch"] == "resnet34" and blob["args"]["crop"] == "image" and blob["args"]["epochs"] == 1
+    assert blob["model"]["fc.weight"].dtype == torch.float16  # --half: the file to commit
+    prior, ours = (json.loads((out / f"{arm}.json").read_text()) for arm in ("prior", "ours"))
+    for r in (prior, ours):
+        assert (r["args"]["teacher"], r["args"]["student"], r["args"]["steps"]) == ("resnet34", "resnet18", 2)
+        assert r["teacher/sha256"] == common.sha256_of(teacher) and r["train_loss_curve"]
+    assert (prior["args"]["fit_noise"], prior["args"]["balance"], prior["args"]["lr"]) == (False, "none", 1e-3)
+    assert (prior["args"]["feature_weight"], prior["args"]["calibrate_bn"]) == (0, False)
+    defaults = vars(cs_rejection_bn.parse_args([]))
+    assert all(ours["args"][k] == defaults[k] for k in ("fit_noise", "balance", "lr", "schedule", "tau"))
+    assert ours["args"]["feature_weight"] == 10  # the default where the stage outputs' shapes match, as here
+    assert "eval/acc_calibrated" in ours and "eval/acc_calibrated" not in prior
+    assert json.loads((out / "gpu_speed.json").read_text())["teacher"] == "resnet34"
+    # A second call: the teacher exists and both arms are done, so nothing is trained again.
+    mtimes = {p: p.stat().st_mtime_ns for p in (teacher, out / "prior.json", out / "ours.json")}
+    capsys.readouterr()
+    gpu_pair.main(argv)
+    assert "prior.json: done already" in capsys.readouterr().out
+    assert all(p.stat().st_mtime_ns == t for p, t in mtimes.items())

@@ -4,6 +4,7 @@ import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import common
 import train_teacher
@@ -46,6 +47,30 @@ def test_train_teacher_half_stores_float16_weights_and_the_accuracy_they_give(ti
     assert next(model.parameters()).dtype == torch.float32  # loaded teachers compute in float32
     x, y = common.load_split("cifar10", "test", tiny_data)
     assert info["test_acc"] == res["test_acc"] == common.evaluate(model, x, y, info["mean"], info["std"], 500)
+
+
+def test_train_teacher_crops_once_per_batch_or_once_per_image():
+    # Each pixel holds its own coordinates, so an output image matches exactly one window of the padded image
+    # (flipped or not): the window's corner is the crop offset drawn for it.
+    h = w = 32
+    coords = torch.stack(torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")).float()  # 2, h, w
+    x = torch.cat([coords, coords[:1]]).expand(64, 3, h, w).clone()  # 64 copies of one image
+    padded = F.pad(x[:1], (4, 4, 4, 4), mode="reflect")[0]
+
+    def offsets(out):
+        found = []
+        for img in out:
+            for dy in range(9):
+                for dx in range(9):
+                    window = padded[:, dy:dy + h, dx:dx + w]
+                    if torch.equal(img, window) or torch.equal(img, window.flip(2)):
+                        found.append((dy, dx))
+        assert len(found) == len(out)  # every output image is a crop of the padded image, flipped or not
+        return set(found)
+
+    per_batch = offsets(train_teacher.augment(x, torch.Generator().manual_seed(0)))
+    per_image = offsets(train_teacher.augment(x, torch.Generator().manual_seed(0), per_image=True))
+    assert len(per_batch) == 1 and len(per_image) > 20
 
 
 def test_train_teacher_resume_continues_where_it_stopped(tiny_data, tmp_path, monkeypatch):
