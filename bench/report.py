@@ -921,12 +921,34 @@ def teachers_block():
         *(f"`{name}`: `{t['command']}`" + (f" ({t['note']})" if t.get("note") else "") for name, t in manifest))
 
 
+SIZES = [  # (file, what it holds): the table of the project's files and their sizes, counted when it is generated
+    ("cs_rejection_bn.py", "the paper's method (the CS forward, the rejection sampler, the KD loss), our three "
+     "additions (fitted noise, stage outputs, BN calibration), the switches the studies turn, exact resume, torchrun"),
+    ("batch_align_ln_gn.py", "batch alignment for LayerNorm / GroupNorm teachers, its copies of the rejection "
+     "sampler and the losses, stage outputs, resume, torchrun"),
+    ("bn_ablation.py", "which BatchNorm layers of a teacher need current statistics, and which part of them: the "
+     "sweeps, their short distillations, the retrained GroupNorm-first teachers"),
+    ("vit_failure_analysis.py", "why ViTs fail on noise: the account's predictions, each measured on noise and on "
+     "real images"),
+    ("train_teacher.py", "supervised training of a teacher, the one place real training images are read"),
+    ("common.py", "no method: models (CIFAR ResNets in akamaster's parameter names, ResNet-18/34 with the CIFAR stem, "
+     "a ViT written out so its attention can be hooked, torchvision's ImageNet models), checkpoints with the checks "
+     "a user's own file needs, the data cache with its checks, noise, the two evaluation protocols, run folders and "
+     "resume, torchrun helpers, provenance"),
+]
+
+
+def sizes_block():
+    lines = lambda name: len((REPO / name).read_text().splitlines())
+    return block(table("lrl", ["file", "lines", "what it holds"], [[f"`{f}`", lines(f), what] for f, what in SIZES]))
+
+
 BLOCKS = {"bn_variants": bn_variants_block, "throughput": throughput_block, "teachers": teachers_block,
           "bn_ablation": bn_ablation_block, "default_run": default_run_block, "seeds": seeds_block,
           "batch_align": batch_align_block, "student_study": student_study_block, "vit_account": vit_account_block,
           "vit_failure": vit_failure_block, "noise_fit": noise_fit_block, "calibrate_bn": calibrate_bn_block,
           "headline": headline_block, "history": history_block, "factors": factors_block,
-          "teacher_on_noise": teacher_on_noise_block, "long_run": long_run_block}
+          "teacher_on_noise": teacher_on_noise_block, "long_run": long_run_block, "sizes": sizes_block}
 FIGURES = {"bn_variants.png": bn_variants_figure, "bn_ablation_*.png": lambda path: bn_ablation_figures(),
            "batch_align.png": batch_align_figure, "vit_failure.png": vit_failure_figure,
            "noise_fit.png": noise_fit_figure, "factors.png": factors_figure, "long_run.png": long_run_figure}
