@@ -382,6 +382,16 @@ def stage_outputs(model):
             h.remove()
 
 
+@torch.no_grad()
+def stage_shapes(teacher, student, image_shape, device):
+    """The shapes (batch left out) of the teacher's and the student's stage outputs, from one forward of a zero batch
+    each; the student runs it in eval mode, so that its BatchNorm statistics stay as they are."""
+    with stage_outputs(teacher) as t_out, stage_outputs(student) as s_out:
+        probe = torch.zeros(2, 3, *image_shape, device=device)
+        teacher(probe), student.eval()(probe), student.train()
+    return [tuple(o.shape[1:]) for o in t_out], [tuple(o.shape[1:]) for o in s_out]
+
+
 def feature_loss(student_feats, teacher_feats, weights=None):
     """Per stage, the squared error between the student's and the teacher's outputs, averaged over the sample's
     elements and divided by the teacher's mean square on the (global) batch, so that every stage counts alike,
@@ -452,10 +462,7 @@ def main(argv=None):
     t_fmt, s_fmt = common.memory_format(teacher, args.bf16), common.memory_format(student, args.bf16)
     teacher, student = teacher.to(memory_format=t_fmt), student.to(memory_format=s_fmt)
     if args.feature_weight:  # the stage outputs must have the same shapes to be compared
-        with torch.no_grad(), stage_outputs(teacher) as t_out, stage_outputs(student) as s_out:
-            probe_x = torch.zeros(2, 3, *x_test.shape[1:3], device=args.device)
-            teacher(probe_x), student.eval()(probe_x), student.train()
-        t_shapes, s_shapes = [tuple(o.shape[1:]) for o in t_out], [tuple(o.shape[1:]) for o in s_out]
+        t_shapes, s_shapes = stage_shapes(teacher, student, x_test.shape[1:3], args.device)
         if not t_shapes or t_shapes != s_shapes:
             sys.exit(f"--feature-weight needs stages of the same shapes: teacher {args.teacher} has {t_shapes}, "
                      f"student {args.student} {s_shapes}")

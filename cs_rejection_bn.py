@@ -473,6 +473,16 @@ def stage_outputs(model):
 
 
 @torch.no_grad()
+def stage_shapes(teacher, student, image_shape, device):
+    """The shapes (batch left out) of the teacher's and the student's stage outputs, from one forward of a zero batch
+    each; the student runs it in eval mode, so that its BatchNorm statistics stay as they are."""
+    with stage_outputs(teacher) as t_out, stage_outputs(student) as s_out:
+        probe = torch.zeros(2, 3, *image_shape, device=device)
+        teacher(probe), student.eval()(probe), student.train()
+    return [tuple(o.shape[1:]) for o in t_out], [tuple(o.shape[1:]) for o in s_out]
+
+
+@torch.no_grad()
 def teacher_features(teacher, z, bn_mode, cs_last=0):
     """The teacher's stage outputs on a noise batch, its BatchNorm layers as in teacher_forward."""
     with stage_outputs(teacher) as outs:
@@ -556,10 +566,7 @@ def main(argv=None):
     teacher, student = teacher.to(args.device), student.to(args.device)
     t_fmt, s_fmt = common.memory_format(teacher, args.bf16), common.memory_format(student, args.bf16)
     teacher, student = teacher.to(memory_format=t_fmt), student.to(memory_format=s_fmt)
-    with torch.no_grad(), stage_outputs(teacher) as t_out, stage_outputs(student) as s_out:  # stage shapes
-        probe = torch.zeros(2, 3, *x_test.shape[1:3], device=args.device)
-        teacher(probe), student.eval()(probe), student.train()
-    t_shapes, s_shapes = [tuple(o.shape[1:]) for o in t_out], [tuple(o.shape[1:]) for o in s_out]
+    t_shapes, s_shapes = stage_shapes(teacher, student, x_test.shape[1:3], args.device)
     stages_match = bool(t_shapes) and t_shapes == s_shapes
     if args.feature_weight is None:  # our default: match the stage outputs wherever the shapes allow it
         args.feature_weight = 10.0 if stages_match else 0.0  # 10: won over 1 on both seeds (README)

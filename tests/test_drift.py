@@ -69,7 +69,7 @@ def test_no_file_refers_to_design_notes_outside_the_repository():
 # copies must stay identical to the original.
 COPIES = [("cs_rejection_bn", "batch_align_ln_gn",
            ["RejectionSampler", "draw_batch", "new_stats", "_record_raw", "kd_loss", "noise_summary", "stages",
-            "stage_outputs", "feature_loss"]),
+            "stage_outputs", "stage_shapes", "feature_loss"]),
           ("cs_rejection_bn", "vit_failure_analysis", ["current_statistics", "global_batch_norm"]),
           ("batch_align_ln_gn", "vit_failure_analysis", ["per_sample_norms", "align", "batch_aligned",
                                                          "PER_SAMPLE_NORMS", "ALIGN_EPS"])]
