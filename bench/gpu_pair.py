@@ -3,7 +3,8 @@ with the prior work's recipe and with ours, then bench/gpu_speed.py. Prepared fo
 CPU with tiny sizes (tests/test_bench.py).
 
     python bench/gpu_pair.py --data-dir data                    # teacher if missing, both arms, speed (on cuda)
-    python bench/gpu_pair.py --data-dir data --arms prior       # one arm; an arm whose result exists is skipped
+    python bench/gpu_pair.py --data-dir data --arms prior       # one arm; an arm whose result exists is skipped,
+                                                                # one stopped mid-run resumes from its checkpoint
     python bench/gpu_pair.py --data-dir data --eval-subset 2000 # flags it does not know go to every arm's run
     python bench/report.py                                      # README rows from results/gpu_pair/
 
@@ -35,7 +36,7 @@ import common  # noqa: E402
 import cs_rejection_bn  # noqa: E402
 import gpu_speed  # noqa: E402
 import train_teacher  # noqa: E402
-from _runs import attach_loss_curve, batch_size_of  # noqa: E402
+from _runs import attach_loss_curve, batch_size_of, unfinished_runs  # noqa: E402
 
 TEACHER = ["--model", "resnet34", "--dataset", "cifar10", "--epochs", "30", "--crop", "image", "--half"]
 PAIR = ["--teacher", "resnet34", "--student", "resnet18", "--dataset", "cifar10", "--batch-size", "256"]
@@ -71,7 +72,7 @@ def main(argv=None):
 
     if not Path(args.teacher_ckpt).exists():
         flags = [*TEACHER, *shlex.split(args.teacher_args), "--data-dir", args.data_dir, "--device", args.device,
-                 "--out", args.teacher_ckpt]
+                 "--out", args.teacher_ckpt, "--resume"]  # --resume: from the last epoch, if a call stopped mid-way
         print(f"=== teacher: train_teacher.py {' '.join(flags)}", flush=True)
         train_teacher.main(flags)
 
@@ -86,6 +87,8 @@ def main(argv=None):
         every = str(max(1, steps // args.evals))
         argv_arm = [*flags, "--steps", str(steps), "--eval-every", every, "--ckpt-every", every,
                     "--out-dir", str(run_root)]
+        unfinished = unfinished_runs(run_root)  # an earlier call stopped mid-run: continue it from its checkpoint
+        argv_arm = ["--resume", str(unfinished[-1])] if unfinished else argv_arm
         print(f"=== {arm}: cs_rejection_bn.py {' '.join(argv_arm)}", flush=True)
         common.write_json(target, {"arm": arm, **cs_rejection_bn.main(argv_arm)})
         attach_loss_curve(target, run_root)

@@ -291,7 +291,7 @@ def test_every_noise_fit_arm_parses_and_has_its_row_in_the_readme_table():
         assert {k: v for k, v in parse(arm).items() if base[k] != v} == changed, arm
 
 
-def test_gpu_pair_trains_the_missing_teacher_runs_both_arms_once_and_times_the_pair(tmp_path, capsys):
+def test_gpu_pair_trains_the_missing_teacher_runs_both_arms_once_and_times_the_pair(tmp_path, capsys, monkeypatch):
     data = tmp_path / "data"  # 16 training images: the teacher's recipe, at a batch of 16, trains one step an epoch
     data.mkdir()
     rng = np.random.default_rng(0)
@@ -299,18 +299,18 @@ def test_gpu_pair_trains_the_missing_teacher_runs_both_arms_once_and_times_the_p
         np.savez(data / f"cifar10_{split}.npz", x=rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8),
                  y=np.arange(16) % 10)
     teacher, out = tmp_path / "r34.pt", tmp_path / "results"
-    argv = ["--data-dir", str(data), "--device", "cpu", "--samples", "16", "--evals", "1", "--teacher-ckpt",
+    argv = ["--data-dir", str(data), "--device", "cpu", "--samples", "32", "--evals", "2", "--teacher-ckpt",
             str(teacher), "--teacher-args", "--epochs 1 --batch-size 16", "--speed-steps", "1",
             "--speed-batch-size", "2", "--runs-dir", str(tmp_path / "runs"), "--out", str(out),
             "--batch-size", "8", "--eval-batch-size", "16", "--fit-noise-steps", "1", "--calibrate-samples", "8",
-            "--calibrate-steps", "1"]  # the last line: flags for cs_rejection_bn.py
+            "--calibrate-steps", "1"]  # the last two lines: flags for cs_rejection_bn.py
     gpu_pair.main(argv)
     blob = common.load_checkpoint(teacher)
     assert blob["arch"] == "resnet34" and blob["args"]["crop"] == "image" and blob["args"]["epochs"] == 1
     assert blob["model"]["fc.weight"].dtype == torch.float16  # --half: the file to commit
     prior, ours = (json.loads((out / f"{arm}.json").read_text()) for arm in ("prior", "ours"))
     for r in (prior, ours):
-        assert (r["args"]["teacher"], r["args"]["student"], r["args"]["steps"]) == ("resnet34", "resnet18", 2)
+        assert (r["args"]["teacher"], r["args"]["student"], r["args"]["steps"]) == ("resnet34", "resnet18", 4)
         assert r["teacher/sha256"] == common.sha256_of(teacher) and r["train_loss_curve"]
     assert (prior["args"]["fit_noise"], prior["args"]["balance"], prior["args"]["lr"]) == (False, "none", 1e-3)
     assert (prior["args"]["feature_weight"], prior["args"]["calibrate_bn"]) == (0, False)
@@ -325,3 +325,10 @@ def test_gpu_pair_trains_the_missing_teacher_runs_both_arms_once_and_times_the_p
     gpu_pair.main(argv)
     assert "prior.json: done already" in capsys.readouterr().out
     assert all(p.stat().st_mtime_ns == t for p, t in mtimes.items())
+    # An arm stopped mid-run (the machine taken back) continues from its checkpoint at the next call.
+    (out / "prior.json").unlink()
+    for d in (tmp_path / "runs" / "prior").iterdir():
+        (d / "results.json").unlink()  # as if the first run had stopped after its last checkpoint
+    gpu_pair.main([*argv, "--arms", "prior"])
+    again = json.loads((out / "prior.json").read_text())
+    assert again["provenance"]["resumed_at_steps"] == [4] and again["curve"] == prior["curve"]
