@@ -69,9 +69,15 @@ def curve_cells(r, points):
 
 
 def kd_loss(r):
-    """The mean of a run's last 5 logged KD losses (its last 50 steps), 'n/a' when it logged none."""
-    loss = r.get("train_loss_curve")
-    return f"{np.mean([v for _, v in loss[-5:]]):.2f}" if loss else "n/a"
+    """The mean of a run's last 5 logged KD losses (its last 50 steps), 'n/a' when it logged none. A run that matched
+    the stage outputs too: its KL term alone where it logged it, else its whole loss, marked 'total' (logits +
+    weight x stage outputs: not comparable with the KL of the others)."""
+    feat = r["args"].get("feature_weight")
+    loss = (feat and r.get("train_logit_loss_curve")) or r.get("train_loss_curve")
+    if not loss:
+        return "n/a"
+    total = feat and "train_logit_loss_curve" not in r
+    return f"{np.mean([v for _, v in loss[-5:]]):.2f}" + (" (total)" if total else "")
 
 
 def table(align, header, rows):
@@ -408,7 +414,8 @@ def measured_on(labelled_runs):
         if "source" not in r:  # the borrowed run says where it comes from in its own cell
             by_device.setdefault(r["provenance"]["device"], []).append(label)
     main, *others = sorted(by_device, key=lambda d: -len(by_device[d]))
-    elsewhere = [f"the rows \"{label}\" on {d}" for d in others for label in dict.fromkeys(by_device[d])]
+    quoted = lambda labels: ", ".join(f'"{label}"' for label in dict.fromkeys(labels))
+    elsewhere = [f"the rows {quoted(by_device[d])} on {d}" for d in others]
     return f"Measured on {main}" + (f"; {', '.join(elsewhere)}" if elsewhere else "") + "."
 
 
@@ -601,8 +608,9 @@ def long_run_block():
         + (f"seed {r0['args']['seed']}" if len({r["args"]["seed"] for r in runs.values() if r}) == 1 else
            "seed 0 unless the row says") + ". CIFAR-10 test accuracy (%) with the student's running statistics / with "
         "test-batch statistics (batch 256) after each number of noise samples, and at the end of the arm's budget; KD "
-        "loss: the mean of the last 50 steps' logged losses. A run still going shows its curve so far (committed "
-        f"from its checkpoint). Measured on {r0['provenance']['device']}.",
+        "loss: the mean of the last 50 steps' logged KL (with the stage outputs: the KL term alone, or where the run "
+        "did not log it apart, 'total': KL + weight x the stage-output loss). A run still going shows its curve so far "
+        "(committed from its checkpoint). " + measured_on([(f"`{arm}`", r) for arm, r in runs.items() if r]),
         table("llrr" + "l" * (len(heads) + 1) + "r",
               ["arm", "recipe", "budget", "samples so far", *heads, "end of budget", "KD loss"], rows),
         "![long runs](results/long_run.png)")

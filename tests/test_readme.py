@@ -814,3 +814,18 @@ def test_what_the_readme_says_about_the_default_on_the_shared_resnet56_holds():
     assert measured == [[70.7, 40.1, 68.9, 0.76, 35, 1.61, 1.22], [72.5, 42.1, 71.6, 0.78, 28, 1.59, 1.25]]
     r = json.loads((REPO / "results" / "default_run_aka56.json").read_text())
     assert round(r["eval/acc_batchstats"] / r["teacher/acc"], 2) == 0.74
+
+
+def test_the_kd_loss_column_is_the_kl_or_says_it_is_the_total():
+    curve = lambda v: [[n, v] for n in range(0, 60, 10)]
+    logits_only = {"args": {"feature_weight": 0}, "train_loss_curve": curve(0.5)}
+    both_terms = {"args": {"feature_weight": 10}, "train_loss_curve": curve(1.2), "train_logit_loss_curve": curve(0.3)}
+    total_only = {"args": {"feature_weight": 10}, "train_loss_curve": curve(1.2)}
+    assert [report.kd_loss(r) for r in (logits_only, both_terms, total_only)] == ["0.50", "0.30", "1.20 (total)"]
+    assert report.kd_loss({"args": {}}) == "n/a"
+
+
+def test_measured_on_names_the_main_device_then_each_other_device_once():
+    run = lambda device: {"provenance": {"device": device}}
+    text = report.measured_on([("a", run("X")), ("b", run("X")), ("c", run("Y")), ("d", run("Y")), ("e", run("X"))])
+    assert text == 'Measured on X; the rows "c", "d" on Y.'
