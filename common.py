@@ -345,7 +345,8 @@ def teacher_ckpt_or_exit(name, dataset, ckpt=None, data_dir="./data", norm="bn")
     norm = "ln" if name.startswith("vit") else norm  # our ViTs have LayerNorm only
     path = REPO / "teachers" / f"{name}_{dataset}_{norm}.pt"
     if not path.is_file():
-        recipe = " --optimizer adamw --lr 1e-3 --weight-decay 0.05" if name.startswith("vit") else ""
+        recipe = (" --optimizer adamw --lr 1e-3 --weight-decay 0.05" if name.startswith("vit") else
+                  " --epochs 30 --crop image --half" if name in TV_RESNET_LAYERS else "")  # README: Teachers
         raise InputError(f"no checkpoint for teacher {name} ({norm}) on {dataset} at {path}. Train one with\n"
                          f"  python train_teacher.py --model {name} --norm {norm}{recipe} --dataset {dataset} "
                          f"--data-dir {data_dir} --out {path}\n(a GPU is advised beyond resnet20), or pass "

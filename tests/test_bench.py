@@ -16,6 +16,7 @@ import gpu_speed
 import long_run
 import student_study
 import teacher_on_noise
+import train_teacher
 from conftest import crash_after_second_save, tiny_args
 
 
@@ -304,6 +305,8 @@ def test_gpu_pair_trains_the_missing_teacher_runs_both_arms_once_and_times_the_p
             "--speed-batch-size", "2", "--runs-dir", str(tmp_path / "runs"), "--out", str(out),
             "--batch-size", "8", "--eval-batch-size", "16", "--fit-noise-steps", "1", "--calibrate-samples", "8",
             "--calibrate-steps", "1"]  # the last two lines: flags for cs_rejection_bn.py
+    recipe = train_teacher.parse_args([*gpu_pair.TEACHER, "--out", str(tmp_path / "unused.pt")])
+    assert (recipe.model, recipe.epochs, recipe.crop, recipe.half) == ("resnet34", 30, "image", True)  # README's
     gpu_pair.main(argv)
     blob = common.load_checkpoint(teacher)
     assert blob["arch"] == "resnet34" and blob["args"]["crop"] == "image" and blob["args"]["epochs"] == 1

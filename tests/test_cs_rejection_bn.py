@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 import common
 import cs_rejection_bn as kd
+import train_teacher
 from conftest import (assert_same_tensors, crash_after_second_save, final_state, host_reads_per_step, save_teacher,
                       spy_on_loaded_teacher, tiny_args, without_timing)
 
@@ -483,9 +484,15 @@ def test_steps_between_log_lines_do_not_wait_for_the_device(tiny_data, tiny_teac
     assert steps_with_reads == {6, 10, 12}, reads  # the log (every 10), evaluation and checkpoint steps only
 
 
-def test_missing_teacher_says_which_command_makes_one(tiny_data, tmp_path):
-    with pytest.raises(common.InputError, match="python train_teacher.py --model resnet34 --norm bn --dataset cifar10"):
+def test_missing_teacher_says_which_command_makes_one(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setattr(common, "REPO", tmp_path)  # a clone without the ResNet-34 teacher
+    with pytest.raises(common.InputError) as e:
         kd.main(["--teacher", "resnet34", "--dataset", "cifar10", "--data-dir", str(tiny_data), "--out-dir", str(tmp_path)])
+    cmd = str(e.value).splitlines()[1].split()
+    assert cmd[:2] == ["python", "train_teacher.py"] and "resnet34_cifar10_bn.pt" in cmd[-1]
+    args = train_teacher.parse_args(cmd[2:])  # the command parses, and it is the README's recipe for the teacher
+    assert (args.model, args.dataset, args.norm, args.epochs, args.crop, args.half) == (
+        "resnet34", "cifar10", "bn", 30, "image", True)
 
 
 def test_the_prior_works_pair_runs_with_its_default_student_and_our_defaults(tiny_data, tmp_path):
