@@ -35,6 +35,34 @@ STUDIES = ("noise_fit", "long_run")  # results/<study>/<run>.json, run folders i
 RESULTS, RUNS = REPO / "results", REPO / "runs"
 
 
+def calibrate_checkpoint(ck, path, x, y, batches):
+    """The student of a run's checkpoint ck (read from path) on the test split (x, y): its accuracy in eval mode as
+    trained, after re-estimating its BatchNorm statistics on `batches` batches of 256 fitted-noise samples, after
+    re-estimating them on the inputs --calibrate-bn makes, and with test-batch statistics. Its weights are not
+    changed."""
+    defaults = kd.parse_args([])  # what --calibrate-bn does with its default settings
+    a = ck["args"]
+    teacher, tinfo = common.load_teacher(a["teacher"], common.teacher_ckpt_or_exit(a["teacher"], a["dataset"],
+                                                                                  a["teacher_ckpt"]))
+    teacher.requires_grad_(False)  # only read: the inversion differentiates through it to the inputs
+    shape = (3, *x.shape[1:3])
+    params = ck.get("noise_params")
+    if params is None:  # a white-noise run: fit the noise to its teacher now (same seed and settings as a run)
+        params, _ = kd.fit_noise(teacher, shape, a["fit_noise_steps"], torch.Generator().manual_seed(a["seed"] + 3_000))
+    student = common.build_model(a["student"], 10, a["student_norm"])
+    common.load_state_strict(student, ck["student"], path)
+    gen = torch.Generator().manual_seed(a["seed"] + 4_000)
+    calibrated = kd.calibrate_bn(student, [common.sample_noise(256, shape, gen, **params) for _ in range(batches)])
+    made = kd.invert_teacher_inputs(teacher, shape, defaults.calibrate_samples, defaults.calibrate_steps,
+                                    torch.Generator().manual_seed(a["seed"] + 5_000), params)  # seeded as the run
+    inverted = kd.calibrate_bn(student, made)
+    acc = lambda model, bn: common.evaluate(model, x, y, tinfo["mean"], tinfo["std"], a["eval_batch_size"], bn)
+    return {"trained_on": "fitted noise" if ck.get("noise_params") else "white noise", "seed": a["seed"],
+            "samples_seen": ck["stats"]["student_samples"], "acc_running": acc(student, "running"),
+            "acc_calibrated": acc(calibrated, "running"), "acc_inverted": acc(inverted, "running"),
+            "acc_batchstats": acc(student, "batch")}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data-dir", default="./data", help="folder of cifar10_test.npz")
@@ -65,30 +93,9 @@ def main(argv=None):
         if not runs:
             print(f"{target.stem}: run folder gone; skipped")
             continue
-        ck = common.load_checkpoint(runs[-1] / "checkpoint.pt")
-        a = ck["args"]
-        teacher, tinfo = common.load_teacher(a["teacher"], common.teacher_ckpt_or_exit(a["teacher"], a["dataset"],
-                                                                                      a["teacher_ckpt"]))
-        teacher.requires_grad_(False)  # only read: the inversion differentiates through it to the inputs
-        shape = (3, *x.shape[1:3])
-        params = ck.get("noise_params")
-        if params is None:  # a white-noise run: fit the noise to its teacher now (same seed and settings as a run)
-            params, _ = kd.fit_noise(teacher, shape, a["fit_noise_steps"],
-                                     torch.Generator().manual_seed(a["seed"] + 3_000))
-        student = common.build_model(a["student"], 10, a["student_norm"])
-        common.load_state_strict(student, ck["student"], runs[-1] / "checkpoint.pt")
-        gen = torch.Generator().manual_seed(a["seed"] + 4_000)
-        calibrated = kd.calibrate_bn(student, [common.sample_noise(256, shape, gen, **params)
-                                               for _ in range(args.batches)])
-        made = kd.invert_teacher_inputs(teacher, shape, defaults.calibrate_samples, defaults.calibrate_steps,
-                                        torch.Generator().manual_seed(a["seed"] + 5_000), params)  # seeded as the run
-        inverted = kd.calibrate_bn(student, made)
-        acc = lambda model, bn: common.evaluate(model, x, y, tinfo["mean"], tinfo["std"], a["eval_batch_size"], bn)
         row = {"run": target.stem, "study": study,
-               "trained_on": "fitted noise" if ck.get("noise_params") else "white noise", "seed": a["seed"],
-               "samples_seen": ck["stats"]["student_samples"], "acc_running": acc(student, "running"),
-               "acc_calibrated": acc(calibrated, "running"), "acc_inverted": acc(inverted, "running"),
-               "acc_batchstats": acc(student, "batch")}
+               **calibrate_checkpoint(common.load_checkpoint(runs[-1] / "checkpoint.pt"), runs[-1] / "checkpoint.pt",
+                                      x, y, args.batches)}
         print(f"{target.stem}: eval mode {row['acc_running']:.4f} -> calibrated on fitted noise "
               f"{row['acc_calibrated']:.4f}, on inverted inputs {row['acc_inverted']:.4f}; test-batch statistics "
               f"{row['acc_batchstats']:.4f}", flush=True)

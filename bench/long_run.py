@@ -3,12 +3,15 @@ budget (10M noise samples), and ours at 1M, on the teacher we ship.
 
     python bench/long_run.py --data-dir ../shared/data              # run or resume each arm in turn
     python bench/long_run.py --data-dir ../shared/data --snapshot   # only write each arm's curve so far
+    python bench/long_run.py --data-dir ../shared/data --snapshot --calibrate   # and its student calibrated now
     python bench/report.py                                          # README table from results/long_run/
 
 On a 2-core CPU without bf16 a 10M arm takes about 16-19 hours, so it runs over several sittings: each start resumes
 the unfinished run from its last checkpoint (every 25,600 samples, about 3 minutes here). --snapshot copies each
 arm's curve so far from its checkpoint to results/long_run/<arm>.json with "finished": false, so that a curve in
-progress can be committed; the finished run's results.json replaces it.
+progress can be committed; the finished run's results.json replaces it. With --calibrate the snapshot also records
+the checkpoint's student after bench/calibrate_bn.py's calibrations (a few minutes per arm): how far the student that
+--calibrate-bn would deploy has come.
 
 Arms (one run of cs_rejection_bn.py each, shipped ResNet-20 teacher -> ResNet-20, seed 0 unless the arm says; the
 logits alone unless the arm says, as the script did before it matched the teacher's stage outputs by default):
@@ -33,6 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 import common  # noqa: E402
 import cs_rejection_bn  # noqa: E402
+from calibrate_bn import calibrate_checkpoint  # noqa: E402
 from _runs import LOGITS_ONLY, attach_loss_curve, loss_curves, run_or_resume, unfinished_runs  # noqa: E402
 
 ARMS = {  # name: (flags on top of the shipped teacher, budget in noise samples, batch size), run in this order
@@ -61,14 +65,16 @@ def argv_of(arm, args):
             "--steps", str(steps), "--eval-every", str(eval_every), "--ckpt-every", str(ckpt_every)]
 
 
-def snapshot(arm, run_root, target):
-    """The curve so far of the arm's unfinished run, from its checkpoint, written to target with "finished": false;
-    returns False when there is nothing to write (no run yet, or the run has finished: its results.json is the
-    result)."""
+def snapshot(arm, run_root, target, test_split=None):
+    """The curve so far of the arm's unfinished run, from its checkpoint, written to target with "finished": false,
+    and with test_split (x, y) the checkpoint's student calibrated as bench/calibrate_bn.py does; returns False when
+    there is nothing to write (no run yet, or the run has finished: its results.json is the result)."""
     unfinished = unfinished_runs(run_root)
     if not unfinished:
         return False
     ck = common.load_checkpoint(unfinished[-1] / "checkpoint.pt")
+    calibrated = test_split and {"calibrated": calibrate_checkpoint(ck, unfinished[-1] / "checkpoint.pt", *test_split,
+                                                                    batches=20)}
     a = ck["args"]
     _, info = common.load_teacher(a["teacher"], common.teacher_ckpt_or_exit(a["teacher"], a["dataset"],
                                                                             a["teacher_ckpt"]))
@@ -78,7 +84,7 @@ def snapshot(arm, run_root, target):
         "samples_seen": ck["stats"]["student_samples"], "samples_budget": a["steps"] * a["batch_size"],
         "curve": ck["curve"], "noise/fitted": ck.get("noise_params") and {
             k: v.tolist() if hasattr(v, "tolist") else v for k, v in ck["noise_params"].items()},
-        **loss_curves(rows, a["batch_size"]),
+        **loss_curves(rows, a["batch_size"]), **(calibrated or {}),
         "provenance": common.provenance(a["device"], ck.get("wall_s"), ck.get("resumed_at", []))})
     return True
 
@@ -96,17 +102,23 @@ def main(argv=None):
                    help=f"save a resumable checkpoint every this many steps (default: every {CKPT_SAMPLES:,} samples)")
     p.add_argument("--seed", type=int, default=0, help="seed of every arm that does not set its own")
     p.add_argument("--snapshot", action="store_true", help="only write each unfinished arm's curve so far")
+    p.add_argument("--calibrate", action="store_true",
+                   help="--snapshot: also calibrate the checkpoint's student as bench/calibrate_bn.py does")
     p.add_argument("--runs-dir", default=str(RUNS), help="run folders go here, one subfolder per arm")
     p.add_argument("--out", default=str(REPO / "results" / "long_run"), help="where the results JSONs go")
     args = p.parse_args(argv)
+    if args.calibrate and not args.snapshot:
+        p.error("--calibrate goes with --snapshot (a finished arm is calibrated by bench/calibrate_bn.py)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    split = common.load_split("cifar10", "test", args.data_dir) if args.calibrate else None
     for arm in args.arms:
         target, run_root = out / f"{arm}.json", Path(args.runs_dir) / arm
         if target.exists() and json.loads(target.read_text()).get("finished", True):
             print(f"{target.name}: done already")
         elif args.snapshot:
-            print(f"{target.name}: " + ("curve so far written" if snapshot(arm, run_root, target) else "no run yet"))
+            written = snapshot(arm, run_root, target, split)
+            print(f"{target.name}: " + ("curve so far written" if written else "no run yet"))
         else:
             run_or_resume(cs_rejection_bn, argv_of(arm, args), run_root, target)
             attach_loss_curve(target, run_root)

@@ -591,28 +591,36 @@ def long_run_block():
         return "_Not started yet: `python bench/long_run.py`._"
     r0 = next(r for r in runs.values() if r)
     heads = [samples(n) for n in LONG_RUN_POINTS]
+    calibrated = {row["run"]: row for row in (read("calibrate_bn.json") or {"rows": []})["rows"]
+                  if row.get("study") == "long_run"}
     rows = []
     for arm, _, label in LONG_RUN:
         r = runs[arm]
         if r is None:
-            rows.append([f"`{arm}`", label, "", "not started", *[""] * (len(heads) + 2)])
+            rows.append([f"`{arm}`", label, "", "not started", *[""] * (len(heads) + 3)])
             continue
         budget = r["args"]["steps"] * r["args"]["batch_size"]
         at = {row["samples_seen"]: accs(row) for row in r["curve"]}
+        cal = r.get("calibrated") or calibrated.get(arm)  # a running arm's snapshot, or bench/calibrate_bn.py's row
         rows.append([f"`{arm}`", label, samples(budget),
                      samples(r["samples_seen"]) + (" (running)" if r.get("finished") is False else ""),
-                     *[at.get(n, "") for n in LONG_RUN_POINTS], at.get(budget, ""), kd_loss(r)])
+                     *[at.get(n, "") for n in LONG_RUN_POINTS], at.get(budget, ""),
+                     "" if cal is None else pct(cal["acc_inverted"]) + (
+                         f" (at {samples(cal['samples_seen'])})" if cal["samples_seen"] != budget else ""),
+                     kd_loss(r)])
     return block(
         "`python bench/long_run.py --data-dir ../shared/data`: the shipped ResNet-20 "
         f"({pct(teacher_acc(r0))}%) -> ResNet-20, "
         + (f"seed {r0['args']['seed']}" if len({r["args"]["seed"] for r in runs.values() if r}) == 1 else
            "seed 0 unless the row says") + ". CIFAR-10 test accuracy (%) with the student's running statistics / with "
-        "test-batch statistics (batch 256) after each number of noise samples, and at the end of the arm's budget; KD "
-        "loss: the mean of the last 50 steps' logged KL (with the stage outputs: the KL term alone, or where the run "
+        "test-batch statistics (batch 256) after each number of noise samples, and at the end of the arm's budget; "
+        "calibrated: plain eval mode after the BN statistics are re-estimated as `--calibrate-bn` does (by "
+        "`bench/calibrate_bn.py`; for a running arm, its latest checkpoint's student, by `long_run.py --snapshot "
+        "--calibrate`); KD loss: the mean of the last 50 steps' logged KL (with the stage outputs: the KL term alone, or where the run "
         "did not log it apart, 'total': KL + weight x the stage-output loss). A run still going shows its curve so far "
         "(committed from its checkpoint). " + measured_on([(f"`{arm}`", r) for arm, r in runs.items() if r]),
-        table("llrr" + "l" * (len(heads) + 1) + "r",
-              ["arm", "recipe", "budget", "samples so far", *heads, "end of budget", "KD loss"], rows),
+        table("llrr" + "l" * (len(heads) + 1) + "rr",
+              ["arm", "recipe", "budget", "samples so far", *heads, "end of budget", "calibrated", "KD loss"], rows),
         "![long runs](results/long_run.png)")
 
 

@@ -14,6 +14,7 @@ import factors
 import gpu_pair
 import gpu_speed
 import long_run
+import report
 import student_study
 import teacher_on_noise
 import train_teacher
@@ -203,6 +204,22 @@ def test_long_run_snapshots_an_unfinished_arm_then_resumes_it_to_the_finished_re
         crash_after_second_save(m)
         with pytest.raises(SystemExit, match="130"):  # the interrupt, as cs_rejection_bn reports it
             long_run.main(flags)
+    with monkeypatch.context() as m:  # the calibrations themselves are tested with --calibrate-bn / calibrate_bn.py
+        m.setattr(cs_rejection_bn, "fit_noise", lambda teacher, shape, steps, gen: ({}, None))  # white noise
+        m.setattr(cs_rejection_bn, "invert_teacher_inputs",
+                  lambda teacher, shape, n, steps, gen, params: [common.sample_noise(16, shape, gen, **params)])
+        long_run.main([*flags, "--snapshot", "--calibrate"])
+    cal = json.loads((tmp_path / "prior.json").read_text())["calibrated"]
+    ck_path = next((tmp_path / "runs" / "prior").glob("*/checkpoint.pt"))
+    student = common.build_model("resnet20")
+    student.load_state_dict(common.load_checkpoint(ck_path)["student"])
+    x, y = common.load_split("cifar10", "test", tiny_data)
+    teacher_info = common.load_teacher("resnet20", common.teacher_ckpt_or_exit("resnet20", "cifar10"))[1]
+    as_trained = common.evaluate(student, x, y, teacher_info["mean"], teacher_info["std"], 256)
+    assert cal["samples_seen"] == 32 and cal["acc_running"] == as_trained  # the student of the checkpoint, as it is
+    assert cal["trained_on"] == "white noise" and 0 <= cal["acc_inverted"] <= 1
+    with pytest.raises(SystemExit):
+        long_run.main([*flags, "--calibrate"])  # a finished arm is calibrated by bench/calibrate_bn.py
     long_run.main([*flags, "--snapshot"])
     part = json.loads((tmp_path / "prior.json").read_text())
     assert part["finished"] is False and part["samples_seen"] == 32 and part["samples_budget"] == 64
@@ -335,3 +352,23 @@ def test_gpu_pair_trains_the_missing_teacher_runs_both_arms_once_and_times_the_p
     gpu_pair.main([*argv, "--arms", "prior"])
     again = json.loads((out / "prior.json").read_text())
     assert again["provenance"]["resumed_at_steps"] == [4] and again["curve"] == prior["curve"]
+
+
+def test_the_long_run_table_shows_the_calibrated_student_of_finished_and_running_arms(tmp_results):
+    (tmp_results / "long_run").mkdir(parents=True)
+    curve = lambda *points: [{"samples_seen": n, "eval/acc_running": 0.5, "eval/acc_batchstats": 0.8} for n in points]
+    run = lambda steps, seen, **extra: {"args": {"steps": steps, "batch_size": 32, "seed": 0}, "teacher/acc": 0.9,
+                                        "curve": curve(*range(128_000, seen + 1, 128_000)), "samples_seen": seen,
+                                        "provenance": {"device": "cpu (X)"}, **extra}
+    write = lambda name, r: (tmp_results / "long_run" / f"{name}.json").write_text(json.dumps(r))
+    write("ours_512k", run(16_000, 512_000))
+    write("feat10_10m", run(312_500, 256_000, finished=False, calibrated={"samples_seen": 256_000, "acc_inverted": 0.8}))
+    write("ours", run(312_500, 128_000, finished=False))  # a snapshot made without --calibrate
+    (tmp_results / "calibrate_bn.json").write_text(json.dumps({"rows": [
+        {"run": "ours_512k", "study": "long_run", "samples_seen": 512_000, "acc_inverted": 0.7},
+        {"run": "ours_512k", "study": "noise_fit", "samples_seen": 512_000, "acc_inverted": 0.1}]}))  # another study
+    rows = {line.split(" | ")[0][3:-1]: line.split(" | ") for line in report.long_run_block().splitlines()
+            if line.startswith("| `")}
+    column = lambda arm: rows[arm][-2]  # "calibrated", before the KD loss
+    assert (column("ours_512k"), column("feat10_10m"), column("ours"), column("prior")) == (
+        "70.0", "80.0 (at 256k)", "", "")
