@@ -812,6 +812,12 @@ def cpu_name():
     return platform.processor() or platform.machine()
 
 
+def device_name(device):
+    """The device a process computes on, as results record it: 'cpu (<model>, <threads> threads)' or 'cuda (<GPU>, ...)'."""
+    dev = torch.cuda.get_device_name(0) if str(device).startswith("cuda") else cpu_name()
+    return f"{device} ({dev}, {torch.get_num_threads()} threads)"
+
+
 def provenance(device, wall_time_s, resumed_at=(), process_time_s=None):
     """Where and how a result was made. wall_time_s: the run's wall time over all its processes (None if unknown: a
     run resumed from a checkpoint that did not record it); resumed_at: the steps at which it was resumed;
@@ -823,9 +829,8 @@ def provenance(device, wall_time_s, resumed_at=(), process_time_s=None):
                                     capture_output=True, text=True, timeout=10).stdout.strip())
     except (OSError, subprocess.SubprocessError):
         commit, dirty = "unknown", None
-    dev = torch.cuda.get_device_name(0) if str(device).startswith("cuda") else cpu_name()
     return {"git_commit": commit, "git_dirty": dirty, "torch": torch.__version__, "python": platform.python_version(),
-            "device": f"{device} ({dev}, {torch.get_num_threads()} threads)",
+            "device": device_name(device),
             "wall_time_s": None if wall_time_s is None else round(wall_time_s, 1),
             "resumed_at_steps": list(resumed_at),
             "process_wall_time_s": round(wall_time_s if process_time_s is None else process_time_s, 1),

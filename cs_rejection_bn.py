@@ -632,7 +632,8 @@ def main(argv=None):
         common.save_checkpoint(run_dir / "checkpoint.pt", student=student.state_dict(), optimizer=opt.state_dict(),
                                noise_gen=noise_gen.get_state(), sampler=sampler.state_dict(), step=step,
                                noise_params=noise_params, fit_stats=fit_stats, teacher_sha256=tinfo["sha256"],
-                               stats=stats, curve=curve, wall_s=wall_time(), resumed_at=resumed_at, args=vars(args))
+                               stats=stats, curve=curve, wall_s=wall_time(), resumed_at=resumed_at, args=vars(args),
+                               device=common.device_name(args.device))  # where it trained: for a snapshot's record
 
     def evaluation():
         row = {"samples_seen": stats["student_samples"], "eval/acc_running": evaluate(student, "running"),

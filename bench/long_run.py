@@ -85,7 +85,9 @@ def snapshot(arm, run_root, target, test_split=None):
         "curve": ck["curve"], "noise/fitted": ck.get("noise_params") and {
             k: v.tolist() if hasattr(v, "tolist") else v for k, v in ck["noise_params"].items()},
         **loss_curves(rows, a["batch_size"]), **(calibrated or {}),
-        "provenance": common.provenance(a["device"], ck.get("wall_s"), ck.get("resumed_at", []))})
+        # where the run trained (its last checkpoint's process), not where this snapshot is taken
+        "provenance": {**common.provenance(a["device"], ck.get("wall_s"), ck.get("resumed_at", [])),
+                       **({"device": ck["device"]} if "device" in ck else {})}})
     return True
 
 

@@ -220,8 +220,11 @@ def test_long_run_snapshots_an_unfinished_arm_then_resumes_it_to_the_finished_re
     assert cal["trained_on"] == "white noise" and 0 <= cal["acc_inverted"] <= 1
     with pytest.raises(SystemExit):
         long_run.main([*flags, "--calibrate"])  # a finished arm is calibrated by bench/calibrate_bn.py
-    long_run.main([*flags, "--snapshot"])
+    with monkeypatch.context() as m:
+        m.setattr(torch, "get_num_threads", lambda: 99)  # the snapshot's process is not where the run trained
+        long_run.main([*flags, "--snapshot"])
     part = json.loads((tmp_path / "prior.json").read_text())
+    assert part["provenance"]["device"] == common.load_checkpoint(ck_path)["device"] == common.device_name("cpu")
     assert part["finished"] is False and part["samples_seen"] == 32 and part["samples_budget"] == 64
     assert [row["samples_seen"] for row in part["curve"]] == [16, 32] and part["args"]["balance"] == "none"
     long_run.main(flags)  # resumes the run, replaces the snapshot with its results.json
