@@ -829,3 +829,18 @@ def test_measured_on_names_the_main_device_then_each_other_device_once():
     run = lambda device: {"provenance": {"device": device}}
     text = report.measured_on([("a", run("X")), ("b", run("X")), ("c", run("Y")), ("d", run("Y")), ("e", run("X"))])
     assert text == 'Measured on X; the rows "c", "d" on Y.'
+
+
+def test_what_the_readme_says_about_the_10m_run_of_todays_default_holds():
+    r = json.loads((REPO / "results" / "long_run" / "feat10_10m.json").read_text())
+    pct = lambda v: round(100 * v, 1)
+    at = {row["samples_seen"]: row for row in r["curve"]}
+    assert r["args"]["feature_weight"] == 10 and r["args"]["steps"] * r["args"]["batch_size"] == 10_000_000
+    assert (pct(at[512_000]["eval/acc_batchstats"]), pct(at[768_000]["eval/acc_batchstats"])) == (88.5, 89.3)
+    assert pct(r["teacher/acc_recorded"]) == 89.9
+    late = [pct(row["eval/acc_running"]) for n, row in at.items() if n >= 384_000]
+    assert (min(late), max(late)) == (58.8, 62.3)
+    cal = r["calibrated"]
+    assert round(cal["samples_seen"] / 1000) == 845 and pct(cal["acc_inverted"]) == 89.5
+    assert round(cal["acc_inverted"] / r["teacher/acc_recorded"], 3) == 0.995
+    assert round(10_000_000 / cal["samples_seen"]) == 12  # "at 1/12 of them"
