@@ -616,9 +616,9 @@ def long_run_block():
         "test-batch statistics (batch 256) after each number of noise samples, and at the end of the arm's budget; "
         "calibrated: plain eval mode after the BN statistics are re-estimated as `--calibrate-bn` does (by "
         "`bench/calibrate_bn.py`; for a running arm, its latest checkpoint's student, by `long_run.py --snapshot "
-        "--calibrate`); KD loss: the mean of the last 50 steps' logged KL (with the stage outputs: the KL term alone, or where the run "
-        "did not log it apart, 'total': KL + weight x the stage-output loss). A run still going shows its curve so far "
-        "(committed from its checkpoint). " + measured_on([(f"`{arm}`", r) for arm, r in runs.items() if r]),
+        "--calibrate`); KD loss: the mean of the last 50 steps' logged KL (with the stage outputs: the KL term "
+        "alone, or where the run did not log it apart, 'total': KL + weight x the stage-output loss). A run still "
+        "going shows its curve so far (committed from its checkpoint). " + measured_on([(f"`{arm}`", r) for arm, r in runs.items() if r]),
         table("llrr" + "l" * (len(heads) + 1) + "rr",
               ["arm", "recipe", "budget", "samples so far", *heads, "end of budget", "calibrated", "KD loss"], rows),
         "![long runs](results/long_run.png)")
