@@ -133,8 +133,18 @@ def main(argv=None):
     lr_at = lambda s: args.lr * (s / max(1, warmup) if s < warmup else (total - s) / max(1, total - warmup))
 
     start_epoch, history, t_before = 0, [], 0.0
+    # The settings that decide the training: a resumed run must keep them (another --epochs would change the learning
+    # rate schedule mid-run). Where the data is read from and the device may change.
+    recipe = {k: v for k, v in vars(args).items() if k not in ("resume", "overwrite", "device", "data_dir", "out")}
     if args.resume and partial.exists():
         ck = common.load_checkpoint(partial)
+        saved = ck.get("recipe", recipe)  # a .partial from before the recipe was recorded: not checked
+        changed = sorted(k for k in saved if saved[k] != recipe.get(k))
+        if changed:
+            raise common.InputError(
+                f"--resume: {partial} was trained with " + ", ".join(f"{k}={saved[k]}" for k in changed)
+                + "; now " + ", ".join(f"{k}={recipe.get(k)}" for k in changed)
+                + ": resume with its settings, or delete it to start over")
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         gen.set_state(ck["generator"])
@@ -167,7 +177,8 @@ def main(argv=None):
         print(f"epoch {epoch + 1}/{args.epochs}  loss {loss.item():.3f}  test acc {acc:.4f}  "
               f"{time.time() - t0 + t_before:.0f}s", flush=True)
         common.save_checkpoint(partial, model=model.state_dict(), optimizer=opt.state_dict(), generator=gen.get_state(),
-                               epoch=epoch + 1, history=history, train_time_s=time.time() - t0 + t_before)
+                               epoch=epoch + 1, history=history, train_time_s=time.time() - t0 + t_before,
+                               recipe=recipe)
 
     # The recorded accuracy is the fp32 eval-mode accuracy on the full test split: what load + evaluate reproduces.
     # With --half the stored weights are float16 and the accuracy is that of the model loaded back from them (a

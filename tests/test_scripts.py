@@ -90,6 +90,8 @@ def test_train_teacher_resume_continues_where_it_stopped(tiny_data, tmp_path, mo
         train_teacher.main(args + ["--out", str(cut)])
     monkeypatch.setattr(common, "evaluate", real_eval)
     assert common.load_checkpoint(cut.with_suffix(".partial"))["epoch"] == 1 and not cut.exists()
+    with pytest.raises(common.InputError, match="epochs=2.*now epochs=3"):  # another schedule cannot continue it
+        train_teacher.main([*args, "--epochs", "3", "--out", str(cut), "--resume"])
     resumed = train_teacher.main(args + ["--out", str(cut), "--resume"])
     a, b = common.load_checkpoint(tmp_path / "whole.pt"), common.load_checkpoint(cut)
     assert resumed["test_acc"] == whole["test_acc"]
