@@ -841,6 +841,6 @@ def test_what_the_readme_says_about_the_10m_run_of_todays_default_holds():
     late = [pct(row["eval/acc_running"]) for n, row in at.items() if n >= 384_000]
     assert (min(late), max(late)) == (58.8, 62.3)
     cal = r["calibrated"]
-    assert round(cal["samples_seen"] / 1000) == 845 and pct(cal["acc_inverted"]) == 89.5
+    assert cal["samples_seen"] // 1000 == 844 and pct(cal["acc_inverted"]) == 89.5  # as the table writes it
     assert round(cal["acc_inverted"] / r["teacher/acc_recorded"], 3) == 0.995
     assert round(10_000_000 / cal["samples_seen"]) == 12  # "at 1/12 of them"
