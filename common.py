@@ -337,6 +337,15 @@ def load_state_strict(model, state, source):
     model.load_state_dict(state)
 
 
+def train_recipe(name):
+    """train_teacher.py flags beyond its defaults for a teacher of this architecture (README: Teachers): AdamW for the
+    ViTs, which SGD trains poorly; for ResNet-18/34, trained for accuracy, 30 epochs with per-image crops, stored in
+    float16."""
+    if name.startswith("vit"):
+        return "--optimizer adamw --lr 1e-3 --weight-decay 0.05"
+    return "--epochs 30 --crop image --half" if name in TV_RESNET_LAYERS else ""
+
+
 def teacher_ckpt_or_exit(name, dataset, ckpt=None, data_dir="./data", norm="bn"):
     """The checkpoint to use: `ckpt` when given, else the shipped teachers/<name>_<dataset>_<norm>.pt; when that does
     not exist, exit with the train_teacher.py command that makes it."""
@@ -345,8 +354,7 @@ def teacher_ckpt_or_exit(name, dataset, ckpt=None, data_dir="./data", norm="bn")
     norm = "ln" if name.startswith("vit") else norm  # our ViTs have LayerNorm only
     path = REPO / "teachers" / f"{name}_{dataset}_{norm}.pt"
     if not path.is_file():
-        recipe = (" --optimizer adamw --lr 1e-3 --weight-decay 0.05" if name.startswith("vit") else
-                  " --epochs 30 --crop image --half" if name in TV_RESNET_LAYERS else "")  # README: Teachers
+        recipe = f" {train_recipe(name)}" if train_recipe(name) else ""
         raise InputError(f"no checkpoint for teacher {name} ({norm}) on {dataset} at {path}. Train one with\n"
                          f"  python train_teacher.py --model {name} --norm {norm}{recipe} --dataset {dataset} "
                          f"--data-dir {data_dir} --out {path}\n(a GPU is advised beyond resnet20), or pass "
@@ -813,7 +821,8 @@ def cpu_name():
 
 
 def device_name(device):
-    """The device a process computes on, as results record it: 'cpu (<model>, <threads> threads)' or 'cuda (<GPU>, ...)'."""
+    """The device a process computes on, as results record it: 'cpu (<model>, <threads> threads)' or
+    'cuda (<GPU>, <threads> threads)'."""
     dev = torch.cuda.get_device_name(0) if str(device).startswith("cuda") else cpu_name()
     return f"{device} ({dev}, {torch.get_num_threads()} threads)"
 

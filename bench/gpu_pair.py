@@ -43,7 +43,7 @@ import gpu_speed  # noqa: E402
 import train_teacher  # noqa: E402
 from _runs import attach_loss_curve, batch_size_of, unfinished_runs  # noqa: E402
 
-TEACHER = ["--model", "resnet34", "--dataset", "cifar10", "--epochs", "30", "--crop", "image", "--half"]
+TEACHER = ["--model", "resnet34", "--dataset", "cifar10", *shlex.split(common.train_recipe("resnet34"))]
 PAIR = ["--teacher", "resnet34", "--student", "resnet18", "--dataset", "cifar10", "--batch-size", "256"]
 ARMS = {  # name: flags on top of PAIR
     "prior": ["--no-fit-noise", "--feature-weight", "0", "--no-calibrate-bn", "--balance", "none", "--lr", "1e-3",
