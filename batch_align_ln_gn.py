@@ -108,16 +108,21 @@ def parse_args(argv=None):
     p.add_argument("--eval-subset", type=int, default=0, help="evaluate on the first N test images (0 = all)")
     p.add_argument("--ckpt-every", type=int, default=100, help="save a resumable checkpoint every this many steps")
     p.add_argument("--out-dir", default="runs", help="run folders go here")
-    p.add_argument("--resume", default=None, help="run folder to continue; its args.json is used, other flags ignored")
+    p.add_argument("--resume", default=None,
+                   help="run folder to continue with its own settings (its args.json; other flags are refused)")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                    help="bf16 autocast + channels_last (default: on where the device supports bf16)")
     p.add_argument("--device", default=common.default_device(), help="cpu or cuda")
     args = p.parse_args(argv)
     if args.resume:  # the run's own settings; other flags beside --resume are refused, not silently ignored
         # a run started before --feature-weight existed matched the logits alone
-        return common.resume_args(p, args, Path(__file__).stem, before={"feature_weight": 0.0})
+        return common.resume_args(p, args, Path(__file__).stem, before={"feature_weight": 0.0}, argv=argv)
     common.check_device(p, args.device)
     args.student = args.student or ("resnet18" if args.teacher == "resnet34" else "resnet20")
+    try:  # e.g. --student vit_tiny --student-norm bn: one line now, not a traceback once the teacher has loaded
+        common.check_model_norm(args.student, args.student_norm)
+    except common.InputError as e:
+        p.error(str(e))
     if args.bf16 is None:
         args.bf16 = common.bf16_supported(args.device)
     for flag in ("steps", "batch_size", "eval_every", "ckpt_every", "max_pools", "eval_batch_size"):
@@ -229,7 +234,7 @@ def label_probe(teacher, args, shape, num_classes, fmt):
             z = common.sample_noise(n * world, shape, gen, args.noise_alpha, args.device)[common.my_slice(n)]
             with torch.autocast(torch.device(args.device).type, dtype=torch.bfloat16, enabled=args.bf16):
                 labels = teacher_forward(teacher, z.contiguous(memory_format=fmt), probe_args).argmax(1).cpu()
-            counts += common.all_reduce_sum(torch.bincount(labels, minlength=num_classes))
+            counts += common.all_reduce_sum(common.label_counts(labels, num_classes))
         s = common.label_stats(counts)
         out.update({f"probe/{tag}_entropy": s["entropy"], f"probe/{tag}_max_share": s["max_share"],
                     f"probe/{tag}_missing": s["missing"], f"probe/{tag}_hist": counts.tolist()})
@@ -251,7 +256,7 @@ class RejectionSampler:
 
     def update(self, labels):
         """Fold the labels of one pool (every rank's, under torchrun) into the estimate; returns their histogram."""
-        counts = common.all_reduce_sum(torch.bincount(labels, minlength=self.k))
+        counts = common.all_reduce_sum(common.label_counts(labels, self.k))
         hist = counts.double() / counts.sum()  # on the labels' device: no host sync
         prev = self.marginal
         self.marginal = hist if prev is None else self.momentum * prev.to(hist.device) + (1 - self.momentum) * hist
@@ -334,7 +339,7 @@ def draw_batch(args, teacher_fn, sampler, noise_gen, shape, stats, noise_params=
     if len(z) < B:  # never loop forever (a class the teacher never predicts can push acceptance very low)
         z = torch.cat([z, torch.cat(rej_z)[:B - len(z)]])
         t = torch.cat([t, torch.cat(rej_t)[:B - len(t)]])
-    stats["acc_counts"] += common.all_reduce_sum(torch.bincount(t.argmax(1), minlength=sampler.k))
+    stats["acc_counts"] += common.all_reduce_sum(common.label_counts(t.argmax(1), sampler.k))
     stats["sampler_s"] += time.perf_counter() - t_sampler
     return z, t, None
 

@@ -83,7 +83,7 @@ def parse_args(argv=None):
     p.add_argument("--device", default=common.default_device(), help="cpu or cuda")
     args = p.parse_args(argv)
     if args.resume:  # the sweep's own settings; other flags beside --resume are refused, not silently ignored
-        return common.resume_args(p, args, Path(__file__).stem, extra_keys=("command",))
+        return common.resume_args(p, args, Path(__file__).stem, extra_keys=("command",), argv=argv)
     common.check_device(p, args.device)
     args.student = args.student or ("resnet18" if args.teacher == "resnet34" else "resnet20")
     if args.bf16 is None:

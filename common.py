@@ -99,7 +99,7 @@ def norm_layer(norm, channels):
         return ChannelLayerNorm(channels)
     if norm == "none":
         return nn.Identity()
-    raise ValueError(f"unknown norm {norm!r}; choose from {', '.join(NORMS)}")
+    raise InputError(f"unknown norm {norm!r}; choose from {', '.join(NORMS)}")
 
 
 class ShortcutA(nn.Module):
@@ -132,7 +132,7 @@ def stage_norms(norm, stages=3):
     BatchNorm after it: the teachers of bn_ablation.py's retraining arm."""
     norms = norm.split("-") if "-" in norm else [norm] * stages
     if len(norms) != stages or any(n not in NORMS for n in norms):
-        raise ValueError(f"unknown norm {norm!r}; choose from {', '.join(NORMS)}, or one per stage joined by '-' "
+        raise InputError(f"unknown norm {norm!r}; choose from {', '.join(NORMS)}, or one per stage joined by '-' "
                          f"({stages} stages, e.g. gn-bn-bn)")
     return norms
 
@@ -245,18 +245,32 @@ def build_model(name, num_classes=10, norm=None):
     (ResNet-18/34/50 with any norm but per-stage ones; ViT-B/16 for 224 x 224 inputs only).
     vit_tiny here is a small ViT for 32x32 inputs: patch 4 (64 tokens + class token), width 128, depth 6, 4 heads
     (about 1.2M parameters, so that a checkpoint stays under 5 MB)."""
+    check_model_norm(name, norm)
     if name in CIFAR_RESNET_DEPTHS:
         return CifarResNet(CIFAR_RESNET_DEPTHS[name], num_classes, norm or "bn")
     if name in TV_RESNET_LAYERS:
         return cifar_torchvision_resnet(TV_RESNET_LAYERS[name], num_classes, norm or "bn")
     if name in ("vit_tiny", "imagenet_vit_b_16"):
-        if norm not in (None, "ln"):
-            raise ValueError(f"{name} uses LayerNorm only; got norm={norm!r}")
         return ViT(num_classes) if name == "vit_tiny" else torchvision.models.vit_b_16(num_classes=num_classes)
-    if name in IMAGENET_MODELS:  # torchvision's ImageNet ResNets (7x7 stem, max-pool), any of our CNN norms
-        return getattr(torchvision.models, IMAGENET_MODELS[name])(num_classes=num_classes,
-                                                                  norm_layer=partial(norm_layer, norm or "bn"))
-    raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODEL_NAMES)}")
+    return getattr(torchvision.models, IMAGENET_MODELS[name])(num_classes=num_classes,  # torchvision's ImageNet
+                                                              norm_layer=partial(norm_layer, norm or "bn"))  # ResNets
+
+
+def check_model_norm(name, norm):
+    """InputError unless build_model(name, norm=norm) can be built: a known model, a ViT with LayerNorm (or no norm
+    given), per-stage norms only for the CIFAR ResNets."""
+    if name not in MODEL_NAMES:
+        raise InputError(f"unknown model {name!r}; choose from {', '.join(MODEL_NAMES)}")
+    if name in ("vit_tiny", "imagenet_vit_b_16"):
+        if norm not in (None, "ln"):
+            raise InputError(f"{name} uses LayerNorm only (norm ln); got norm {norm}")
+    elif norm is not None and "-" in norm:
+        if name not in CIFAR_RESNET_DEPTHS:
+            raise InputError(f"norm {norm}: one norm per stage is for the CIFAR ResNets (resnet20 ... resnet110) "
+                             f"only; {name} takes one of {', '.join(NORMS)}")
+        stage_norms(norm)
+    elif norm is not None and norm not in NORMS:
+        raise InputError(f"unknown norm {norm!r}; choose from {', '.join(NORMS)}")
 
 
 def memory_format(model, bf16):
@@ -372,6 +386,9 @@ def load_teacher(name, ckpt, num_classes=None, dataset=None, mean=None, std=None
     if (mean is None) != (std is None) or (mean is not None and not len(mean) == len(std) == 3):
         raise InputError("--teacher-mean and --teacher-std go together, three numbers each")
     blob = load_checkpoint(ckpt)  # a missing file, a folder, a text file: one clear error each
+    if not isinstance(blob, dict):
+        raise InputError(f"{ckpt} holds a {type(blob).__name__}, not a checkpoint (a dict: ours, akamaster's or a "
+                         f"plain state_dict)")
     if "model" in blob:  # ours
         if blob.get("arch", name) != name:
             raise InputError(f"checkpoint {ckpt} holds a {blob['arch']}, not a {name}")
@@ -472,7 +489,7 @@ def load_split(name, split, data_dir="./data", image_size=224):
         if not cache.is_file():
             x, y, classes = _decode_folder(data_dir, split, image_size)
             if name == "imagenet100" and len(classes) != 100:
-                raise ValueError(f"{data_dir}: ImageNet-100 has 100 classes, this tree has {len(classes)}; "
+                raise InputError(f"{data_dir}: ImageNet-100 has 100 classes, this tree has {len(classes)}; "
                                  f"use --dataset folder for other trees")
             np.savez(cache, x=x, y=y.astype(np.int64), classes=np.array(classes))
     else:
@@ -548,6 +565,12 @@ def shape_noise(w, alpha=0.0, color=None, mean=None):
     if mean is not None:
         z = z + mean.to(z).view(1, -1, 1, 1)
     return z
+
+
+def label_counts(labels, k):
+    """The histogram of integer labels in [0, k), on their device. torch.bincount would do, but on a GPU it reads the
+    labels' min and max back to the host: a sync in every training step."""
+    return torch.zeros(k, dtype=torch.long, device=labels.device).index_add_(0, labels, torch.ones_like(labels))
 
 
 def sample_noise(n, shape, generator, alpha=0.0, device="cpu", color=None, mean=None):
@@ -716,14 +739,23 @@ def make_run_dir(out_dir, dataset, script, teacher, seed):
 RENAMED = {"diag_samples": "probe_samples"}  # old args.json key: its name now
 
 
-def resume_args(parser, args, script, extra_keys=(), before=None):
+def given_flags(parser, argv=None):
+    """The options on the command line argv (sys.argv[1:] when None), whatever their values, defaults included."""
+    unset = object()  # argparse fills in a default only where the namespace has no value yet
+    seen = argparse.Namespace(**{a.dest: unset for a in parser._actions if a.dest != "help"})
+    parser.parse_args(argv, seen)
+    return [a.option_strings[0] for a in parser._actions
+            if a.option_strings and a.dest != "help" and getattr(seen, a.dest) is not unset]
+
+
+def resume_args(parser, args, script, extra_keys=(), before=None, argv=None):
     """The settings of the run folder args.resume, which `script` continues. Exits with one line (parser.error) when
-    the folder is missing or not a run of this script, or when other flags were given beside --resume: a resumed run
-    keeps the settings it started with, so such flags could only be ignored. Settings that the run's args.json
+    the folder is missing or not a run of this script, when other flags were given beside --resume (on argv, at any
+    value): a resumed run keeps the settings it started with, so such flags could only be ignored, or when the run's
+    device is not on this machine (its noise generator's state lives there). Settings that the run's args.json
     predates get their defaults, or the value in `before` (what the script did before the setting existed);
     extra_keys: what the script adds to args.json beside its flags."""
-    given = [a.option_strings[0] for a in parser._actions
-             if a.dest not in ("help", "resume") and a.option_strings and getattr(args, a.dest) != a.default]
+    given = [f for f in given_flags(parser, argv) if f != "--resume"]
     if given:
         parser.error(f"--resume continues a run with the settings in its args.json; drop {' '.join(given)} "
                      f"(start a new run to change them)")
@@ -739,7 +771,11 @@ def resume_args(parser, args, script, extra_keys=(), before=None):
     if foreign:
         parser.error(f"--resume {run}: a run of another script (its settings {sorted(foreign)[:3]} "
                      f"are not {script}.py's)")
-    return argparse.Namespace(**{**defaults, **(before or {}), **saved, "resume": str(run)})
+    resumed = argparse.Namespace(**{**defaults, **(before or {}), **saved, "resume": str(run)})
+    if device_problem(resumed.device):
+        parser.error(f"--resume {run}: the run was on {resumed.device}, which this machine does not have; it "
+                     f"continues only there (its noise generator's state is a {resumed.device} one)")
+    return resumed
 
 
 def check_same_teacher(ckpt, tinfo, run_dir):
@@ -751,29 +787,38 @@ def check_same_teacher(ckpt, tinfo, run_dir):
                          f"vs {started[:12]}...): put that file back or start a new run")
 
 
-def check_device(parser, device):
-    """--device must name a device this machine has: one line instead of a CUDA traceback."""
+def device_problem(device):
+    """Why `device` cannot be used on this machine (one line), or None."""
     try:
         dev = torch.device(device)
     except RuntimeError:
-        parser.error(f"--device {device}: unknown device (use cpu, cuda or cuda:N)")
+        return f"--device {device}: unknown device (use cpu, cuda or cuda:N)"
     if dev.type == "cuda" and not torch.cuda.is_available():
-        parser.error(f"--device {device}: this machine has no CUDA GPU (use --device cpu)")
+        return f"--device {device}: this machine has no CUDA GPU (use --device cpu)"
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        parser.error(f"--device {device}: there are {torch.cuda.device_count()} GPUs")
+        return f"--device {device}: there are {torch.cuda.device_count()} GPUs"
     if dev.type not in ("cpu", "cuda"):
-        parser.error(f"--device {device}: only cpu and cuda are supported")
+        return f"--device {device}: only cpu and cuda are supported"
+    return None
+
+
+def check_device(parser, device):
+    """--device must name a device this machine has: one line instead of a CUDA traceback."""
+    problem = device_problem(device)
+    if problem:
+        parser.error(problem)
 
 
 @contextlib.contextmanager
 def stop_message(run_dir, step_fn):
     """Ctrl-C (SIGINT) inside: say at which step the run stopped, where its last checkpoint is and how to resume,
-    then exit with status 130, without a traceback. step_fn() gives the step reached."""
+    then exit with status 130, without a traceback. step_fn() gives the step reached; run_dir None: no run folder
+    yet (a torchrun rank > 0 never has one)."""
     try:
         yield
     except KeyboardInterrupt:
-        ckpt = Path(run_dir) / "checkpoint.pt"
-        last = load_checkpoint(ckpt)["step"] if ckpt.is_file() else None
+        ckpt = Path(run_dir) / "checkpoint.pt" if run_dir else None
+        last = load_checkpoint(ckpt)["step"] if ckpt and ckpt.is_file() else None
         where = f"last checkpoint at step {last}: resume with --resume {run_dir}" if last is not None else \
             "no checkpoint yet: start it again"
         print(f"\nstopped at step {step_fn()}, {where}", file=sys.stderr, flush=True)

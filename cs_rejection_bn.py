@@ -119,17 +119,23 @@ def parse_args(argv=None):
     p.add_argument("--eval-subset", type=int, default=0, help="evaluate on the first N test images (0 = all)")
     p.add_argument("--ckpt-every", type=int, default=800, help="save a resumable checkpoint every this many steps")
     p.add_argument("--out-dir", default="runs", help="run folders go here")
-    p.add_argument("--resume", default=None, help="run folder to continue; its args.json is used, other flags ignored")
+    p.add_argument("--resume", default=None,
+                   help="run folder to continue with its own settings (its args.json; other flags are refused)")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                    help="bf16 autocast + channels_last (default: on where the device supports bf16)")
     p.add_argument("--device", default=common.default_device(), help="cpu or cuda")
     args = p.parse_args(argv)
     if args.resume:  # the run's own settings; other flags beside --resume are refused, not silently ignored
-        # a run started before --feature-weight (or --calibrate-bn) existed matched the logits alone (and calibrated
-        # nothing)
-        return common.resume_args(p, args, Path(__file__).stem, before={"feature_weight": 0.0, "calibrate_bn": False})
+        # a run started before --fit-noise, --feature-weight or --calibrate-bn existed drew white noise, matched the
+        # logits alone and calibrated nothing
+        before = {"fit_noise": False, "feature_weight": 0.0, "calibrate_bn": False}
+        return common.resume_args(p, args, Path(__file__).stem, before=before, argv=argv)
     common.check_device(p, args.device)
     args.student = args.student or ("resnet18" if args.teacher == "resnet34" else "resnet20")
+    try:  # e.g. --student vit_tiny --student-norm bn: one line now, not a traceback once the teacher has loaded
+        common.check_model_norm(args.student, args.student_norm)
+    except common.InputError as e:
+        p.error(str(e))
     if args.bf16 is None:
         args.bf16 = common.bf16_supported(args.device)
     for flag in ("steps", "batch_size", "eval_every", "ckpt_every", "max_pools", "eval_batch_size"):
@@ -333,7 +339,7 @@ class RejectionSampler:
 
     def update(self, labels):
         """Fold the labels of one pool (every rank's, under torchrun) into the estimate; returns their histogram."""
-        counts = common.all_reduce_sum(torch.bincount(labels, minlength=self.k))
+        counts = common.all_reduce_sum(common.label_counts(labels, self.k))
         hist = counts.double() / counts.sum()  # on the labels' device: no host sync
         prev = self.marginal
         self.marginal = hist if prev is None else self.momentum * prev.to(hist.device) + (1 - self.momentum) * hist
@@ -416,7 +422,7 @@ def draw_batch(args, teacher_fn, sampler, noise_gen, shape, stats, noise_params=
     if len(z) < B:  # never loop forever (a class the teacher never predicts can push acceptance very low)
         z = torch.cat([z, torch.cat(rej_z)[:B - len(z)]])
         t = torch.cat([t, torch.cat(rej_t)[:B - len(t)]])
-    stats["acc_counts"] += common.all_reduce_sum(torch.bincount(t.argmax(1), minlength=sampler.k))
+    stats["acc_counts"] += common.all_reduce_sum(common.label_counts(t.argmax(1), sampler.k))
     stats["sampler_s"] += time.perf_counter() - t_sampler
     return z, t, None
 
@@ -613,8 +619,9 @@ def main(argv=None):
         run_dir = common.make_run_dir(args.out_dir, args.dataset, Path(__file__).stem, args.teacher, args.seed)
         common.write_json(run_dir / "args.json", vars(args), keep_paths=True)
     if args.fit_noise and noise_params is None:  # ALGO LOGIC (our option): the noise fitted to the teacher's BN
-        noise_params, fit_stats = fit_noise(teacher, shape, args.fit_noise_steps,
-                                            torch.Generator().manual_seed(args.seed + 3_000))
+        with common.stop_message(run_dir, lambda: step):  # Ctrl-C here: no checkpoint yet, say so
+            noise_params, fit_stats = fit_noise(teacher, shape, args.fit_noise_steps,
+                                                torch.Generator().manual_seed(args.seed + 3_000))
         print(f"fitted noise: 1/f^{noise_params['alpha']:.2f}, channel covariance "
               f"{(noise_params['color'] @ noise_params['color'].T).diag().tolist()} (diag), BN-statistics loss "
               f"{fit_stats['noise/bn_loss_white']:.2f} on white noise -> {fit_stats['noise/bn_loss_fitted']:.2f}")
@@ -712,8 +719,9 @@ def main(argv=None):
 
     final = curve[-1] if curve and curve[-1]["step"] == step else evaluation()
     if args.calibrate_bn:  # ALGO LOGIC (our option): a deployable BN student
-        batches = invert_teacher_inputs(teacher, shape, args.calibrate_samples, args.calibrate_steps,
-                                        torch.Generator().manual_seed(args.seed + 5_000), noise_params)
+        with common.stop_message(run_dir, lambda: step):  # Ctrl-C here: --resume calibrates the saved student
+            batches = invert_teacher_inputs(teacher, shape, args.calibrate_samples, args.calibrate_steps,
+                                            torch.Generator().manual_seed(args.seed + 5_000), noise_params)
         calibrated = calibrate_bn(student, batches)
         final = {**final, "eval/acc_calibrated": evaluate(calibrated, "running")}
         common.save_checkpoint(run_dir / "student_calibrated.pt", student=calibrated.state_dict(), args=vars(args))

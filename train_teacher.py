@@ -2,8 +2,8 @@
 
 Any model and normalization of common.build_model, on cifar10 / cifar100 / svhn from the uint8 cache. Standard
 augmentation (random crop with 4-pixel reflect padding, horizontal flip), SGD with Nesterov momentum (AdamW for ViTs),
-label smoothing, a linear warm-up and a linear decay to zero (one cycle): a small CNN gets to a good accuracy on a CPU
-within the hour.
+label smoothing, a linear warm-up (2 epochs; a tenth of a shorter run) and a linear decay to zero (one cycle): a small
+CNN gets to a good accuracy on a CPU within the hour.
 The checkpoint records arch, norm, input normalization, test accuracy and the command; its sha256 is printed.
 
     python train_teacher.py --model resnet20 --norm bn --dataset cifar10 --data-dir ../shared/data \
@@ -37,9 +37,9 @@ def norm_arg(value):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", default="resnet20", choices=common.MODEL_NAMES, help="architecture")
-    p.add_argument("--norm", default="bn", type=norm_arg,
+    p.add_argument("--norm", default=None, type=norm_arg,
                    help=f"normalization layers (CNNs): {', '.join(common.NORMS)}, or one per stage of a CIFAR ResNet "
-                        f"joined by '-' (gn-bn-bn: GroupNorm in the first stage)")
+                        f"joined by '-' (gn-bn-bn: GroupNorm in the first stage); default bn, ln for the ViTs")
     p.add_argument("--dataset", default="cifar10", choices=common.DATASETS, help="training data")
     p.add_argument("--data-dir", default="./data",
                    help="folder of the <dataset>_{train,test}.npz cache; for imagenet100 / folder the ImageFolder tree")
@@ -54,29 +54,47 @@ def parse_args(argv=None):
     p.add_argument("--weight-decay", type=float, default=5e-4,
                    help="weight decay (not on norm parameters or biases; decoupled with adamw)")
     p.add_argument("--label-smoothing", type=float, default=0.1, help="label smoothing of the cross-entropy")
-    p.add_argument("--warmup-epochs", type=float, default=2.0, help="linear warm-up length before the linear decay")
+    p.add_argument("--warmup-epochs", type=float, default=None,
+                   help="linear warm-up length before the linear decay (default: 2 epochs, or a tenth of the run when "
+                        "that is shorter; the shipped teachers: 2 of 20)")
     p.add_argument("--seed", type=int, default=0, help="seed of initialization, shuffling and augmentation")
     p.add_argument("--crop", default="batch", choices=["batch", "image"],
                    help="random-crop offset drawn once per batch (a cheap slice; the recipe of the shipped ResNet-20s) "
                         "or once per image (the standard recipe; a gather, for a teacher trained for accuracy)")
-    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
-                   help="bf16 autocast, with channels_last where it is faster (2x or more on CPUs with AVX-512 bf16)")
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                   help="bf16 autocast, with channels_last where it is faster (2x or more on CPUs with AVX-512 bf16; "
+                        "default: on where the device supports bf16)")
     p.add_argument("--half", action="store_true",
                    help="store the weights in float16 (half the file; for a teacher to commit, e.g. ResNet-34: 43 MB "
                         "instead of 85); the recorded accuracy is measured after the round trip, as loaded")
     p.add_argument("--out", default=None, help="checkpoint path (default teachers/<model>_<dataset>_<norm>.pt)")
     p.add_argument("--resume", action="store_true", help="continue from <out>.partial, saved after every epoch")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace an existing checkpoint at --out (without it, an existing one is never touched)")
+                   help="replace an existing checkpoint at --out, or start over where <out>.partial holds an "
+                        "unfinished run (without it, neither is ever touched)")
     p.add_argument("--device", default=common.default_device(), help="cpu or cuda")
     args = p.parse_args(argv)
     common.check_device(p, args.device)
+    if args.bf16 is None:
+        args.bf16 = common.bf16_supported(args.device)
+    args.norm = args.norm or ("ln" if "vit" in args.model else "bn")
+    try:  # before the data loads: e.g. a ViT with BatchNorm, or per-stage norms for a torchvision ResNet
+        common.check_model_norm(args.model, args.norm)
+    except common.InputError as e:
+        p.error(str(e))
     if args.epochs < 1 or args.batch_size < 1 or args.lr <= 0:  # --epochs 0 would save an untrained "teacher"
         p.error("need --epochs >= 1, --batch-size >= 1 and --lr > 0")
+    if args.warmup_epochs is None:
+        args.warmup_epochs = min(2.0, args.epochs / 10)
+    if not 0 <= args.warmup_epochs < args.epochs:  # else the run ends inside the warm-up: no decay, not one cycle
+        p.error(f"--warmup-epochs {args.warmup_epochs:g} must be at least 0 and shorter than --epochs {args.epochs}")
     # The default path is in the repository's teachers/, from any working folder; a shipped teacher is never
     # replaced by accident (every default run would then use the new file).
     if out_path(args).exists() and not args.overwrite:
         p.error(f"{out_path(args)} exists; pass --overwrite to replace it, or --out another path")
+    partial = out_path(args).with_suffix(".partial")
+    if partial.exists() and not (args.resume or args.overwrite):  # an unfinished run is never replaced by accident
+        p.error(f"{partial} holds an unfinished run: --resume continues it, --overwrite starts over")
     return args
 
 
@@ -150,6 +168,8 @@ def main(argv=None):
         gen.set_state(ck["generator"])
         start_epoch, history, t_before = ck["epoch"], ck["history"], ck["train_time_s"]
         print(f"resumed from {partial} at epoch {start_epoch}")
+    elif args.resume:
+        print(f"--resume: no {partial} yet, so training starts at epoch 1")
 
     t0 = time.time()
     for epoch in range(start_epoch, args.epochs):

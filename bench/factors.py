@@ -7,8 +7,9 @@ at the same budget of noise samples per arm, learning curves under both protocol
 The centre: the shared ResNet-20 (91.7%, a teacher we did not train) -> ResNet-20, the prior work's recipe (CS teacher,
 no balancing, Adam 1e-3 constant, T = 1, batch 256) on the Gaussian fitted to the teacher's BN statistics
 (`--fit-noise`). Each arm changes one thing (flags below, also in each results file's `args`). The teacher arms
-change the teacher: ResNet-20s trained by train_teacher.py's recipe for 1, 2 and 5 epochs (trained here when missing,
-into runs/bench_factors/teachers/), and the shipped teacher, which is the same recipe for 20 epochs. With a constant
+change the teacher: ResNet-20s trained by train_teacher.py's recipe for 1, 2 and 5 epochs, the warm-up a tenth of the
+run as in the shipped teacher's 2 of 20 epochs (trained here when missing, into runs/bench_factors/teachers/), and the
+shipped teacher, which is the same recipe for 20 epochs. With a constant
 learning rate a run's first N samples do not depend on its length, so arms can be compared at any common budget.
 Each arm is one run of cs_rejection_bn.py; its results.json, with the KD loss logged every 10 steps
 (`train_loss_curve`), is copied to results/factors/<arm>__s<seed>.json. Finished arms are skipped; an interrupted one
@@ -56,6 +57,12 @@ DEFAULT_RUNS = ["centre:0", "centre:1", "white:0", "running:0", "lr3e-3:0", "tau
                 "teacher_e5:1", "teacher_e20:1", "mse:0", "mse:1"]
 
 
+def short_teacher(epochs):
+    """The checkpoint of the teacher arm that trains for `epochs`: its warm-up is a tenth of the run, as the shipped
+    teacher's 2 of 20 epochs (in the name: files of an earlier schedule are never picked up)."""
+    return TRAINED / f"resnet20_e{epochs}_w{epochs / 10:g}.pt"
+
+
 def teacher_flags(arm, data_dir):
     """The --teacher flags of an arm; a teacher arm's short-trained teacher is trained first when missing
     (train_teacher.py as a process, the recipe of the shipped teacher with fewer epochs; resumable)."""
@@ -63,12 +70,12 @@ def teacher_flags(arm, data_dir):
         return ["--teacher", "resnet20"]  # teachers/resnet20_cifar10_bn.pt: the same recipe, 20 epochs
     if arm not in TEACHER_EPOCHS:
         return TEACHER
-    ckpt = TRAINED / f"resnet20_e{TEACHER_EPOCHS[arm]}.pt"
+    epochs = TEACHER_EPOCHS[arm]
+    ckpt = short_teacher(epochs)
     if not ckpt.exists():
         subprocess.run([sys.executable, str(REPO / "train_teacher.py"), "--model", "resnet20", "--data-dir", data_dir,
-                        "--epochs", str(TEACHER_EPOCHS[arm]), "--seed", "0", "--out", str(ckpt), "--resume",
-                        "--bf16" if common.bf16_supported("cpu") else "--no-bf16"],
-                       check=True)
+                        "--epochs", str(epochs), "--warmup-epochs", f"{epochs / 10:g}", "--seed", "0", "--out",
+                        str(ckpt), "--resume"], check=True)
     return ["--teacher", "resnet20", "--teacher-ckpt", str(ckpt)]
 
 

@@ -35,14 +35,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 import common  # noqa: E402
 import cs_rejection_bn  # noqa: E402
+from factors import short_teacher  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "teachers"
-TRAINED = REPO / "runs" / "bench_factors" / "teachers"  # bench/factors.py's short-trained teachers
 TEACHERS = [  # (name, architecture, checkpoint; None = the shipped teachers/<arch>_cifar10_bn.pt)
     ("shared ResNet-20", "resnet20", SHARED / "akamaster_resnet20-12fca82f.th"),
     ("shared ResNet-56", "resnet56", SHARED / "akamaster_resnet56-4bfd9763.th"),
     ("ours, 20 epochs (shipped)", "resnet20", None),
-    *[(f"ours, {e} epoch{'s' * (e > 1)}", "resnet20", TRAINED / f"resnet20_e{e}.pt") for e in (1, 2, 5)],
+    *[(f"ours, {e} epoch{'s' * (e > 1)}", "resnet20", short_teacher(e)) for e in (1, 2, 5)],  # bench/factors.py's
 ]
 MODES = ["cs", "running", "bm_rv", "rm_bv"]
 CS_LAST = [2, 3, 5, 7, 13]

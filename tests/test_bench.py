@@ -103,9 +103,10 @@ def test_a_teacher_arm_trains_its_short_teacher_once_and_the_others_use_theirs(t
     monkeypatch.setattr(factors.subprocess, "run", lambda cmd, **kw: calls.append(cmd) or real_run(
         [*cmd, "--batch-size", "32"], **kw))
     flags = factors.teacher_flags("teacher_e1", str(tiny_data))
-    assert flags == ["--teacher", "resnet20", "--teacher-ckpt", str(tmp_path / "teachers" / "resnet20_e1.pt")]
+    assert flags == ["--teacher", "resnet20", "--teacher-ckpt", str(tmp_path / "teachers" / "resnet20_e1_w0.1.pt")]
     blob = common.load_checkpoint(flags[-1])
     assert blob["args"]["epochs"] == 1 and blob["args"]["label_smoothing"] == 0.1  # the shipped recipe, 1 epoch
+    assert blob["args"]["warmup_epochs"] == 0.1  # a tenth of the run, as the shipped teacher's 2 of 20 epochs
     assert factors.teacher_flags("teacher_e1", str(tiny_data)) == flags and len(calls) == 1  # trained once
     assert factors.teacher_flags("teacher_e20", str(tiny_data)) == ["--teacher", "resnet20"]  # the shipped one
     assert factors.teacher_flags("centre", str(tiny_data)) == factors.TEACHER and len(calls) == 1

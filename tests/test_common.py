@@ -203,3 +203,10 @@ def test_metrics_log_drops_rows_past_the_resumed_step(tmp_path):
         log.log(s, loss=s)
     common.MetricsLog(tmp_path / "m.jsonl", resume_step=20)
     assert [r["step"] for r in common.MetricsLog.read(tmp_path / "m.jsonl")] == [10, 20]
+
+
+def test_label_counts_is_the_histogram_bincount_gives_with_empty_classes_kept():
+    labels = torch.tensor([3, 0, 3, 9, 3])
+    assert common.label_counts(labels, 12).tolist() == torch.bincount(labels, minlength=12).tolist()
+    assert common.label_counts(labels, 12).tolist() == [1, 0, 0, 3, 0, 0, 0, 0, 0, 1, 0, 0]
+    assert common.label_counts(torch.zeros(0, dtype=torch.long), 3).tolist() == [0, 0, 0]

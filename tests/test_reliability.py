@@ -47,6 +47,54 @@ def test_train_teacher_with_zero_epochs_is_refused(tiny_data, tmp_path, capsys):
     assert "--epochs >= 1" in err and not (tmp_path / "t.pt").exists()
 
 
+def test_train_teacher_warm_up_is_shorter_than_the_run(tmp_path, capsys):
+    out = ["--out", str(tmp_path / "t.pt")]
+    warmup = lambda *flags: train_teacher.parse_args([*flags, *out]).warmup_epochs
+    assert (warmup(), warmup("--epochs", "30"), warmup("--epochs", "2"), warmup("--epochs", "5")) == (2, 2, 0.2, 0.5)
+    assert warmup("--epochs", "2", "--warmup-epochs", "1.5") == 1.5
+    for flags in (("--epochs", "2", "--warmup-epochs", "2"), ("--epochs", "1", "--warmup-epochs", "3"),
+                  ("--warmup-epochs", "-1")):  # the run would end inside the warm-up, with no decay
+        assert "must be at least 0 and shorter than --epochs" in argument_error(capsys, train_teacher.parse_args,
+                                                                               *flags, *out)
+
+
+def test_train_teacher_never_replaces_an_unfinished_run_by_accident(tiny_data, tmp_path, capsys):
+    out = tmp_path / "t.pt"
+    out.with_suffix(".partial").write_bytes(b"epochs of someone's run")
+    err = argument_error(capsys, train_teacher.parse_args, "--data-dir", str(tiny_data), "--out", str(out))
+    assert "t.partial holds an unfinished run: --resume continues it, --overwrite starts over" in err
+    for flag in ("--resume", "--overwrite"):
+        assert train_teacher.parse_args(["--out", str(out), flag])
+
+
+def test_train_teacher_says_when_resume_has_nothing_to_resume(tiny_data, tmp_path, capsys):
+    train_teacher.main(["--data-dir", str(tiny_data), "--epochs", "1", "--batch-size", "64", "--no-bf16",
+                        "--out", str(tmp_path / "t.pt"), "--resume"])
+    assert "--resume: no " in capsys.readouterr().out
+
+
+def test_a_model_and_norm_that_cannot_be_built_are_one_line_errors_before_any_data_loads(tmp_path, capsys):
+    out = ["--out", str(tmp_path / "t.pt"), "--data-dir", str(tmp_path / "no data here")]
+    assert train_teacher.parse_args(["--model", "vit_tiny", *out]).norm == "ln"  # the ViT's own norm by default
+    assert train_teacher.parse_args(out).norm == "bn"
+    err = argument_error(capsys, train_teacher.parse_args, "--model", "vit_tiny", "--norm", "bn", *out)
+    assert "vit_tiny uses LayerNorm only (norm ln); got norm bn" in err
+    err = argument_error(capsys, train_teacher.parse_args, "--model", "resnet18", "--norm", "gn-bn-bn", *out)
+    assert "one norm per stage is for the CIFAR ResNets" in err
+    for script in (kd, ba):
+        err = argument_error(capsys, script.parse_args, "--student", "vit_tiny", "--student-norm", "bn")
+        assert "vit_tiny uses LayerNorm only" in err
+    with pytest.raises(common.InputError, match="unknown model"):
+        common.build_model("resnet21")
+
+
+@pytest.mark.parametrize("content", [[1, 2], torch.zeros(3)], ids=["list", "tensor"])
+def test_a_checkpoint_that_is_not_a_dict_is_one_clear_error(tmp_path, content):
+    torch.save(content, tmp_path / "t.pt")
+    with pytest.raises(common.InputError, match="not a checkpoint"):
+        common.load_teacher("resnet20", tmp_path / "t.pt")
+
+
 def test_a_replaced_shipped_teacher_is_reported_at_load(tiny_teacher, tmp_path, monkeypatch, capsys):
     (tmp_path / "teachers").mkdir()
     shutil.copy(tiny_teacher, tmp_path / "teachers" / "resnet20_cifar10_bn.pt")
@@ -79,6 +127,27 @@ def test_interrupt_says_where_it_stopped_and_how_to_resume(tiny_data, tiny_teach
     err = capsys.readouterr().err
     assert f"stopped at step 4, last checkpoint at step 4: resume with --resume {run}" in err
     assert "Traceback" not in err
+
+
+def test_interrupts_before_and_after_the_training_steps_say_what_to_do(tiny_data, tiny_teacher, tmp_path, monkeypatch,
+                                                                     capsys):
+    def interrupt(*a, **kw):
+        raise KeyboardInterrupt
+    for name in ("fit_noise", "invert_teacher_inputs"):  # the noise fit before step 1; the calibration after the last
+        real = getattr(kd, name)
+        monkeypatch.setattr(kd, name, interrupt)
+        with pytest.raises(SystemExit) as e:
+            kd.main(tiny_args(tiny_data, tiny_teacher, tmp_path / name))
+        monkeypatch.setattr(kd, name, real)
+        assert e.value.code == 130
+        run, err = next((tmp_path / name).iterdir()), capsys.readouterr().err
+        if name == "fit_noise":
+            assert "stopped at step 0, no checkpoint yet: start it again" in err
+        else:
+            assert f"stopped at step 6, last checkpoint at step 6: resume with --resume {run}" in err
+            assert not (run / "results.json").exists()
+            res = kd.main(["--resume", str(run)])  # calibrates the saved student and writes the results
+            assert "eval/acc_calibrated" in res and (run / "results.json").is_file()
 
 
 @pytest.mark.parametrize("sig,background", [(signal.SIGINT, False), (signal.SIGTERM, False), (signal.SIGINT, True)],
@@ -139,6 +208,27 @@ def test_a_run_of_another_method_script_is_refused(tiny_data, tiny_teacher, tmp_
 def test_flags_beside_resume_are_refused_not_ignored(tmp_path, capsys):
     err = argument_error(capsys, kd.parse_args, "--resume", str(tmp_path), "--steps", "9", "--lr", "0.1")
     assert "drop --steps --lr" in err
+    default = kd.parse_args([])  # a flag at its default value would be ignored just the same
+    err = argument_error(capsys, kd.parse_args, "--resume", str(tmp_path), "--steps", str(default.steps),
+                         "--device", default.device, "--no-calibrate-bn")
+    assert "drop --calibrate-bn --steps --device" in err
+
+
+def test_a_run_resumes_only_on_a_device_this_machine_has(tmp_path, capsys):
+    saved = {**vars(kd.parse_args([])), "device": "cuda:7"}
+    (tmp_path / "args.json").write_text(json.dumps(saved))
+    err = argument_error(capsys, kd.parse_args, "--resume", str(tmp_path))
+    assert f"--resume {tmp_path}: the run was on cuda:7, which this machine does not have" in err
+    saved["device"] = "cpu"
+    (tmp_path / "args.json").write_text(json.dumps(saved))
+    assert kd.parse_args(["--resume", str(tmp_path)]).device == "cpu"
+
+
+def test_a_run_started_before_the_fitted_noise_resumes_on_white_noise(tmp_path):
+    saved = vars(kd.parse_args([]))
+    assert saved.pop("fit_noise") is True  # today's default; runs from before the flag drew white noise
+    (tmp_path / "args.json").write_text(json.dumps(saved))
+    assert kd.parse_args(["--resume", str(tmp_path)]).fit_noise is False
 
 
 def test_a_run_started_before_a_flag_was_renamed_resumes_with_its_setting(tmp_path):
