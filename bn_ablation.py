@@ -61,7 +61,8 @@ def parse_args(argv=None):
                    help="retrain sweep: stages with GroupNorm (k = 0 and 3 are the shipped BN and GN ResNet-20s)")
     p.add_argument("--retrain", action="store_true",
                    help="retrain sweep: train missing teachers with train_teacher.py (about 20-40 min each on a CPU)")
-    p.add_argument("--retrain-epochs", type=int, default=20, help="epochs of each retrained teacher (shipped recipe)")
+    p.add_argument("--retrain-epochs", type=int, default=20, help="epochs of each retrained teacher (shipped recipe); an existing teacher file trained for other "
+                        "epochs is refused")
     p.add_argument("--k-list", type=int, nargs="*", default=None, help="k values of first-k / last-k (default 0..L)")
     p.add_argument("--distill-k", type=int, nargs="*", default=[0, 1, 3, 7],
                    help="first-k / last-k points that also get a student (every stage / components point does not)")
@@ -77,7 +78,7 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0, help="seed of student init and noise (the same for every point)")
     p.add_argument("--out-dir", default="runs", help="run folders go here")
     p.add_argument("--resume", default=None, help="run folder to continue: finished points are kept")
-    p.add_argument("--copy-results-to", default=None, help="also write results.json here (e.g. results/bn_ablation/)")
+    p.add_argument("--copy-results-to", default=None, help="also write results.json to this file (e.g. results/bn_ablation/resnet20.json)")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                    help="bf16 autocast + channels_last (default: on where the device supports bf16)")
     p.add_argument("--device", default=common.default_device(), help="cpu or cuda")
@@ -326,6 +327,10 @@ def main(argv=None):
                     print(f"skipped: {path} is missing; --retrain trains it (python train_teacher.py {' '.join(train)})")
                     return None, None, None, None
                 train_teacher(train)
+            epochs = common.load_checkpoint(path).get("args", {}).get("epochs")
+            if epochs not in (None, args.retrain_epochs):  # a sweep never mixes teachers of other lengths silently
+                raise common.InputError(f"{path} was trained for {epochs} epochs, not --retrain-epochs "
+                                        f"{args.retrain_epochs}: use {epochs}, or move it away to train it anew")
             model, info = common.load_teacher(args.teacher, path, num_classes, args.dataset)
             model = model.to(args.device).to(memory_format=common.memory_format(model, args.bf16))
             stats = (info["mean"], info["std"])

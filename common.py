@@ -868,6 +868,8 @@ def cpu_name():
 def device_name(device):
     """The device a process computes on, as results record it: 'cpu (<model>, <threads> threads)' or
     'cuda (<GPU>, <threads> threads)'."""
+    if str(device).startswith("cuda") and not torch.cuda.is_available():  # a record made on another machine
+        return f"{device} (not on this machine)"
     dev = torch.cuda.get_device_name(0) if str(device).startswith("cuda") else cpu_name()
     return f"{device} ({dev}, {torch.get_num_threads()} threads)"
 
@@ -887,7 +889,8 @@ def provenance(device, wall_time_s, resumed_at=(), process_time_s=None):
             "device": device_name(device),
             "wall_time_s": None if wall_time_s is None else round(wall_time_s, 1),
             "resumed_at_steps": list(resumed_at),
-            "process_wall_time_s": round(wall_time_s if process_time_s is None else process_time_s, 1),
+            "process_wall_time_s": None if process_time_s is None and wall_time_s is None else
+            round(wall_time_s if process_time_s is None else process_time_s, 1),
             "date": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 

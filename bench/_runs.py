@@ -40,6 +40,16 @@ def run_or_resume(script, argv, run_root, target):
     if "calibrate_bn" in vars(script.parse_args([])):
         argv = [*AS_TRAINED, *argv]
     unfinished = unfinished_runs(run_root)
+    if unfinished:  # it continues with its own settings: those asked for now must be the same
+        saved = json.loads((unfinished[-1] / "args.json").read_text())
+        wanted = vars(script.parse_args(argv))
+        other = sorted(k for k in set(saved) & set(wanted) - {"out_dir", "data_dir", "device", "teacher_ckpt"}
+                       if saved[k] != wanted[k])
+        if other:
+            raise common.InputError(
+                f"{unfinished[-1]} is an unfinished run with other settings ("
+                + ", ".join(f"{k}: {saved[k]} there, {wanted[k]} now" for k in other)
+                + "): run with its settings to resume it, or move it away to start anew")
     argv = ["--resume", str(unfinished[-1])] if unfinished else [*argv, "--out-dir", str(run_root)]
     print(f"=== {Path(target).stem}: {Path(script.__file__).name} {' '.join(argv)}", flush=True)
     script.main(argv)

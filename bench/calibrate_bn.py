@@ -43,7 +43,8 @@ def calibrate_checkpoint(ck, path, x, y, batches):
     defaults = kd.parse_args([])  # what --calibrate-bn does with its default settings
     a = ck["args"]
     teacher, tinfo = common.load_teacher(a["teacher"], common.teacher_ckpt_or_exit(a["teacher"], a["dataset"],
-                                                                                  a["teacher_ckpt"]))
+                                                                                  a["teacher_ckpt"]),
+                                         mean=a.get("teacher_mean"), std=a.get("teacher_std"))  # as the run had it
     teacher.requires_grad_(False)  # only read: the inversion differentiates through it to the inputs
     shape = (3, *x.shape[1:3])
     params = ck.get("noise_params")
@@ -89,9 +90,11 @@ def main(argv=None):
         sys.exit(f"--only: no finished result named {sorted(missing)} in results/{{{','.join(STUDIES)}}}/ "
                  "or results/default_run*.json")
     for study, target, run_root in targets:
-        runs = [d for d in run_root.glob("*") if (d / "results.json").exists() and (d / "checkpoint.pt").exists()]
+        # the run folder whose results are the target's (a root such as runs/ can hold other finished runs)
+        runs = [d for d in sorted(run_root.glob("*")) if (d / "results.json").exists() and (d / "checkpoint.pt").exists()
+                and json.loads((d / "results.json").read_text())["curve"] == read[target]["curve"]]
         if not runs:
-            print(f"{target.stem}: run folder gone; skipped")
+            print(f"{target.stem}: its run folder is gone; skipped")
             continue
         row = {"run": target.stem, "study": study,
                **calibrate_checkpoint(common.load_checkpoint(runs[-1] / "checkpoint.pt"), runs[-1] / "checkpoint.pt",
@@ -110,4 +113,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    common.run_main(main)

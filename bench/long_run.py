@@ -77,7 +77,8 @@ def snapshot(arm, run_root, target, test_split=None):
                                                                     batches=20)}
     a = ck["args"]
     _, info = common.load_teacher(a["teacher"], common.teacher_ckpt_or_exit(a["teacher"], a["dataset"],
-                                                                            a["teacher_ckpt"]))
+                                                                            a["teacher_ckpt"]),
+                                  mean=a.get("teacher_mean"), std=a.get("teacher_std"))
     rows = common.MetricsLog.read(unfinished[-1] / "metrics.jsonl")
     common.write_json(target, {
         "finished": False, "arm": arm, "args": a, "teacher/acc_recorded": info["test_acc"],
@@ -111,13 +112,18 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.calibrate and not args.snapshot:
         p.error("--calibrate goes with --snapshot (a finished arm is calibrated by bench/calibrate_bn.py)")
+    changed = [f for f, v in (("--samples", args.samples), ("--batch-size", args.batch_size)) if v is not None]
+    default = lambda flag: Path(getattr(args, flag)).resolve() == Path(p.get_default(flag)).resolve()
+    if changed and not args.snapshot and (default("out") or default("runs_dir")):
+        p.error(f"{' and '.join(changed)} change the arms: give --out and --runs-dir of their own, so that the "
+                f"committed results/long_run/ and the arms' run folders stay those of the benchmark")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     split = common.load_split("cifar10", "test", args.data_dir) if args.calibrate else None
     for arm in args.arms:
         target, run_root = out / f"{arm}.json", Path(args.runs_dir) / arm
         if target.exists() and json.loads(target.read_text()).get("finished", True):
-            print(f"{target.name}: done already")
+            print(f"{target.name}: done already (with the settings in it; delete it to run the arm again)")
         elif args.snapshot:
             written = snapshot(arm, run_root, target, split)
             print(f"{target.name}: " + ("curve so far written" if written else "no run yet"))

@@ -278,6 +278,46 @@ def test_calibrate_bn_only_recomputes_the_named_runs_and_keeps_the_other_rows(ti
     assert rows[2]["acc_inverted"] == new["acc_inverted"]  # the same student, calibrated the same way
 
 
+def test_calibrate_bn_calibrates_the_run_that_made_the_result_not_another_in_its_folder(tiny_data, tiny_teacher,
+                                                                                        tmp_path, monkeypatch):
+    monkeypatch.setattr(calibrate_bn, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(calibrate_bn, "REPO", tmp_path)
+    monkeypatch.setattr(cs_rejection_bn, "invert_teacher_inputs",
+                        lambda teacher, shape, n, steps, gen, params: [common.sample_noise(16, shape, gen, **params)])
+    root = tmp_path / "runs"  # a default run's --out-dir holds every run made with the same flag
+    ours = cs_rejection_bn.main(tiny_args(tiny_data, tiny_teacher, root, "--no-bf16", "--no-calibrate-bn"))
+    cs_rejection_bn.main(tiny_args(tiny_data, tiny_teacher, root, "--no-bf16", "--no-calibrate-bn", "--seed", "1"))
+    (tmp_path / "results").mkdir()
+    common.write_json(tmp_path / "results" / "default_run_x.json", {**ours, "args": {**ours["args"], "out_dir": "runs"}})
+    assert sorted(p.name.split("__")[3] for p in root.iterdir()) == ["s0", "s1"]  # ours is not the last one listed
+    calibrate_bn.main(["--data-dir", str(tiny_data), "--batches", "1"])
+    row = json.loads((tmp_path / "results" / "calibrate_bn.json").read_text())["rows"][0]
+    assert row["seed"] == 0 and row["acc_running"] == pytest.approx(ours["eval/acc_running"])
+
+
+def test_bench_runs_refuse_to_resume_an_unfinished_run_of_other_settings(tiny_data, tiny_teacher, tmp_path,
+                                                                         monkeypatch, capsys):
+    import _runs
+    crash_after_second_save(monkeypatch)
+    argv = tiny_args(tiny_data, tiny_teacher, tmp_path / "unused")
+    with pytest.raises(SystemExit):
+        _runs.run_or_resume(cs_rejection_bn, argv, tmp_path / "arm", tmp_path / "arm.json")
+    with pytest.raises(common.InputError, match="other settings .*steps: 6 there, 9 now"):
+        _runs.run_or_resume(cs_rejection_bn, [*argv, "--steps", "9"], tmp_path / "arm", tmp_path / "arm.json")
+    with pytest.raises(SystemExit):
+        long_run.main(["--data-dir", str(tiny_data), "--arms", "prior", "--samples", "60", "--runs-dir",
+                       str(tmp_path / "r")])
+    err = capsys.readouterr().err  # the committed results/long_run/ is never overwritten by a changed arm
+    assert "--samples change the arms: give --out and --runs-dir of their own" in err
+
+
+def test_provenance_of_a_run_made_elsewhere_or_without_a_wall_time_record(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert common.device_name("cuda") == "cuda (not on this machine)"
+    prov = common.provenance("cuda", None, [5])
+    assert prov["wall_time_s"] is None and prov["process_wall_time_s"] is None and prov["resumed_at_steps"] == [5]
+
+
 def test_attach_loss_curve_adds_the_logit_term_where_the_run_logged_it(tmp_path):
     import _runs
     curve = [{"step": 2, "samples_seen": 8}]

@@ -120,13 +120,13 @@ def test_the_retrain_sweep_trains_missing_teachers_once_and_distils_from_each(ti
     calls = []
     real_train = ab.train_teacher
 
-    def small_train(argv):  # the shipped recipe, on 64 generated images: a smaller batch and one epoch
+    def small_train(argv):  # the shipped recipe, on 64 generated images: a smaller batch
         calls.append(argv)
-        return real_train(argv + ["--batch-size", "16", "--epochs", "1"])
+        return real_train(argv + ["--batch-size", "16"])
     monkeypatch.setattr(ab, "train_teacher", small_train)
     argv = ["--data-dir", str(tiny_data), "--teacher-ckpt", str(tiny_teacher), "--out-dir", str(tmp_path / "runs"),
             "--sweep", "retrain", "--retrain-k", "1", "2", "--probe-samples", "32", "--batch-size", "16",
-            "--steps", "2", "--eval-batch-size", "32"]
+            "--steps", "2", "--eval-batch-size", "32", "--retrain-epochs", "1"]
     skipped = ab.main(argv)
     assert skipped["points"] == [] and "--retrain trains it" in capsys.readouterr().out and not calls
     res = ab.main(argv + ["--retrain"])
@@ -137,6 +137,8 @@ def test_the_retrain_sweep_trains_missing_teachers_once_and_distils_from_each(ti
     assert all("eval/acc_running" in r and "eval/agreement_running" in r for r in rows.values())
     again = ab.main(argv + ["--retrain"])  # the teachers exist now: nothing is trained twice
     assert len(calls) == 2 and [r["point"] for r in again["points"]] == list(rows)
+    with pytest.raises(common.InputError, match="trained for 1 epochs, not --retrain-epochs 3"):
+        ab.main(argv + ["--retrain", "--retrain-epochs", "3"])  # a sweep never mixes teachers of other lengths
 
 
 def test_the_report_renders_sweeps_twins_and_a_retrain_only_file(tiny_data, tiny_teacher, tmp_path, monkeypatch,
