@@ -510,7 +510,8 @@ def main(argv=None):
         wall_before, resumed_at = ck.get("wall_s"), [*ck.get("resumed_at", []), step]
         print(f"resumed {run_dir} at step {step}")
     else:
-        probe = label_probe(teacher, args, shape, num_classes, t_fmt)  # every rank: the aligned teacher is collective
+        with common.stop_message(None, lambda: step):  # Ctrl-C here: nothing saved yet, say so
+            probe = label_probe(teacher, args, shape, num_classes, t_fmt)  # every rank: aligned teacher is collective
         if rank == 0:
             run_dir = common.make_run_dir(args.out_dir, args.dataset, Path(__file__).stem, args.teacher, args.seed)
             common.write_json(run_dir / "args.json", vars(args), keep_paths=True)

@@ -137,7 +137,8 @@ def parse_args(argv=None):
     p.add_argument("--align-axes", default="samples", choices=["samples", "tokens"], help="as in batch_align_ln_gn.py")
     p.add_argument("--seed", type=int, default=0, help="seed of the noise and of the choice of test images")
     p.add_argument("--out-dir", default="runs", help="run folders go here")
-    p.add_argument("--copy-results-to", default=None, help="also write the results to this file (e.g. results/vit_failure/analysis.json)")
+    p.add_argument("--copy-results-to", default=None,
+                   help="also write the results to this file (e.g. results/vit_failure/analysis.json)")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=False,
                    help="bf16 autocast for the models' forward passes (faster on a GPU; the metrics are computed in "
                         "fp32 either way); off by default: the README's numbers are fp32")
@@ -154,6 +155,7 @@ def parse_args(argv=None):
 # ======================================================================================================================
 def attention_entropy(attn):
     """Mean entropy (nats) of attention rows: attn (N, heads, L_q, L_k), rows summing to 1. Uniform rows give log L_k."""
+    attn = attn.float()  # under bf16 autocast the softmax comes out in bf16
     return -(attn * attn.clamp_min(1e-12).log()).sum(-1).mean().item()
 
 

@@ -136,3 +136,9 @@ def test_the_readme_states_the_account_of_the_docstring():
     words = lambda text: " ".join(re.sub(r"^- \*\*(P\d)\*\*", r"\1", text, flags=re.M).split())
     assert words(block).startswith("Cut an image of iid N(0, 1) pixels") and words(block) in words(vfa.__doc__)
     assert "python vit_failure_analysis.py" not in block  # the usage line is not part of the account
+
+
+def test_attention_entropy_of_bf16_attention_is_computed_in_fp32():
+    attn = torch.softmax(torch.randn(2, 4, 65, 65, generator=torch.Generator().manual_seed(0)), -1).bfloat16()
+    exact = -(attn.double() * attn.double().log()).sum(-1).mean().item()
+    assert vfa.attention_entropy(attn) == pytest.approx(exact, rel=1e-5)
