@@ -718,10 +718,15 @@ def main(argv=None):
         return None
 
     final = curve[-1] if curve and curve[-1]["step"] == step else evaluation()
+    batches = None
     if args.calibrate_bn:  # ALGO LOGIC (our option): a deployable BN student
         with common.stop_message(run_dir, lambda: step):  # Ctrl-C here: --resume calibrates the saved student
-            batches = invert_teacher_inputs(teacher, shape, args.calibrate_samples, args.calibrate_steps,
-                                            torch.Generator().manual_seed(args.seed + 5_000), noise_params)
+            try:
+                batches = invert_teacher_inputs(teacher, shape, args.calibrate_samples, args.calibrate_steps,
+                                                torch.Generator().manual_seed(args.seed + 5_000), noise_params)
+            except common.InputError as e:  # the trained student is kept: its results are written without it
+                print(f"--calibrate-bn failed, so the results have no calibrated student: {e}", file=sys.stderr)
+    if batches:
         calibrated = calibrate_bn(student, batches)
         final = {**final, "eval/acc_calibrated": evaluate(calibrated, "running")}
         common.save_checkpoint(run_dir / "student_calibrated.pt", student=calibrated.state_dict(), args=vars(args))

@@ -150,6 +150,18 @@ def test_interrupts_before_and_after_the_training_steps_say_what_to_do(tiny_data
             assert "eval/acc_calibrated" in res and (run / "results.json").is_file()
 
 
+def test_a_calibration_that_fails_keeps_the_trained_students_results(tiny_data, tiny_teacher, tmp_path, monkeypatch,
+                                                                     capsys):
+    def overflow(*a, **kw):
+        raise common.InputError("the BN-statistics loss is not finite")
+    monkeypatch.setattr(kd, "invert_teacher_inputs", overflow)
+    res = kd.main(tiny_args(tiny_data, tiny_teacher, tmp_path))
+    run = next(tmp_path.iterdir())
+    assert "eval/acc_calibrated" not in res and "eval/acc_running" in res and (run / "results.json").is_file()
+    assert not (run / "student_calibrated.pt").exists()
+    assert "--calibrate-bn failed, so the results have no calibrated student" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("sig,background", [(signal.SIGINT, False), (signal.SIGTERM, False), (signal.SIGINT, True)],
                          ids=["ctrl-c", "sigterm", "sigint-in-background"])
 def test_sigint_or_sigterm_ends_a_real_run_with_status_130_and_a_resume_hint(tiny_data, tiny_teacher, tmp_path, sig,
