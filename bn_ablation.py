@@ -359,7 +359,9 @@ def main(argv=None):
                 continue
             wants_student = sweep == "retrain" or ((k in args.distill_k) if k is not None else (point in args.distill_points))
             twin = students.get(same) if wants_student else None
+            t_point = time.time()
             row = run_point(model, configs, key, sweep, k, reference, wants_student and twin is None, stats)
+            row["wall_s"] = time.time() - t_point  # summed over the points, the sweep's time over every process
             if twin is not None:  # the same teacher configuration: its student, not a second identical training
                 row.update({k_: v for k_, v in twin.items() if k_.startswith("eval/")}, student_of=twin["point"])
             elif wants_student and same is not None:
@@ -376,7 +378,9 @@ def main(argv=None):
         return None
     results = {"teacher/acc_recorded": tinfo["test_acc"], "teacher/sha256": tinfo["sha256"], "teacher/ckpt": tinfo["path"],
                "bn_layers": names, "points": rows, "samples_per_point": args.steps * args.batch_size,
-               "eval/num_images": len(y_test), "args": vars(args), "provenance": common.provenance(args.device, time.time() - t0)}
+               "eval/num_images": len(y_test), "args": vars(args),
+               "provenance": common.provenance(args.device, sum(r["wall_s"] for r in rows) if all(
+                   "wall_s" in r for r in rows) else None, [len(done)] if resume_dir else [], time.time() - t0)}
     common.write_json(run_dir / "results.json", results)
     if args.copy_results_to:
         Path(args.copy_results_to).parent.mkdir(parents=True, exist_ok=True)

@@ -672,7 +672,7 @@ def bn_ablation_block():
                   f"noise labels from {probe_samples(a):,} samples in CS batches of {a['batch_size']}; teacher "
                   f"accuracy on {r['eval/num_images']:,} test images, CS layers with test-batch statistics (batch "
                   f"{a['eval_batch_size']}); {students} (`{a['command']}`). Measured on "
-                  f"{r['provenance']['device']}, {r['provenance']['wall_time_s'] / 60:.0f} min.",
+                  f"{r['provenance']['device']}, {wall_time(r)}.",
                   table("lrrr" + "rr" * taught, header, rows), f"![BN ablation](results/bn_ablation_{stem}.png)"]
     return block(*parts)
 

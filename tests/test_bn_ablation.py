@@ -102,7 +102,12 @@ def test_a_tiny_sweep_runs_end_to_end_and_resumes(tiny_data, tiny_teacher, tmp_p
     lines = (run / "metrics.jsonl").read_text().splitlines()
     (run / "metrics.jsonl").write_text("\n".join(lines[:3]) + "\n")  # as if stopped after three points
     again = ab.main(["--resume", str(run)])
-    assert again["points"] == res["points"]
+    timeless = lambda points: [{k: v for k, v in r.items() if k != "wall_s"} for r in points]
+    assert timeless(again["points"]) == timeless(res["points"])
+    assert again["points"][:3] == res["points"][:3]  # the three points kept, with the time they took then
+    prov = again["provenance"]  # the sweep's time over both processes, not the last one's alone
+    assert prov["wall_time_s"] == round(sum(r["wall_s"] for r in again["points"]), 1)
+    assert prov["resumed_at_steps"] == [3]
 
 
 def test_stage_norms_put_groupnorm_in_the_first_k_stages():
