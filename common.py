@@ -744,7 +744,7 @@ def given_flags(parser, argv=None):
     unset = object()  # argparse fills in a default only where the namespace has no value yet
     seen = argparse.Namespace(**{a.dest: unset for a in parser._actions if a.dest != "help"})
     parser.parse_args(argv, seen)
-    return [a.option_strings[0] for a in parser._actions
+    return ["/".join(a.option_strings) for a in parser._actions  # --bf16/--no-bf16: either was given
             if a.option_strings and a.dest != "help" and getattr(seen, a.dest) is not unset]
 
 
