@@ -328,7 +328,11 @@ def main(argv=None):
     grid = [(arch, model, info, size, source, coupled) for arch, model, info in teachers for size in args.sizes
             for source in ("noise", "real") for coupled in (False, True)]
     noise = {size: torch.randn((args.probe_samples, 3, size, size), generator=noise_gen) for size in args.sizes}
-    for arch, model, info, size, source, coupled in tqdm(grid, desc="conditions"):
+    # the bar counts work, not conditions, so that its time estimate holds: a CNN's forward grows with the pixels,
+    # L = (size / 4)^2 in token units, a ViT's with L for its MLPs plus L^2 for its attention (even at L ~ 1,000)
+    cost = lambda arch, size: (size / 4) ** 2 * (1 + (size / 4) ** 2 / 1024 if arch == "vit_tiny" else 1)
+    bar = tqdm(total=sum(cost(arch, size) for arch, _, _, size, _, _ in grid), desc="conditions", unit="work")
+    for arch, model, info, size, source, coupled in grid:
         if source == "noise":  # the same noise for every model at a size: N(0, I) in each model's input space
             inputs = noise[size]
         else:  # real test images, resized, in the model's own input normalization
@@ -340,6 +344,8 @@ def main(argv=None):
         rows.append({"model": f"{arch}/{info['norm']}", "arch": arch, "norm": info["norm"],
                      "teacher/acc": info["test_acc"], "size": size,
                      "input": source, "coupled": coupled, **m})
+        bar.update(cost(arch, size))
+    bar.close()
 
     # How the between-sample logit variance scales with L, for every model, input and coupling (P4).
     slopes = []
