@@ -147,6 +147,8 @@ HEADLINE = [  # (results file, what it is): the first table, the recipe of today
     ("default_run.json", "`python cs_rejection_bn.py`: the default (fitted noise, CS + rejection, stage outputs "
                          "matched, BN statistics calibrated)"),
     ("default_run_s1.json", "the same, `--seed 1`"),
+    ("default_run_r34.json", "`python cs_rejection_bn.py --teacher resnet34 --dataset cifar10`: the prior work's pair "
+                             "with our defaults"),  # queued behind the ResNet-34 teacher (issue 14)
     ("default_run_aka20.json", "the default on the shared ResNet-20 (`--teacher-ckpt`), a teacher users bring"),
     ("default_run_aka20_s1.json", "the same, seed 1"),
     ("default_run_aka56.json", "the default on the shared ResNet-56 (`--teacher resnet56 --teacher-ckpt`)"),
