@@ -120,10 +120,7 @@ def parse_args(argv=None):
         return common.resume_args(p, args, Path(__file__).stem, before={"feature_weight": 0.0}, argv=argv)
     common.check_device(p, args.device)
     args.student = args.student or ("resnet18" if args.teacher == "resnet34" else "resnet20")
-    try:  # e.g. --student vit_tiny --student-norm bn: one line now, not a traceback once the teacher has loaded
-        common.check_model_norm(args.student, args.student_norm)
-    except common.InputError as e:
-        p.error(str(e))
+    common.check_model_norm(p, args.student, args.student_norm)  # e.g. --student vit_tiny --student-norm bn
     if args.bf16 is None:
         args.bf16 = common.bf16_supported(args.device)
     for flag in ("steps", "batch_size", "eval_every", "ckpt_every", "max_pools", "eval_batch_size"):

@@ -61,7 +61,8 @@ def parse_args(argv=None):
                    help="retrain sweep: stages with GroupNorm (k = 0 and 3 are the shipped BN and GN ResNet-20s)")
     p.add_argument("--retrain", action="store_true",
                    help="retrain sweep: train missing teachers with train_teacher.py (about 20-40 min each on a CPU)")
-    p.add_argument("--retrain-epochs", type=int, default=20, help="epochs of each retrained teacher (shipped recipe); an existing teacher file trained for other "
+    p.add_argument("--retrain-epochs", type=int, default=20,
+                   help="epochs of each retrained teacher (shipped recipe); an existing teacher file trained for other "
                         "epochs is refused")
     p.add_argument("--k-list", type=int, nargs="*", default=None, help="k values of first-k / last-k (default 0..L)")
     p.add_argument("--distill-k", type=int, nargs="*", default=[0, 1, 3, 7],
@@ -78,7 +79,8 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0, help="seed of student init and noise (the same for every point)")
     p.add_argument("--out-dir", default="runs", help="run folders go here")
     p.add_argument("--resume", default=None, help="run folder to continue: finished points are kept")
-    p.add_argument("--copy-results-to", default=None, help="also write results.json to this file (e.g. results/bn_ablation/resnet20.json)")
+    p.add_argument("--copy-results-to", default=None,
+                   help="also write results.json to this file (e.g. results/bn_ablation/resnet20.json)")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                    help="bf16 autocast + channels_last (default: on where the device supports bf16)")
     p.add_argument("--device", default=common.default_device(), help="cpu or cuda")

@@ -245,7 +245,9 @@ def build_model(name, num_classes=10, norm=None):
     (ResNet-18/34/50 with any norm but per-stage ones; ViT-B/16 for 224 x 224 inputs only).
     vit_tiny here is a small ViT for 32x32 inputs: patch 4 (64 tokens + class token), width 128, depth 6, 4 heads
     (about 1.2M parameters, so that a checkpoint stays under 5 MB)."""
-    check_model_norm(name, norm)
+    problem = model_norm_problem(name, norm)
+    if problem:
+        raise InputError(problem)
     if name in CIFAR_RESNET_DEPTHS:
         return CifarResNet(CIFAR_RESNET_DEPTHS[name], num_classes, norm or "bn")
     if name in TV_RESNET_LAYERS:
@@ -256,21 +258,32 @@ def build_model(name, num_classes=10, norm=None):
                                                               norm_layer=partial(norm_layer, norm or "bn"))  # ResNets
 
 
-def check_model_norm(name, norm):
-    """InputError unless build_model(name, norm=norm) can be built: a known model, a ViT with LayerNorm (or no norm
-    given), per-stage norms only for the CIFAR ResNets."""
+def model_norm_problem(name, norm):
+    """Why build_model(name, norm=norm) cannot be built (one line), or None: it needs a known model, a ViT with
+    LayerNorm (or no norm given), per-stage norms only for the CIFAR ResNets."""
     if name not in MODEL_NAMES:
-        raise InputError(f"unknown model {name!r}; choose from {', '.join(MODEL_NAMES)}")
+        return f"unknown model {name!r}; choose from {', '.join(MODEL_NAMES)}"
     if name in ("vit_tiny", "imagenet_vit_b_16"):
-        if norm not in (None, "ln"):
-            raise InputError(f"{name} uses LayerNorm only (norm ln); got norm {norm}")
-    elif norm is not None and "-" in norm:
+        return None if norm in (None, "ln") else f"{name} uses LayerNorm only (norm ln); got norm {norm}"
+    if norm is not None and "-" in norm:
         if name not in CIFAR_RESNET_DEPTHS:
-            raise InputError(f"norm {norm}: one norm per stage is for the CIFAR ResNets (resnet20 ... resnet110) "
-                             f"only; {name} takes one of {', '.join(NORMS)}")
-        stage_norms(norm)
+            return (f"norm {norm}: one norm per stage is for the CIFAR ResNets (resnet20 ... resnet110) only; "
+                    f"{name} takes one of {', '.join(NORMS)}")
+        try:
+            stage_norms(norm)
+        except InputError as e:
+            return str(e)
     elif norm is not None and norm not in NORMS:
-        raise InputError(f"unknown norm {norm!r}; choose from {', '.join(NORMS)}")
+        return f"unknown norm {norm!r}; choose from {', '.join(NORMS)}"
+    return None
+
+
+def check_model_norm(parser, name, norm):
+    """The model and its norm must make a model build_model can build: one line before any data loads, instead of
+    an error once the teacher has loaded."""
+    problem = model_norm_problem(name, norm)
+    if problem:
+        parser.error(problem)
 
 
 def memory_format(model, bf16):

@@ -78,10 +78,7 @@ def parse_args(argv=None):
     if args.bf16 is None:
         args.bf16 = common.bf16_supported(args.device)
     args.norm = args.norm or ("ln" if "vit" in args.model else "bn")
-    try:  # before the data loads: e.g. a ViT with BatchNorm, or per-stage norms for a torchvision ResNet
-        common.check_model_norm(args.model, args.norm)
-    except common.InputError as e:
-        p.error(str(e))
+    common.check_model_norm(p, args.model, args.norm)  # e.g. a ViT with BatchNorm, per-stage norms for a ResNet-18
     if args.epochs < 1 or args.batch_size < 1 or args.lr <= 0:  # --epochs 0 would save an untrained "teacher"
         p.error("need --epochs >= 1, --batch-size >= 1 and --lr > 0")
     if args.warmup_epochs is None:
