@@ -13,7 +13,7 @@ CPU with tiny sizes (tests/test_bench.py).
 2. One cs_rejection_bn.py run per arm, ResNet-34 teacher -> ResNet-18 student, seed 0, batches of 256:
    - prior: the prior work's recipe (white noise, CS, no balancing, Adam 1e-3 constant, the logits alone, the
      student as trained).
-   - ours: our defaults (fitted noise, CS + rejection, stage outputs at weight 10, Adam with warm-up and cosine decay,
+   - ours: our defaults (fitted noise, CS + rejection, stage outputs at weight 30, Adam with warm-up and cosine decay,
      the student calibrated after training), at batches of 256 instead of our default 32: on a GPU a step of 32 is
      bound by kernel launches, and 10M samples would take 312,500 of them.
 3. bench/gpu_speed.py for the pair (fp32 eager against bf16 + channels_last), into --out as gpu_speed.json.

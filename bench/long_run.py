@@ -22,8 +22,8 @@ logits alone unless the arm says, as the script did before it matched the teache
   which the 1M run's student passed 0.74 of its teacher with test-batch statistics.
 - ours_512k_cs7, ours_512k_cs7_s1: the same with CS in the teacher's last 7 BN layers only.
 - feat_512k, feat_512k_s1: the stage outputs matched too (--feature-weight 1, the default before weight 10), 512k.
-- feat10_10m: the defaults of today (the stage outputs at weight 10) for 10M samples (about 8 hours with bf16 on a
-  2-core Xeon).
+- feat10_10m: our recipe with the stage outputs at weight 10 (the default before 30) for 10M samples (about 8 hours
+  with bf16 on a 2-core Xeon).
 - ours: the former defaults (the logits alone) for 10M samples.
 - prior: the prior work's recipe (white noise, CS, no balancing, batches of 256, Adam 1e-3 constant) for 10M samples.
 """
@@ -48,7 +48,7 @@ ARMS = {  # name: (flags on top of the shipped teacher, budget in noise samples,
     "ours_512k_cs7_s1": (["--cs-last-layers", "7", "--seed", "1"], 512_000, 32),
     "feat_512k": (["--feature-weight", "1"], 512_000, 32),  # the stage outputs matched too, at weight 1
     "feat_512k_s1": (["--feature-weight", "1", "--seed", "1"], 512_000, 32),
-    "feat10_10m": (["--feature-weight", "10"], 10_000_000, 32),  # today's default at the prior work's budget
+    "feat10_10m": (["--feature-weight", "10"], 10_000_000, 32),  # weight 10 (the default then), the prior work's budget
     "ours": ([], 10_000_000, 32),
     "prior": (["--no-fit-noise", "--balance", "none", "--lr", "1e-3", "--schedule", "constant"], 10_000_000, 256),
 }

@@ -158,7 +158,13 @@ HEADLINE = [  # (results file, what it is): the first table, the recipe of today
     ("prior_run_256k_s1.json", "the same, seed 1"),
 ]
 HISTORY = [  # (results file, what it is, its row in calibrate_bn.json or None[, no wall time]): how the default got here
-    ("default_run_feat1.json", "the default before: the stage outputs at weight 1 (`--feature-weight 1`)", None),
+    ("default_run_feat10.json", "the default before: the stage outputs at weight 10 (`--feature-weight 10`)", None),
+    ("default_run_feat10_s1.json", "the same, seed 1", None),
+    ("default_run_aka20_feat10.json", "the same on the shared ResNet-20", None),
+    ("default_run_aka20_feat10_s1.json", "the same, seed 1", None),
+    ("default_run_aka56_feat10.json", "the same on the shared ResNet-56", None),
+    ("default_run_aka56_feat10_s1.json", "the same, seed 1", None),
+    ("default_run_feat1.json", "the default before that: the stage outputs at weight 1 (`--feature-weight 1`)", None),
     ("default_run_feat1_s1.json", "the same, seed 1", None),
     ("default_run_aka20_feat1.json", "the same on the shared ResNet-20", None),
     ("default_run_aka20_feat1_s1.json", "the same, seed 1", None),
@@ -347,7 +353,7 @@ NOISE_FIT_ROWS = [  # (teacher, arm, colour in the figure, label): the order of 
     ("aka20", "default_feat3", "orangered", "the same (bf16) with `--feature-weight 3`"),
     ("aka20", "default_feat10", "darkred", "the same (bf16) with `--feature-weight 10`"),
     ("aka20", "default_feat30", "magenta", "the same (bf16) with `--feature-weight 30`"),
-    ("aka20", "default_feat10_none", "tab:cyan", "weight 10 (today's default) without rejection (`--balance none`)"),
+    ("aka20", "default_feat10_none", "tab:cyan", "weight 10 (the default then) without rejection (`--balance none`)"),
     ("aka20", "default_feat10_reweight", "teal", "weight 10 with loss reweighting (`--balance reweight`)"),
     ("aka20", "default_feat10_running", "slategray",
      "weight 10, teacher in eval mode (`--teacher-bn running --balance none`)"),
@@ -570,7 +576,7 @@ LONG_RUN = [  # (arm, colour in the figure, recipe): the rows of the long-run ta
     ("feat_512k", "black", "our former default recipe with the stage outputs matched (`--feature-weight 1`, the "
                            "default before weight 10)"),
     ("feat_512k_s1", "dimgray", "the same, seed 1"),
-    ("feat10_10m", "tab:orange", "today's default recipe (the stage outputs at weight 10)"),
+    ("feat10_10m", "tab:orange", "our recipe with the stage outputs at weight 10 (the default before 30)"),
     ("ours", "tab:red", "our former default recipe"),
     ("prior", "tab:gray", "the prior work's recipe (white noise, CS, batch 256, Adam 1e-3 constant)"),
 ]

@@ -345,7 +345,7 @@ def test_every_noise_fit_arm_parses_and_has_its_row_in_the_readme_table():
     for arm in noise_fit.ARMS:
         parse(arm)  # a typo in an arm's flags fails here, not hours into a queue
         assert any(a == arm for _, a in rows), f"arm {arm} has no row in report.NOISE_FIT_ROWS"
-    # the balance arms change today's default (weight 10) in the balancing and the teacher's BN mode alone
+    # the balance arms change the default of then (weight 10) in the balancing and the teacher's BN mode alone
     base = parse("default_feat10")
     for arm, changed in [("default_feat10_none", {"balance": "none"}),
                          ("default_feat10_reweight", {"balance": "reweight"}),
@@ -380,7 +380,7 @@ def test_gpu_pair_trains_the_missing_teacher_runs_both_arms_once_and_times_the_p
     assert (prior["args"]["feature_weight"], prior["args"]["calibrate_bn"]) == (0, False)
     defaults = vars(cs_rejection_bn.parse_args([]))
     assert all(ours["args"][k] == defaults[k] for k in ("fit_noise", "balance", "lr", "schedule", "tau"))
-    assert ours["args"]["feature_weight"] == 10  # the default where the stage outputs' shapes match, as here
+    assert ours["args"]["feature_weight"] == 30  # the default where the stage outputs' shapes match, as here
     assert "eval/acc_calibrated" in ours and "eval/acc_calibrated" not in prior
     assert json.loads((out / "gpu_speed.json").read_text())["teacher"] == "resnet34"
     # A second call: the teacher exists and both arms are done, so nothing is trained again.

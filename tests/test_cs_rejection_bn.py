@@ -235,13 +235,13 @@ def test_the_log_has_the_logit_and_feature_terms_of_the_loss(tiny_data, tiny_tea
     assert rows and not any("train/logit_loss" in r or "train/feature_loss" in r for r in rows)  # the loss is one
 
 
-def test_feature_weight_is_10_by_default_where_the_stages_match_and_refused_where_they_do_not(tiny_data, tiny_teacher,
+def test_feature_weight_is_30_by_default_where_the_stages_match_and_refused_where_they_do_not(tiny_data, tiny_teacher,
                                                                                                tmp_path, capsys):
     assert kd.parse_args([]).feature_weight is None  # decided once the models are built
     res = kd.main(tiny_args(tiny_data, tiny_teacher, tmp_path / "same", "--steps", "2"))
-    assert res["args"]["feature_weight"] == 10.0 and "stage outputs matched: weight 10" in capsys.readouterr().out
+    assert res["args"]["feature_weight"] == 30.0 and "stage outputs matched: weight 30" in capsys.readouterr().out
     run = next((tmp_path / "same").iterdir())
-    assert json.loads((run / "args.json").read_text())["feature_weight"] == 10.0  # a resumed run keeps it
+    assert json.loads((run / "args.json").read_text())["feature_weight"] == 30.0  # a resumed run keeps it
     res = kd.main(tiny_args(tiny_data, tiny_teacher, tmp_path / "other", "--steps", "2", "--student", "resnet18",
                             "--eval-subset", "8"))
     assert res["args"]["feature_weight"] == 0.0
@@ -504,7 +504,7 @@ def test_the_prior_works_pair_runs_with_its_default_student_and_our_defaults(tin
     res = kd.main(["--teacher", "resnet34", "--dataset", "cifar10", *tiny_args(tiny_data, teacher, tmp_path),
                    "--steps", "2", "--eval-every", "2", "--batch-size", "8", "--no-fit-noise"])
     a = res["args"]
-    assert (a["student"], a["feature_weight"], a["calibrate_bn"]) == ("resnet18", 10.0, True)
+    assert (a["student"], a["feature_weight"], a["calibrate_bn"]) == ("resnet18", 30.0, True)
     assert res["samples_seen"] == 16 and "eval/acc_calibrated" in res and res["eval/num_images"] == 64
 
 
