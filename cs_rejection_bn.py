@@ -672,8 +672,9 @@ def main(argv=None):
 
     t_start, nonfinite = time.time(), torch.zeros((), device=args.device)
     wall_time = lambda: None if wall_before is None else wall_before + time.time() - t_start
-    bar = tqdm(total=args.steps, initial=step, desc="noise KD", dynamic_ncols=True, disable=rank > 0)
-    with common.stop_message(run_dir, lambda: step):  # Ctrl-C: where it stopped, how to resume
+    # Ctrl-C: the bar closes, then stop_message says where the run stopped and how to resume it
+    with common.stop_message(run_dir, lambda: step), \
+            tqdm(total=args.steps, initial=step, desc="noise KD", dynamic_ncols=True, disable=rank > 0) as bar:
         while step < args.steps:
             t_step = time.perf_counter()
             for g in opt.param_groups:
@@ -709,7 +710,6 @@ def main(argv=None):
                 evaluation()
             if step % args.ckpt_every == 0 or step == args.steps:
                 save()
-    bar.close()
     if rank > 0:
         common.finish_distributed()
         return None

@@ -11,6 +11,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from tqdm import tqdm
 
 import batch_align_ln_gn as ba
 import bn_ablation
@@ -115,18 +116,27 @@ def interrupted_run(tiny_data, teacher, out, monkeypatch, script=kd):
     """A run that 'died' right after its second checkpoint (step 4 of 6); returns its folder."""
     real_save = common.save_checkpoint
     crash_after_second_save(monkeypatch)
+    argv = tiny_args(tiny_data, teacher, out)
+    if script is ba:  # the flags of the noise fit and the calibration are cs_rejection_bn.py's
+        argv = argv[:argv.index("--fit-noise-steps")]
     with pytest.raises(SystemExit) as e:
-        script.main(tiny_args(tiny_data, teacher, out))
+        script.main(argv)
     assert e.value.code == 130
     monkeypatch.setattr(common, "save_checkpoint", real_save)
     return next(out.iterdir())
 
 
-def test_interrupt_says_where_it_stopped_and_how_to_resume(tiny_data, tiny_teacher, tmp_path, monkeypatch, capsys):
-    run = interrupted_run(tiny_data, tiny_teacher, tmp_path, monkeypatch)
+@pytest.mark.parametrize("script", [kd, ba], ids=["cs_rejection_bn", "batch_align_ln_gn"])
+def test_interrupt_says_where_it_stopped_and_how_to_resume(script, tiny_data, tiny_teacher, gn_teacher, tmp_path,
+                                                           monkeypatch, capsys):
+    teacher = tiny_teacher if script is kd else gn_teacher
+    run = interrupted_run(tiny_data, teacher, tmp_path, monkeypatch, script)
     err = capsys.readouterr().err
     assert f"stopped at step 4, last checkpoint at step 4: resume with --resume {run}" in err
     assert "Traceback" not in err
+    # the progress bar is closed before the message, not left open to print again when the interpreter exits
+    assert err.rindex("noise KD") < err.index("stopped at step 4")
+    assert not [bar for bar in list(tqdm._instances) if bar.desc == "noise KD"]
 
 
 def test_interrupts_before_and_after_the_training_steps_say_what_to_do(tiny_data, tiny_teacher, tmp_path, monkeypatch,
