@@ -89,8 +89,8 @@ def parse_args(argv=None):
                    help="ours, a study arm here: add this weight x the squared error between the (aligned) teacher's "
                         "and the student's stage outputs, relative to the teacher's; needs stages of the same shapes "
                         "(resnet20/56 -> resnet20, resnet34 -> resnet18). 0 = the logits alone, the paper's (the "
-                        "default of cs_rejection_bn.py is 10; here 10 won over 0 on two seeds for the GroupNorm "
-                        "teacher, README)")
+                        "default of cs_rejection_bn.py is 30, 10 before; here 10 won over 0 on two seeds for the "
+                        "GroupNorm teacher, README)")
     p.add_argument("--probe-samples", type=int, default=4096,
                    help="noise samples for the teacher's label histogram with and without alignment, before training")
     # --- optimization

@@ -32,8 +32,8 @@ ARMS = {  # arm: flags for the per-sample teachers, flags for the BN control
     "plain": (["--align-strength", "0", "--balance", "none"], ["--teacher-bn", "running", "--balance", "none"]),
     "align": (["--balance", "none"], ["--teacher-bn", "cs", "--balance", "none"]),
     "align_reject": (["--balance", "reject"], ["--teacher-bn", "cs", "--balance", "reject"]),
-    # ours: alignment (CS for the control) with the teacher's stage outputs matched too, at the weight that won for
-    # BatchNorm teachers (cs_rejection_bn.py's default)
+    # ours: alignment (CS for the control) with the teacher's stage outputs matched too, at the weight that had won
+    # for BatchNorm teachers then (cs_rejection_bn.py's default then; 30 since)
     "align_feat10": (["--balance", "none", "--feature-weight", "10"],
                      ["--teacher-bn", "cs", "--balance", "none", "--feature-weight", "10"]),
 }

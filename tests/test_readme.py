@@ -708,6 +708,7 @@ def test_what_the_readme_says_about_the_default_recipe_at_512k_holds():
     assert [pct(r["eval/acc_calibrated"]) for r in weight10] == [82.7, 80.2]  # "passes both at half the budget"
     assert [pct(r["eval/acc_calibrated"]) for r in default] == [84.1, 81.1]  # "and weight 30 ... by more"
     assert all(r["samples_seen"] * 2 == feat["samples_seen"] for r in weight10)
+    assert cal < weight10[0]["eval/acc_calibrated"] and cal1 < weight10[1]["eval/acc_calibrated"]  # "passes both"
     assert default[0]["samples_seen"] * 2 == feat["samples_seen"] and cal < default[0]["eval/acc_calibrated"]
     assert cal1 < default[1]["eval/acc_calibrated"]
 
@@ -757,6 +758,8 @@ def test_the_readme_opening_numbers_are_the_default_runs():
           f"{pct('default_run_aka20_s1')}%, and the shared ResNet-56 (93.4%) ResNet-20 students of " \
           f"{pct('default_run_aka56')}% and {pct('default_run_aka56_s1')}%"
     assert aka in opening
+    minutes = [read(name)["provenance"]["wall_time_s"] / 60 for name in ("default_run", "default_run_s1")]
+    assert f"(two seeds) in about {round(sum(minutes) / 2)} minutes" in opening
 
 
 def test_what_the_readme_says_about_the_prior_recipe_at_the_default_budget_holds():
@@ -856,7 +859,7 @@ def test_measured_on_names_the_main_device_then_each_other_device_once():
     assert text == 'Measured on X; the rows "c", "d" on Y.'
 
 
-def test_what_the_readme_says_about_the_10m_run_of_todays_default_holds():
+def test_what_the_readme_says_about_the_10m_run_of_weight_10_holds():
     r = json.loads((REPO / "results" / "long_run" / "feat10_10m.json").read_text())
     pct = lambda v: round(100 * v, 1)
     at = {row["samples_seen"]: row for row in r["curve"]}
