@@ -13,6 +13,18 @@ def test_readme_tables_match_the_committed_results():
     assert report.render(readme) == readme, "README.md is out of date: run python bench/report.py"
 
 
+def test_reproducing_the_results_names_every_measurement_script():
+    text = (REPO / "README.md").read_text()
+    block = text[text.index("## Reproducing the results"):]
+    block = block[:block.index("```", block.index("```bash") + 3)]
+    helpers = {"_runs.py", "report.py", "manifest.py"}  # shared code, the generator itself, the teachers' records
+    missing = [f.name for f in sorted((REPO / "bench").glob("*.py"))
+               if f.name not in helpers and f"python bench/{f.name}" not in block]
+    assert not missing, f"not in README 'Reproducing the results': {missing}"
+    for script in ("cs_rejection_bn.py", "vit_failure_analysis.py", "bn_ablation.py", "bench/report.py"):
+        assert f"python {script}" in block
+
+
 def test_the_table_shows_every_variant_once_any_has_run():
     done = {p.stem for p in (REPO / "results" / "bn_variants").glob("*.json")}
     if done:
