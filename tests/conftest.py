@@ -67,6 +67,13 @@ def tiny_args(data, teacher, out, *extra):
             "--calibrate-samples", "16", "--calibrate-steps", "2", *extra]  # --calibrate-bn is on by default
 
 
+def tiny_align_args(data, teacher, out, *extra):
+    """tiny_args for batch_align_ln_gn.py, which has no noise fit or calibration but probes the teacher first."""
+    return ["--data-dir", str(data), "--teacher-ckpt", str(teacher), "--out-dir", str(out), "--steps", "6",
+            "--batch-size", "16", "--eval-every", "3", "--ckpt-every", "2", "--eval-batch-size", "32",
+            "--warmup-steps", "0", "--lr", "1e-2", "--probe-samples", "32", *extra]
+
+
 def final_state(run_root):
     """The student's and the optimizer's tensors in the final checkpoint of the one run under run_root."""
     ck = common.load_checkpoint(next(run_root.iterdir()) / "checkpoint.pt")

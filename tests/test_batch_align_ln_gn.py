@@ -10,6 +10,7 @@ import common
 import report
 from conftest import (assert_same_tensors, crash_after_second_save, final_state, host_reads_per_step, save_teacher,
                       spy_on_loaded_teacher, without_timing)
+from conftest import tiny_align_args as tiny_args  # this script's flags; conftest.tiny_args is cs_rejection_bn.py's
 
 # One model per layout the wrapper must handle: GroupNorm(8) and GroupNorm(1) on conv maps, ConvNeXt-style LayerNorm
 # over channels (applied to NCHW maps), and LayerNorm on (N, L, D) tokens.
@@ -19,12 +20,6 @@ MODELS = [("resnet20", "gn"), ("resnet20", "ln"), ("resnet20", "lnc"), ("vit_tin
 def fresh(name, norm, seed=0):
     torch.manual_seed(seed)
     return common.build_model(name, 10, norm).eval()
-
-
-def tiny_args(data, teacher, out, *extra):
-    return ["--data-dir", str(data), "--teacher-ckpt", str(teacher), "--out-dir", str(out), "--steps", "6",
-            "--batch-size", "16", "--eval-every", "3", "--ckpt-every", "2", "--eval-batch-size", "32",
-            "--warmup-steps", "0", "--lr", "1e-2", "--probe-samples", "32", *extra]
 
 
 # --- the wrapper -----------------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ import common
 import cs_rejection_bn as kd
 import train_teacher
 import vit_failure_analysis as vfa
-from conftest import REPO, crash_after_second_save, save_teacher, tiny_args
+from conftest import REPO, crash_after_second_save, save_teacher, tiny_align_args, tiny_args
 
 
 def argument_error(capsys, fn, *flags):
@@ -116,9 +116,7 @@ def interrupted_run(tiny_data, teacher, out, monkeypatch, script=kd):
     """A run that 'died' right after its second checkpoint (step 4 of 6); returns its folder."""
     real_save = common.save_checkpoint
     crash_after_second_save(monkeypatch)
-    argv = tiny_args(tiny_data, teacher, out)
-    if script is ba:  # the flags of the noise fit and the calibration are cs_rejection_bn.py's
-        argv = argv[:argv.index("--fit-noise-steps")]
+    argv = (tiny_align_args if script is ba else tiny_args)(tiny_data, teacher, out)
     with pytest.raises(SystemExit) as e:
         script.main(argv)
     assert e.value.code == 130
