@@ -506,7 +506,7 @@ def factors_block():
         "with test-batch statistics (batch 256); KD loss: the mean of the last 50 steps' logged losses (x tau^2); "
         "input-free level: the KD loss of the best student that ignores its input (it predicts the teacher's mean "
         "probabilities on this noise; for the MSE arm, its mean logits): a student at that level has learned "
-        f"nothing about the teacher. Measured on {runs[0][4]['provenance']['device']}.",
+        "nothing about the teacher. " + measured_on([(f"`{arm}` seed {seed}", r) for arm, _, _, seed, r in runs]),
         table("llrrllrr", ["arm", "what changes", "teacher acc", "seed", "acc, running stats",
                            "acc, test-batch stats", "KD loss", "input-free level"], rows),
         "![factors](results/factors.png)")
