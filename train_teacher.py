@@ -68,7 +68,11 @@ def parse_args(argv=None):
                    help="store the weights in float16 (half the file; for a teacher to commit, e.g. ResNet-34: 43 MB "
                         "instead of 85); the recorded accuracy is measured after the round trip, as loaded")
     p.add_argument("--out", default=None, help="checkpoint path (default teachers/<model>_<dataset>_<norm>.pt)")
-    p.add_argument("--resume", action="store_true", help="continue from <out>.partial, saved after every epoch")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from <out>.partial, saved after every epoch and every --ckpt-every steps within one")
+    p.add_argument("--ckpt-every", type=int, default=50, metavar="STEPS",
+                   help="also save <out>.partial every this many steps within an epoch (a ResNet-34 epoch takes a "
+                        "2-core CPU about a quarter of an hour); an interruption loses at most this many steps")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing checkpoint at --out, or start over where <out>.partial holds an "
                         "unfinished run (without it, neither is ever touched)")
@@ -79,8 +83,8 @@ def parse_args(argv=None):
         args.bf16 = common.bf16_supported(args.device)
     args.norm = args.norm or ("ln" if "vit" in args.model else "bn")
     common.check_model_norm(p, args.model, args.norm)  # e.g. a ViT with BatchNorm, per-stage norms for a ResNet-18
-    if args.epochs < 1 or args.batch_size < 1 or args.lr <= 0:  # --epochs 0 would save an untrained "teacher"
-        p.error("need --epochs >= 1, --batch-size >= 1 and --lr > 0")
+    if args.epochs < 1 or args.batch_size < 1 or args.lr <= 0 or args.ckpt_every < 1:  # --epochs 0: untrained
+        p.error("need --epochs >= 1, --batch-size >= 1, --lr > 0 and --ckpt-every >= 1")
     if args.warmup_epochs is None:
         args.warmup_epochs = min(2.0, args.epochs / 10)
     if not 0 <= args.warmup_epochs < args.epochs:  # else the run ends inside the warm-up: no decay, not one cycle
@@ -147,10 +151,11 @@ def main(argv=None):
     total, warmup = args.epochs * steps_per_epoch, int(args.warmup_epochs * steps_per_epoch)
     lr_at = lambda s: args.lr * (s / max(1, warmup) if s < warmup else (total - s) / max(1, total - warmup))
 
-    start_epoch, history, t_before = 0, [], 0.0
+    start_epoch, start_step, perm, history, t_before = 0, 0, None, [], 0.0
     # The settings that decide the training: a resumed run must keep them (another --epochs would change the learning
-    # rate schedule mid-run). Where the data is read from and the device may change.
-    recipe = {k: v for k, v in vars(args).items() if k not in ("resume", "overwrite", "device", "data_dir", "out")}
+    # rate schedule mid-run). Where the data is read from, the device and how often it is saved may change.
+    recipe = {k: v for k, v in vars(args).items()
+              if k not in ("resume", "overwrite", "device", "data_dir", "out", "ckpt_every")}
     if args.resume and partial.exists():
         ck = common.load_checkpoint(partial)
         saved = ck.get("recipe", recipe)  # a .partial from before the recipe was recorded: not checked
@@ -164,15 +169,23 @@ def main(argv=None):
         opt.load_state_dict(ck["optimizer"])
         gen.set_state(ck["generator"])
         start_epoch, history, t_before = ck["epoch"], ck["history"], ck["train_time_s"]
-        print(f"resumed from {partial} at epoch {start_epoch}")
+        # within an epoch: its shuffle and the steps done (a .partial saved at an epoch's end has neither)
+        start_step, perm = ck.get("step", 0), ck.get("perm")
+        print(f"resumed from {partial} at epoch {start_epoch}" + (f", step {start_step}" if start_step else ""))
     elif args.resume:
         print(f"--resume: no {partial} yet, so training starts at epoch 1")
 
     t0 = time.time()
+    save_partial = lambda epoch, step, perm: common.save_checkpoint(
+        partial, model=model.state_dict(), optimizer=opt.state_dict(), generator=gen.get_state(), epoch=epoch,
+        step=step, perm=perm, history=history, train_time_s=time.time() - t0 + t_before, recipe=recipe)
     for epoch in range(start_epoch, args.epochs):
         model.train()
-        perm = torch.randperm(len(y_train), generator=gen)
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{args.epochs}", leave=False)
+        first = start_step if epoch == start_epoch else 0  # a run resumed within an epoch goes on with its shuffle
+        if not first:
+            perm = torch.randperm(len(y_train), generator=gen)
+        bar = tqdm(range(first, steps_per_epoch), initial=first, total=steps_per_epoch,
+                   desc=f"epoch {epoch + 1}/{args.epochs}", leave=False)
         for i in bar:
             for g in opt.param_groups:
                 g["lr"] = lr_at(epoch * steps_per_epoch + i)
@@ -189,13 +202,13 @@ def main(argv=None):
             opt.step()
             if i % 20 == 0:
                 bar.set_postfix(loss=f"{loss.item():.3f}")
+            if (i + 1) % args.ckpt_every == 0 and i + 1 < steps_per_epoch:  # the epoch's end saves below
+                save_partial(epoch, i + 1, perm)  # epoch: the epochs completed; step: the steps done in this one
         acc = common.evaluate(model, x_test, y_test, mean, std, 500, device=args.device, amp=args.bf16)
         history.append({"epoch": epoch + 1, "test_acc": acc, "loss": loss.item()})
         print(f"epoch {epoch + 1}/{args.epochs}  loss {loss.item():.3f}  test acc {acc:.4f}  "
               f"{time.time() - t0 + t_before:.0f}s", flush=True)
-        common.save_checkpoint(partial, model=model.state_dict(), optimizer=opt.state_dict(), generator=gen.get_state(),
-                               epoch=epoch + 1, history=history, train_time_s=time.time() - t0 + t_before,
-                               recipe=recipe)
+        save_partial(epoch + 1, 0, None)
 
     # The recorded accuracy is the fp32 eval-mode accuracy on the full test split: what load + evaluate reproduces.
     # With --half the stored weights are float16 and the accuracy is that of the model loaded back from them (a

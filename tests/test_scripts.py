@@ -96,3 +96,28 @@ def test_train_teacher_resume_continues_where_it_stopped(tiny_data, tmp_path, mo
     a, b = common.load_checkpoint(tmp_path / "whole.pt"), common.load_checkpoint(cut)
     assert resumed["test_acc"] == whole["test_acc"]
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_train_teacher_resumes_within_an_epoch_exactly(tiny_data, tmp_path, monkeypatch):
+    """--ckpt-every saves within an epoch: a run stopped at its 7th step (of 4 per epoch) resumes from the .partial of
+    step 6 (epoch 2, step 2) and ends with the weights of a run never stopped."""
+    args = ["--data-dir", str(tiny_data), "--epochs", "2", "--batch-size", "16", "--no-bf16", "--ckpt-every", "2"]
+    train_teacher.main(args + ["--out", str(tmp_path / "whole.pt")])
+    real_augment, calls = train_teacher.augment, []
+
+    def die_at_seventh(*a, **kw):
+        calls.append(1)
+        if len(calls) == 7:
+            raise KeyboardInterrupt
+        return real_augment(*a, **kw)
+    monkeypatch.setattr(train_teacher, "augment", die_at_seventh)
+    cut = tmp_path / "cut.pt"
+    with pytest.raises(KeyboardInterrupt):
+        train_teacher.main(args + ["--out", str(cut)])
+    monkeypatch.setattr(train_teacher, "augment", real_augment)
+    saved = common.load_checkpoint(cut.with_suffix(".partial"))
+    assert (saved["epoch"], saved["step"], len(saved["perm"])) == (1, 2, 64)
+    train_teacher.main(args[:-2] + ["--ckpt-every", "3", "--out", str(cut), "--resume"])  # how often: not the recipe
+    a, b = common.load_checkpoint(tmp_path / "whole.pt"), common.load_checkpoint(cut)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert [h["test_acc"] for h in a["history"]] == [h["test_acc"] for h in b["history"]]
