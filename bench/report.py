@@ -149,6 +149,8 @@ HEADLINE = [  # (results file, what it is): the first table, the recipe of today
     ("default_run_s1.json", "the same, `--seed 1`"),
     ("default_run_r34.json", "`python cs_rejection_bn.py --teacher resnet34 --dataset cifar10`: the prior work's pair "
                              "with our defaults"),  # queued behind the ResNet-34 teacher (issue 14)
+    ("prior_run_r34_256k.json", "the prior work's recipe on that pair at the same budget (its flags as in the last "
+                                "rows, `--batch-size 256 --steps 1000`)"),  # queued behind the run above
     ("default_run_aka20.json", "the default on the shared ResNet-20 (`--teacher-ckpt`), a teacher users bring"),
     ("default_run_aka20_s1.json", "the same, seed 1"),
     ("default_run_aka56.json", "the default on the shared ResNet-56 (`--teacher resnet56 --teacher-ckpt`)"),
