@@ -621,9 +621,13 @@ def test_what_the_readme_says_about_matching_stage_outputs_holds():
     late = [d for s in (0, 1) for d in diff("default_fit_b32_feat", "default_fit_b32", s, (96_000, 128_000))]
     early = [d for s in (0, 1) for d in diff("default_fit_b32_feat", "default_fit_b32", s, (32_000, 64_000))]
     assert (min(late), max(late)) == (1.8, 4.5) and (min(early), max(early)) == (-1.4, 3.0)
-    prior = diff("prior_fit_feat", "prior_fit", 0, (32_000, 64_000, 96_000, 128_000))
-    assert (min(prior), max(prior)) == (-3.1, -1.3) and not (folder / "aka20__prior_fit_feat__s1.json").exists()
-    assert [at(shared("prior_fit_feat", 0), 128_000, k) for k in keys] == [25.3, 24.6]
+    points = (32_000, 64_000, 96_000, 128_000)
+    prior = diff("prior_fit_feat", "prior_fit", 0, points)
+    assert (min(prior), max(prior)) == (-3.1, -1.3)
+    assert [at(shared("prior_fit_feat", s), 128_000, k) for s in (0, 1) for k in keys] == [25.3, 24.6, 26.0, 24.0]
+    assert [at(shared("prior_fit", 1), 128_000, k) for k in keys] == [25.7, 26.7]
+    seed1 = diff("prior_fit_feat", "prior_fit", 1, points)  # eval mode and test-batch statistics, alternating
+    assert (min(seed1[1::2]), max(seed1[1::2])) == (-2.7, -1.6) and max(abs(d) for d in seed1[0::2]) == 1.3
 
 
 def test_what_the_readme_says_about_the_default_run_and_the_targets_holds():
