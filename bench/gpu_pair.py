@@ -25,9 +25,10 @@ x=d['x'][:2000], y=d['y'][:2000])"` (gpu_data/ listed in .git/info/exclude and c
 `python bench/gpu_pair.py --data-dir gpu_data --out $OUT`, and the JSONs that come back go to results/gpu_pair/.
 Such a machine keeps nothing between calls and stops a command after 10 minutes: give each arm its own call
 (`--arms prior`, then `--arms ours`). Our estimate, not a measurement: at batches of 256 a step of prior is ~1.5
-TFLOP (a ResNet-34 forward, a ResNet-18 forward and backward; 1.16 and 0.56 GMAC a sample), one of ours ~3.5 TFLOP
-(rejection's pools of 512, about 1.75 of them a step, and the stage outputs' second teacher forward), so the 39,063
-steps of an arm take about 4 (prior) and 9 minutes (ours) at a third of the H200's bf16 peak.
+TFLOP (a ResNet-34 forward, a ResNet-18 forward and backward; 1.16 and 0.56 GMAC a sample), one of ours ~2.7 TFLOP
+(rejection's pools of 512, where the CS teacher labels 2.0-2.3 noise samples per sample used in our CPU runs, and the
+stage outputs' second teacher forward), so the 39,063 steps of an arm take about 4 (prior) and 7-8 minutes (ours) at
+a third of the H200's bf16 peak.
 """
 import argparse
 import json

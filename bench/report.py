@@ -411,7 +411,8 @@ def noise_fit_block():
         "noise samples, with the student's running statistics (eval mode: the deployed model) and with test-batch "
         "statistics (batch 256); final KD loss (nats, the last logged batch); for the fitted noise its spectrum "
         "exponent, the correlation between its colour channels, and the BN-statistics loss on white noise -> on "
-        "the fitted noise. One row per seed. " + measured_on([(label, r) for _, _, label, r in table_rows]),
+        "the fitted noise. One row per seed. "
+        + measured_on([(f"{teacher.split(' (')[0]}: {label}", r) for teacher, _, label, r in table_rows]),
         table("llrllrl", ["teacher", "recipe and noise", "seed", "acc, running stats", "acc, test-batch stats",
                           "final KD loss", "fitted noise"], rows),
         "![fitted noise](results/noise_fit.png)")
