@@ -459,7 +459,8 @@ def calibrate_bn_block():
         f"of {r['batch_size']} samples of the noise fitted to its teacher (no image), after re-estimating them on "
         f"{r['inverted']['samples']} inputs inverted from the teacher's BN statistics (`--calibrate-bn`: "
         f"{r['inverted']['steps']} Adam steps per batch of 256, synthesized, no image read), and with test-batch "
-        "statistics.",
+        "statistics, every accuracy evaluated here in fp32 (a run that evaluated with bf16 autocast can differ from "
+        "its own numbers by a tenth of a point).",
         table("llrrrrr", ["run", "trained on", "seed", "eval mode, as trained", "eval mode, calibrated on fitted noise",
                           "eval mode, calibrated on inverted inputs", "test-batch statistics"],
               [[f"`{x['run']}`" + (" (long run)" if x.get("study") == "long_run" else ""), x["trained_on"],
