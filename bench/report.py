@@ -613,9 +613,9 @@ def long_run_block():
             continue
         budget = r["args"]["steps"] * r["args"]["batch_size"]
         at = {row["samples_seen"]: accs(row) for row in r["curve"]}
-        cal = r.get("calibrated") or calibrated.get(arm)  # a running arm's snapshot, or bench/calibrate_bn.py's row
+        cal = r.get("calibrated") or calibrated.get(arm)  # an unfinished arm's snapshot, or bench/calibrate_bn.py's row
         rows.append([f"`{arm}`", label, samples(budget),
-                     samples(r["samples_seen"]) + (" (running)" if r.get("finished") is False else ""),
+                     samples(r["samples_seen"]) + (" (unfinished)" if r.get("finished") is False else ""),
                      *[at.get(n, "") for n in LONG_RUN_POINTS], at.get(budget, ""),
                      "" if cal is None else pct(cal["acc_inverted"]) + (
                          f" (at {samples(cal['samples_seen'])})" if cal["samples_seen"] != budget else ""),
@@ -627,10 +627,11 @@ def long_run_block():
            "seed 0 unless the row says") + ". CIFAR-10 test accuracy (%) with the student's running statistics / with "
         "test-batch statistics (batch 256) after each number of noise samples, and at the end of the arm's budget; "
         "calibrated: plain eval mode after the BN statistics are re-estimated as `--calibrate-bn` does (by "
-        "`bench/calibrate_bn.py`; for a running arm, its latest checkpoint's student, by `long_run.py --snapshot "
+        "`bench/calibrate_bn.py`; for an unfinished arm, its latest checkpoint's student, by `long_run.py --snapshot "
         "--calibrate`); KD loss: the mean of the last 50 steps' logged KL (with the stage outputs: the KL term "
-        "alone, or where the run did not log it apart, 'total': KL + weight x the stage-output loss). A run still "
-        "going shows its curve so far (committed from its checkpoint). " + measured_on([(f"`{arm}`", r) for arm, r in runs.items() if r]),
+        "alone, or where the run did not log it apart, 'total': KL + weight x the stage-output loss). An unfinished "
+        "run shows its curve so far (committed from its checkpoint; it resumes when `long_run.py` runs that arm "
+        "again). " + measured_on([(f"`{arm}`", r) for arm, r in runs.items() if r]),
         table("llrr" + "l" * (len(heads) + 1) + "rr",
               ["arm", "recipe", "budget", "samples so far", *heads, "end of budget", "calibrated", "KD loss"], rows),
         "![long runs](results/long_run.png)")
