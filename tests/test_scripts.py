@@ -73,22 +73,26 @@ def test_train_teacher_crops_once_per_batch_or_once_per_image():
     assert len(per_batch) == 1 and len(per_image) > 20
 
 
+def interrupt_at_call(monkeypatch, module, name, n):
+    """Make the n-th call of module.name raise KeyboardInterrupt (Ctrl-C there); the calls before it run as usual."""
+    real, calls = getattr(module, name), []
+
+    def stop_at_nth(*a, **kw):
+        calls.append(1)
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+    monkeypatch.setattr(module, name, stop_at_nth)
+
+
 def test_train_teacher_resume_continues_where_it_stopped(tiny_data, tmp_path, monkeypatch):
     args = ["--data-dir", str(tiny_data), "--epochs", "2", "--batch-size", "16", "--no-bf16"]
     whole = train_teacher.main(args + ["--out", str(tmp_path / "whole.pt")])
     # Interrupt a second, identical run during its second epoch's evaluation: epoch 1 is saved in <out>.partial.
-    real_eval, calls = common.evaluate, []
-
-    def die_on_second(*a, **kw):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real_eval(*a, **kw)
-    monkeypatch.setattr(common, "evaluate", die_on_second)
     cut = tmp_path / "cut.pt"
-    with pytest.raises(KeyboardInterrupt):
+    with monkeypatch.context() as m, pytest.raises(KeyboardInterrupt):
+        interrupt_at_call(m, common, "evaluate", 2)
         train_teacher.main(args + ["--out", str(cut)])
-    monkeypatch.setattr(common, "evaluate", real_eval)
     assert common.load_checkpoint(cut.with_suffix(".partial"))["epoch"] == 1 and not cut.exists()
     with pytest.raises(common.InputError, match="epochs=2.*now epochs=3"):  # another schedule cannot continue it
         train_teacher.main([*args, "--epochs", "3", "--out", str(cut), "--resume"])
@@ -103,18 +107,10 @@ def test_train_teacher_resumes_within_an_epoch_exactly(tiny_data, tmp_path, monk
     step 6 (epoch 2, step 2) and ends with the weights of a run never stopped."""
     args = ["--data-dir", str(tiny_data), "--epochs", "2", "--batch-size", "16", "--no-bf16", "--ckpt-every", "2"]
     train_teacher.main(args + ["--out", str(tmp_path / "whole.pt")])
-    real_augment, calls = train_teacher.augment, []
-
-    def die_at_seventh(*a, **kw):
-        calls.append(1)
-        if len(calls) == 7:
-            raise KeyboardInterrupt
-        return real_augment(*a, **kw)
-    monkeypatch.setattr(train_teacher, "augment", die_at_seventh)
     cut = tmp_path / "cut.pt"
-    with pytest.raises(KeyboardInterrupt):
+    with monkeypatch.context() as m, pytest.raises(KeyboardInterrupt):
+        interrupt_at_call(m, train_teacher, "augment", 7)  # augment runs once per step
         train_teacher.main(args + ["--out", str(cut)])
-    monkeypatch.setattr(train_teacher, "augment", real_augment)
     saved = common.load_checkpoint(cut.with_suffix(".partial"))
     assert (saved["epoch"], saved["step"], len(saved["perm"])) == (1, 2, 64)
     train_teacher.main(args[:-2] + ["--ckpt-every", "3", "--out", str(cut), "--resume"])  # how often: not the recipe
