@@ -280,6 +280,49 @@ def default_run_block():
             f"{', bf16' if r['args'].get('bf16') else ''} (`results/default_run.json`).")
 
 
+def pair_run_block():
+    """The Quick start's line for the headline command on the prior work's pair: its time on a CPU and on a GPU."""
+    r, gpu = read("default_run_r34.json"), read("gpu_pair/ours.json")
+    cpu = ("its time on a CPU is pending (`results/default_run_r34.json` is not committed yet)" if r is None else
+           f"{samples(r['samples_seen'])} noise samples took {r['provenance']['wall_time_s'] / 60:.0f} minutes on "
+           f"{hardware(r)}, and its student reached {pct(r['eval/acc_calibrated'])}% in plain eval mode "
+           f"(`results/default_run_r34.json`)")
+    on_gpu = ("on one GPU the time is pending: no GPU run of `bench/gpu_pair.py` exists yet" if gpu is None else
+              f"on one GPU, `bench/gpu_pair.py` ran our recipe at {samples(gpu['samples_seen'])} samples (batches of "
+              f"{gpu['args']['batch_size']}) in {gpu['provenance']['wall_time_s'] / 60:.0f} minutes on "
+              f"{hardware(gpu)} (`results/gpu_pair/ours.json`)")
+    return (f"`python cs_rejection_bn.py --teacher resnet34 --dataset cifar10` distils the ResNet-34 we ship "
+            f"(`teachers/resnet34_cifar10_bn.pt`) into the prior work's ResNet-18 student with the same defaults: "
+            f"{cpu}; {on_gpu}.")
+
+
+def gpu_pair_block():
+    """bench/gpu_pair.py's rows (results/gpu_pair/), or the line that says they are pending."""
+    arms = [(arm, read(f"gpu_pair/{arm}.json")) for arm in ("prior", "ours")]
+    speed = read("gpu_pair/gpu_speed.json")
+    if speed is None and all(r is None for _, r in arms):
+        return ("_Pending: no GPU run of `bench/gpu_pair.py` exists yet; its rows appear here once results/gpu_pair/ "
+                "holds the JSONs it writes._")
+    labels = {"prior": "the prior work's recipe", "ours": "our defaults, at batches of 256"}
+    rows = [[labels[arm], f"{r['args']['teacher']} ({pct(r['teacher/acc'])}%) -> {r['args']['student']}",
+             samples(r["samples_seen"]), r["args"]["batch_size"],
+             f"**{pct(r.get('eval/acc_calibrated', r['eval/acc_running']))}%**", f"{pct(r['eval/acc_running'])}%",
+             f"{pct(r['eval/acc_batchstats'])}%", wall_time(r), hardware(r)] for arm, r in arms if r is not None]
+    parts = [table("llrrrrrrl", ["arm", "teacher -> student", "noise samples", "batch",
+                                 "student as deployed (plain eval mode)", "eval mode as trained",
+                                 "test-batch statistics", "wall time", "hardware"], rows)] if rows else []
+    if speed is not None:
+        parts.append(f"`bench/gpu_speed.py` on the pair, batch {speed['batch_size']}: "
+                     f"{speed['samples_per_s_fp32_eager']:.0f} samples/s in fp32 eager mode, "
+                     f"{speed['samples_per_s_fast']:.0f} with bf16 and channels_last"
+                     f"{' and torch.compile' if speed['compile'] else ''} ({speed['speedup']:.1f}x), on "
+                     f"{speed['provenance']['device']} (`results/gpu_pair/gpu_speed.json`).")
+    missing = [f"`{a}`" for a, r in arms if r is None]
+    if missing:
+        parts.append(f"Pending: the arm{'s' if len(missing) > 1 else ''} {' and '.join(missing)}.")
+    return block(*parts)
+
+
 BN_VARIANTS = [  # (file stem, label): the order of the table's rows
     ("prior_recipe", "prior work's recipe: CS, no balancing, Adam 1e-3 constant"),
     ("running", "baseline: teacher in eval mode (running statistics)"),
@@ -973,7 +1016,8 @@ def sizes_block():
 
 
 BLOCKS = {"bn_variants": bn_variants_block, "throughput": throughput_block, "teachers": teachers_block,
-          "bn_ablation": bn_ablation_block, "default_run": default_run_block, "seeds": seeds_block,
+          "bn_ablation": bn_ablation_block, "default_run": default_run_block, "pair_run": pair_run_block,
+          "gpu_pair": gpu_pair_block, "seeds": seeds_block,
           "batch_align": batch_align_block, "student_study": student_study_block, "vit_account": vit_account_block,
           "vit_failure": vit_failure_block, "noise_fit": noise_fit_block, "calibrate_bn": calibrate_bn_block,
           "headline": headline_block, "history": history_block, "factors": factors_block,

@@ -416,3 +416,30 @@ def test_the_long_run_table_shows_the_calibrated_student_of_finished_and_running
     column = lambda arm: rows[arm][-2]  # "calibrated", before the KD loss
     assert (column("ours_512k"), column("feat10_10m"), column("ours"), column("prior")) == (
         "70.0", "80.0 (at 256k)", "", "")
+
+
+def test_the_pair_lines_say_pending_until_their_results_exist_and_then_show_them(tmp_results):
+    """The Quick start's line for the ResNet-34 pair and the GPU table: 'pending' (not a number) without results."""
+    assert "pending" in report.pair_run_block() and "Pending" in report.gpu_pair_block()
+    assert not any(c.isdigit() for c in report.gpu_pair_block())
+    run = lambda batch, minutes, device, **extra: {
+        "args": {"teacher": "resnet34", "student": "resnet18", "batch_size": batch}, "teacher/acc": 0.93,
+        "samples_seen": 256_000, "eval/acc_running": 0.4, "eval/acc_batchstats": 0.7,
+        "provenance": {"wall_time_s": 60 * minutes, "device": device}, **extra}
+    (tmp_results / "gpu_pair").mkdir(parents=True)
+    (tmp_results / "default_run_r34.json").write_text(json.dumps(run(32, 61, "cpu (Xeon, 2 threads)",
+                                                                     **{"eval/acc_calibrated": 0.75})))
+    (tmp_results / "gpu_pair" / "prior.json").write_text(json.dumps(run(256, 4, "cuda (NVIDIA H200)")))
+    line, gpu = report.pair_run_block(), report.gpu_pair_block()
+    assert "61 minutes on Xeon, 2 threads" in line and "75.0%" in line and "pending: no GPU run" in line
+    rows = [r for r in gpu.splitlines() if r.startswith("| the prior")]
+    assert len(rows) == 1 and "**40.0%**" in rows[0] and "NVIDIA H200" in rows[0]  # deploys as trained
+    assert "Pending: the arm `ours`." in gpu and "gpu_speed" not in gpu
+    (tmp_results / "gpu_pair" / "ours.json").write_text(json.dumps(run(256, 7, "cuda (NVIDIA H200)",
+                                                                      **{"eval/acc_calibrated": 0.85})))
+    (tmp_results / "gpu_pair" / "gpu_speed.json").write_text(json.dumps({
+        "batch_size": 256, "samples_per_s_fp32_eager": 9000.0, "samples_per_s_fast": 27000.0, "speedup": 3.0,
+        "compile": False, "provenance": {"device": "cuda (NVIDIA H200)"}}))
+    line, gpu = report.pair_run_block(), report.gpu_pair_block()
+    assert "7 minutes on NVIDIA H200" in line and "Pending" not in gpu and "**85.0%**" in gpu
+    assert "9000 samples/s in fp32 eager mode, 27000 with bf16 and channels_last (3.0x)" in gpu
