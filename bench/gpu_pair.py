@@ -19,7 +19,8 @@ CPU with tiny sizes (tests/test_bench.py).
 3. bench/gpu_speed.py for the pair (fp32 eager against bf16 + channels_last), into --out as gpu_speed.json.
 
 A lent machine takes the working tree only, at most 64 MiB of it: CIFAR-10's training split (150 MB) cannot travel,
-so there the teacher must be committed first (trained on a CPU), and the test split goes as a subset:
+so there the teacher must be the committed one (teachers/resnet34_cifar10_bn.pt, 43 MB, trained on a CPU), and the
+test split goes as a subset:
 `python -c "import numpy as np; d = np.load('data/cifar10_test.npz'); np.savez('gpu_data/cifar10_test.npz',
 x=d['x'][:2000], y=d['y'][:2000])"` (gpu_data/ listed in .git/info/exclude and carried), then
 `python bench/gpu_pair.py --data-dir gpu_data --out $OUT`, and the JSONs that come back go to results/gpu_pair/.

@@ -3,6 +3,7 @@ complete and say where it came from."""
 import json
 
 import pytest
+import torch
 import report
 
 from conftest import REPO
@@ -955,3 +956,18 @@ def test_what_the_readme_says_about_weight_30_against_weight_10_holds():
     assert "76.6% and 77.1% from the shared ResNet-56 (against 70.7% and 72.5%)" in text
     assert "5.9 and 4.6 on the shared ResNet-56" in text and "24 and 29 on the ResNet-56" in text
     assert "30.0 if stages_match" in (REPO / "cs_rejection_bn.py").read_text()  # "it is the default since"
+
+
+def test_what_the_readme_says_about_the_shipped_resnet34_holds():
+    manifest = json.loads((REPO / "teachers" / "manifest.json").read_text())["resnet34_cifar10_bn.pt"]
+    path = REPO / "teachers" / "resnet34_cifar10_bn.pt"
+    blob = torch.load(path, weights_only=True)
+    assert round(100 * manifest["test_acc"], 1) == 93.4 and round(100 * manifest["test_acc"], 2) == 93.43
+    assert round(100 * blob["test_acc_fp32_weights"], 2) == 93.43  # "the same as with the float32 weights"
+    assert round(manifest["train_time_s"] / 3600, 1) == 7.1 and len(blob["history"]) == 30
+    assert round(path.stat().st_size / 1e6) == 43
+    args = blob["args"]  # the README's first command (where the data lives and --resume aside)
+    assert (args["model"], args["dataset"], args["epochs"], args["crop"], args["half"]) == (
+        "resnet34", "cifar10", 30, "image", True)
+    text = " ".join((REPO / "README.md").read_text().split())
+    assert "30 epochs in 7.1 hours of compute" in text and "It reached 93.4%, short of the 94%" in text

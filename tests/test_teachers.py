@@ -42,3 +42,20 @@ def test_batch_alignment_defaults_to_the_shipped_groupnorm_resnet20():
     path = common.teacher_ckpt_or_exit(args.teacher, args.dataset, norm=args.teacher_norm)
     assert path == str(REPO / "teachers" / "resnet20_cifar10_gn.pt")
     assert "resnet20_cifar10_gn.pt" in MANIFEST
+
+
+def test_the_headline_command_runs_on_the_shipped_resnet34(tiny_data, tmp_path):
+    """`python cs_rejection_bn.py --teacher resnet34 --dataset cifar10` on a fresh clone: no --teacher-ckpt, so the
+    ResNet-34 we ship, the prior work's ResNet-18 student, the stage outputs matched (their shapes agree) and the
+    student calibrated, for 2 steps of 8 on the 64 generated images (one step of the noise fit)."""
+    import cs_rejection_bn as kd
+    args = kd.parse_args(["--teacher", "resnet34", "--dataset", "cifar10"])
+    assert common.teacher_ckpt_or_exit(args.teacher, args.dataset) == str(REPO / "teachers" / "resnet34_cifar10_bn.pt")
+    res = kd.main(["--teacher", "resnet34", "--dataset", "cifar10", "--data-dir", str(tiny_data), "--out-dir",
+                   str(tmp_path), "--steps", "2", "--eval-every", "2", "--ckpt-every", "2", "--batch-size", "8",
+                   "--eval-batch-size", "32", "--warmup-steps", "0", "--fit-noise-steps", "1",
+                   "--calibrate-samples", "8", "--calibrate-steps", "1"])
+    a = res["args"]
+    assert res["teacher/sha256"] == MANIFEST["resnet34_cifar10_bn.pt"]["sha256"]
+    assert (a["student"], a["feature_weight"], a["calibrate_bn"], a["fit_noise"]) == ("resnet18", 30.0, True, True)
+    assert res["samples_seen"] == 16 and "eval/acc_calibrated" in res and res["eval/num_images"] == 64
