@@ -529,6 +529,7 @@ def lr_at(args, step):
 
 
 def main(argv=None):
+    t_main = time.time()  # the setup before the loop (teacher loaded and measured, noise fitted) is timed apart
     args = parse_args(argv)
     resume_dir = Path(args.resume) if args.resume else None
     if args.teacher_bn == "running" and args.balance == "reject":
@@ -595,7 +596,7 @@ def main(argv=None):
     step, curve, noise_params, fit_stats = 0, [], None, {}
     # Wall time over every process of a resumed run: each checkpoint carries what the earlier ones spent (None where
     # a checkpoint predates this record: provenance then knows only this process's time).
-    wall_before, resumed_at = 0.0, []
+    wall_before, resumed_at, setup_s = 0.0, [], None
 
     # --- run folder (rank 0 makes it), or the one we resume
     run_dir = resume_dir
@@ -609,7 +610,7 @@ def main(argv=None):
         noise_gen.set_state(ck["noise_gen"])
         sampler.load_state_dict(ck["sampler"])
         step, stats, curve = ck["step"], new_stats(num_classes, args.device, ck["stats"]), ck["curve"]
-        wall_before, resumed_at = ck.get("wall_s"), [*ck.get("resumed_at", []), step]
+        wall_before, resumed_at, setup_s = ck.get("wall_s"), [*ck.get("resumed_at", []), step], ck.get("setup_s")
         noise_params, fit_stats = ck.get("noise_params"), ck.get("fit_stats", {})
         print(f"resumed {run_dir} at step {step}")
     elif rank == 0:
@@ -636,7 +637,8 @@ def main(argv=None):
         common.save_checkpoint(run_dir / "checkpoint.pt", student=student.state_dict(), optimizer=opt.state_dict(),
                                noise_gen=noise_gen.get_state(), sampler=sampler.state_dict(), step=step,
                                noise_params=noise_params, fit_stats=fit_stats, teacher_sha256=tinfo["sha256"],
-                               stats=stats, curve=curve, wall_s=wall_time(), resumed_at=resumed_at, args=vars(args),
+                               stats=stats, curve=curve, wall_s=wall_time(), resumed_at=resumed_at, setup_s=setup_s,
+                               args=vars(args),
                                device=common.device_name(args.device))  # where it trained: for a snapshot's record
 
     def evaluation():
@@ -672,6 +674,7 @@ def main(argv=None):
 
     t_start, nonfinite = time.time(), torch.zeros((), device=args.device)
     wall_time = lambda: None if wall_before is None else wall_before + time.time() - t_start
+    setup_s = setup_s if resume_dir else t_start - t_main  # the first process's: a resumed one's is not counted
     # Ctrl-C: the bar closes, then stop_message says where the run stopped and how to resume it
     with common.stop_message(run_dir, lambda: step), \
             tqdm(total=args.steps, initial=step, desc="noise KD", dynamic_ncols=True, disable=rank > 0) as bar:
@@ -741,7 +744,8 @@ def main(argv=None):
                "teacher_samples_per_s": stats["teacher_samples"] / max(stats["train_s"], 1e-9),
                "sampler_time_frac": stats["sampler_s"] / max(stats["train_s"], 1e-9), "curve": curve,
                "args": vars(args),
-               "provenance": common.provenance(args.device, wall_time(), resumed_at, time.time() - t_start)}
+               "provenance": {**common.provenance(args.device, wall_time(), resumed_at, time.time() - t_start),
+                              "setup_s": setup_s}}  # wall time counts from the loop's start; setup_s is before it
     common.write_json(run_dir / "results.json", results)
     common.finish_distributed()
     calibrated = (f", calibrated {results['eval/acc_calibrated']:.4f} (student_calibrated.pt)"

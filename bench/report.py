@@ -200,8 +200,10 @@ HISTORY = [  # (results file, what it is, its row in calibrate_bn.json or None[,
     ("long_run/ours_1m.json", "the former default for 1M samples (`bench/long_run.py`)", "ours_1m", "paused"),
     ("long_run/ours_1m_s1.json", "the same, seed 1", "ours_1m_s1"),
 ]
-WALL_TIME_NOTE = ("Wall time as measured on a shared 2-core machine: tests ran beside some of these runs, so it is an "
-                  "upper bound")
+WALL_TIME_NOTE = ("Wall time as measured on a shared 2-core machine, from the first distillation step to the results "
+                  "(the calibration included; not the setup before it, the teacher loaded and measured and the noise "
+                  "fitted, about a minute on a ResNet-20): tests ran beside some of these runs, so it is an upper "
+                  "bound of that span")
 
 
 def hardware(r):
@@ -285,7 +287,11 @@ def pair_run_block():
     r, gpu = read("default_run_r34.json"), read("gpu_pair/ours.json")
     cpu = ("its time on a CPU is pending (`results/default_run_r34.json` is not committed yet)" if r is None else
            f"{samples(r['samples_seen'])} noise samples took {r['provenance']['wall_time_s'] / 60:.0f} minutes on "
-           f"{hardware(r)}, and its student reached {pct(r['eval/acc_calibrated'])}% in plain eval mode "
+           f"{hardware(r)}"
+           + (f" after {r['provenance']['setup_s'] / 60:.0f} minutes of setup (the teacher loaded and measured, the "
+              "noise fitted)" if r["provenance"].get("setup_s") else
+              " (the setup before the first step, the noise fit above all, is not in that time)")
+           + f", and its student reached {pct(r['eval/acc_calibrated'])}% in plain eval mode "
            f"(`results/default_run_r34.json`)")
     on_gpu = ("on one GPU the time is pending: no GPU run of `bench/gpu_pair.py` exists yet" if gpu is None else
               f"on one GPU, `bench/gpu_pair.py` ran our recipe at {samples(gpu['samples_seen'])} samples (batches of "

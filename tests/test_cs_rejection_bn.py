@@ -321,13 +321,15 @@ def test_resume_after_an_interruption_gives_the_same_final_metrics(tiny_data, ti
     if extra:  # the resumed run must reuse the fitted noise, not fit again
         monkeypatch.setattr(kd, "fit_noise", lambda *a, **kw: pytest.fail("refitted the noise on resume"))
     run = next((tmp_path / "cut").iterdir())
-    assert common.load_checkpoint(run / "checkpoint.pt")["step"] == 4
+    cut = common.load_checkpoint(run / "checkpoint.pt")
+    assert cut["step"] == 4 and cut["setup_s"] > 0
     resumed = kd.main(["--resume", str(run)])
     assert without_timing(resumed) == without_timing(whole)
     # The wall time counts both processes; provenance names the step where the second one took over.
     prov, prov_whole = resumed["provenance"], whole["provenance"]
     assert prov["resumed_at_steps"] == [4] and prov["wall_time_s"] > prov["process_wall_time_s"] > 0
     assert prov_whole["resumed_at_steps"] == [] and prov_whole["wall_time_s"] == prov_whole["process_wall_time_s"]
+    assert prov["setup_s"] == cut["setup_s"] and prov_whole["setup_s"] > 0  # the first process's setup, timed apart
     assert_same_tensors(final_state(tmp_path / "cut"), final_state(tmp_path / "whole"))
     assert [r["step"] for r in common.MetricsLog.read(run / "metrics.jsonl") if "eval/acc_running" in r] == [3, 6]
 
