@@ -279,7 +279,10 @@ def default_run_block():
             f"{pct(r['eval/acc_batchstats'])}% with test-batch statistics (batch {r['eval/batch_size']}) after "
             f"{r['samples_seen']:,} noise samples, in {r['provenance']['wall_time_s'] / 60:.0f} minutes on "
             f"{r['provenance']['device']}"
-            f"{', bf16' if r['args'].get('bf16') else ''} (`results/default_run.json`).")
+            f"{', bf16' if r['args'].get('bf16') else ''} (`results/default_run.json`), counted from the first step: "
+            + (f"the setup before it took {r['provenance']['setup_s'] / 60:.0f} minutes more."
+               if r["provenance"].get("setup_s") else
+               "the setup before it, the noise fit above all, is not in that time."))
 
 
 def pair_run_block():

@@ -448,3 +448,17 @@ def test_the_pair_lines_say_pending_until_their_results_exist_and_then_show_them
     line, gpu = report.pair_run_block(), report.gpu_pair_block()
     assert "7 minutes on NVIDIA H200" in line and "Pending" not in gpu and "**85.0%**" in gpu
     assert "9000 samples/s in fp32 eager mode, 27000 with bf16 and channels_last (3.0x)" in gpu
+
+
+def test_the_default_runs_sentence_says_whether_its_time_includes_the_setup(tmp_results):
+    tmp_results.mkdir()
+    r = {"args": {"data_dir": "data", "bf16": True}, "teacher/acc": 0.9, "eval/acc_calibrated": 0.8,
+         "eval/acc_running": 0.5, "eval/acc_batchstats": 0.8, "eval/batch_size": 256, "samples_seen": 256_000,
+         "provenance": {"wall_time_s": 720, "device": "cpu (X, 2 threads)"}}
+    (tmp_results / "default_run.json").write_text(json.dumps(r))
+    assert report.default_run_block().endswith(
+        "in 12 minutes on cpu (X, 2 threads), bf16 (`results/default_run.json`), counted from the first step: the "
+        "setup before it, the noise fit above all, is not in that time.")
+    r["provenance"]["setup_s"] = 90.0
+    (tmp_results / "default_run.json").write_text(json.dumps(r))
+    assert report.default_run_block().endswith("counted from the first step: the setup before it took 2 minutes more.")
