@@ -220,20 +220,29 @@ def wall_time(r):
     return f"{r['provenance']['wall_time_s'] / 60:.0f} min" if r["provenance"].get("wall_time_s") else "n/a"
 
 
+def deployed_table(first, labelled):
+    """The headline's table (and the GPU pair's): one row per (label, run), the student as deployed first; a student
+    that was not calibrated deploys as trained."""
+    rows = [[label, f"{r['args']['teacher']} ({pct(r['teacher/acc'])}%) -> {r['args']['student']}",
+             samples(r["samples_seen"]), r["args"]["batch_size"],
+             f"**{pct(r.get('eval/acc_calibrated', r['eval/acc_running']))}%**", f"{pct(r['eval/acc_running'])}%",
+             f"{pct(r['eval/acc_batchstats'])}%", wall_time(r), hardware(r)] for label, r in labelled]
+    return table("llrrrrrrl", [first, "teacher -> student", "noise samples", "batch",
+                               "student as deployed (plain eval mode)", "eval mode as trained", "test-batch statistics",
+                               "wall time", "hardware"], rows)
+
+
+def setup_clause(r):
+    """What a run's wall time leaves out: the setup before its first step, when the run recorded it."""
+    setup = r["provenance"].get("setup_s")
+    return ("counted from the first step: " + (f"the setup before it took {setup / 60:.0f} minutes more" if setup else
+                                              "the setup before it, the noise fit above all, is not in that time"))
+
+
 def headline_block():
-    rows = []
-    for name, label in HEADLINE:
-        r = read(name)
-        if r is None:  # a seed still queued: the row appears once its results are committed
-            continue
-        a = r["args"]
-        deployed = r.get("eval/acc_calibrated", r["eval/acc_running"])
-        rows.append([label, f"{a['teacher']} ({pct(r['teacher/acc'])}%) -> {a['student']}", samples(r["samples_seen"]),
-                     a["batch_size"], f"**{pct(deployed)}%**", f"{pct(r['eval/acc_running'])}%",
-                     f"{pct(r['eval/acc_batchstats'])}%", wall_time(r), hardware(r)])
-    return block(table("llrrrrrrl", ["run", "teacher -> student", "noise samples", "batch",
-                                     "student as deployed (plain eval mode)", "eval mode as trained",
-                                     "test-batch statistics", "wall time", "hardware"], rows),
+    # a seed still queued has no results: its row appears once they are committed
+    labelled = [(label, r) for label, r in ((label, read(name)) for name, label in HEADLINE) if r is not None]
+    return block(deployed_table("run", labelled),
                  "As deployed: the student in plain eval mode with its BN statistics calibrated (`--calibrate-bn`, "
                  "ours, \"How it works\": re-estimated after training on inputs synthesized from the teacher, no "
                  "image read); the prior recipe does not calibrate, so its student deploys as trained. Test-batch "
@@ -279,10 +288,7 @@ def default_run_block():
             f"{pct(r['eval/acc_batchstats'])}% with test-batch statistics (batch {r['eval/batch_size']}) after "
             f"{r['samples_seen']:,} noise samples, in {r['provenance']['wall_time_s'] / 60:.0f} minutes on "
             f"{r['provenance']['device']}"
-            f"{', bf16' if r['args'].get('bf16') else ''} (`results/default_run.json`), counted from the first step: "
-            + (f"the setup before it took {r['provenance']['setup_s'] / 60:.0f} minutes more."
-               if r["provenance"].get("setup_s") else
-               "the setup before it, the noise fit above all, is not in that time."))
+            f"{', bf16' if r['args'].get('bf16') else ''} (`results/default_run.json`), {setup_clause(r)}.")
 
 
 def pair_run_block():
@@ -290,12 +296,8 @@ def pair_run_block():
     r, gpu = read("default_run_r34.json"), read("gpu_pair/ours.json")
     cpu = ("its time on a CPU is pending (`results/default_run_r34.json` is not committed yet)" if r is None else
            f"{samples(r['samples_seen'])} noise samples took {r['provenance']['wall_time_s'] / 60:.0f} minutes on "
-           f"{hardware(r)}"
-           + (f" after {r['provenance']['setup_s'] / 60:.0f} minutes of setup (the teacher loaded and measured, the "
-              "noise fitted)" if r["provenance"].get("setup_s") else
-              " (the setup before the first step, the noise fit above all, is not in that time)")
-           + f", and its student reached {pct(r['eval/acc_calibrated'])}% in plain eval mode "
-           f"(`results/default_run_r34.json`)")
+           f"{hardware(r)} ({setup_clause(r)}), and its student reached {pct(r['eval/acc_calibrated'])}% in plain "
+           f"eval mode (`results/default_run_r34.json`)")
     on_gpu = ("on one GPU the time is pending: no GPU run of `bench/gpu_pair.py` exists yet" if gpu is None else
               f"on one GPU, `bench/gpu_pair.py` ran our recipe at {samples(gpu['samples_seen'])} samples (batches of "
               f"{gpu['args']['batch_size']}) in {gpu['provenance']['wall_time_s'] / 60:.0f} minutes on "
@@ -313,13 +315,8 @@ def gpu_pair_block():
         return ("_Pending: no GPU run of `bench/gpu_pair.py` exists yet; its rows appear here once results/gpu_pair/ "
                 "holds the JSONs it writes._")
     labels = {"prior": "the prior work's recipe", "ours": "our defaults, at batches of 256"}
-    rows = [[labels[arm], f"{r['args']['teacher']} ({pct(r['teacher/acc'])}%) -> {r['args']['student']}",
-             samples(r["samples_seen"]), r["args"]["batch_size"],
-             f"**{pct(r.get('eval/acc_calibrated', r['eval/acc_running']))}%**", f"{pct(r['eval/acc_running'])}%",
-             f"{pct(r['eval/acc_batchstats'])}%", wall_time(r), hardware(r)] for arm, r in arms if r is not None]
-    parts = [table("llrrrrrrl", ["arm", "teacher -> student", "noise samples", "batch",
-                                 "student as deployed (plain eval mode)", "eval mode as trained",
-                                 "test-batch statistics", "wall time", "hardware"], rows)] if rows else []
+    labelled = [(labels[arm], r) for arm, r in arms if r is not None]
+    parts = [deployed_table("arm", labelled)] if labelled else []
     if speed is not None:
         parts.append(f"`bench/gpu_speed.py` on the pair, batch {speed['batch_size']}: "
                      f"{speed['samples_per_s_fp32_eager']:.0f} samples/s in fp32 eager mode, "

@@ -61,8 +61,9 @@ def tmp_results(tmp_path, monkeypatch):
 
 # --- helpers of the method-script tests (several test files use them) ---------------------------------------------
 def tiny_args(data, teacher, out, *extra):
-    return ["--data-dir", str(data), "--teacher-ckpt", str(teacher), "--out-dir", str(out), "--steps", "6",
-            "--batch-size", "16", "--eval-every", "3", "--ckpt-every", "2", "--eval-batch-size", "32",
+    """teacher: a checkpoint, or None for the shipped teacher that --teacher (in extra) names."""
+    return ["--data-dir", str(data), *(["--teacher-ckpt", str(teacher)] if teacher else []), "--out-dir", str(out),
+            "--steps", "6", "--batch-size", "16", "--eval-every", "3", "--ckpt-every", "2", "--eval-batch-size", "32",
             "--warmup-steps", "0", "--lr", "1e-2", "--fit-noise-steps", "2",
             "--calibrate-samples", "16", "--calibrate-steps", "2", *extra]  # --calibrate-bn is on by default
 

@@ -431,12 +431,14 @@ def test_the_pair_lines_say_pending_until_their_results_exist_and_then_show_them
                                                                      **{"eval/acc_calibrated": 0.75})))
     (tmp_results / "gpu_pair" / "prior.json").write_text(json.dumps(run(256, 4, "cuda (NVIDIA H200)")))
     line, gpu = report.pair_run_block(), report.gpu_pair_block()
-    assert "61 minutes on Xeon, 2 threads (the setup before" in line and "75.0%" in line  # a run without setup_s
+    assert "61 minutes on Xeon, 2 threads (counted from the first step: the setup before it, the noise fit above " \
+        "all, is not in that time)" in line and "75.0%" in line  # a run without setup_s
     assert "pending: no GPU run" in line
     r34 = run(32, 61, "cpu (Xeon, 2 threads)", **{"eval/acc_calibrated": 0.75})
     r34["provenance"]["setup_s"] = 420
     (tmp_results / "default_run_r34.json").write_text(json.dumps(r34))
-    assert "61 minutes on Xeon, 2 threads after 7 minutes of setup" in report.pair_run_block()
+    assert "61 minutes on Xeon, 2 threads (counted from the first step: the setup before it took 7 minutes more)" \
+        in report.pair_run_block()
     rows = [r for r in gpu.splitlines() if r.startswith("| the prior")]
     assert len(rows) == 1 and "**40.0%**" in rows[0] and "NVIDIA H200" in rows[0]  # deploys as trained
     assert "Pending: the arm `ours`." in gpu and "gpu_speed" not in gpu

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import common
-from conftest import REPO, SHARED
+from conftest import REPO, SHARED, tiny_args
 
 MANIFEST = json.loads((REPO / "teachers" / "manifest.json").read_text())
 
@@ -51,10 +51,9 @@ def test_the_headline_command_runs_on_the_shipped_resnet34(tiny_data, tmp_path):
     import cs_rejection_bn as kd
     args = kd.parse_args(["--teacher", "resnet34", "--dataset", "cifar10"])
     assert common.teacher_ckpt_or_exit(args.teacher, args.dataset) == str(REPO / "teachers" / "resnet34_cifar10_bn.pt")
-    res = kd.main(["--teacher", "resnet34", "--dataset", "cifar10", "--data-dir", str(tiny_data), "--out-dir",
-                   str(tmp_path), "--steps", "2", "--eval-every", "2", "--ckpt-every", "2", "--batch-size", "8",
-                   "--eval-batch-size", "32", "--warmup-steps", "0", "--fit-noise-steps", "1",
-                   "--calibrate-samples", "8", "--calibrate-steps", "1"])
+    res = kd.main(tiny_args(tiny_data, None, tmp_path, "--teacher", "resnet34", "--dataset", "cifar10", "--steps", "2",
+                            "--eval-every", "2", "--batch-size", "8", "--fit-noise-steps", "1",
+                            "--calibrate-samples", "8", "--calibrate-steps", "1"))
     a = res["args"]
     assert res["teacher/sha256"] == MANIFEST["resnet34_cifar10_bn.pt"]["sha256"]
     assert (a["student"], a["feature_weight"], a["calibrate_bn"], a["fit_noise"]) == ("resnet18", 30.0, True, True)
