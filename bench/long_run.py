@@ -7,11 +7,13 @@ budget (10M noise samples), and ours at 1M, on the teacher we ship.
     python bench/report.py                                          # README table from results/long_run/
 
 On a 2-core CPU without bf16 a 10M arm takes about 16-19 hours, so it runs over several sittings: each start resumes
-the unfinished run from its last checkpoint (every 25,600 samples, about 3 minutes here). --snapshot copies each
-arm's curve so far from its checkpoint to results/long_run/<arm>.json with "finished": false, so that a curve in
-progress can be committed; the finished run's results.json replaces it. With --calibrate the snapshot also records
-the checkpoint's student after bench/calibrate_bn.py's calibrations (a few minutes per arm): how far the student that
---calibrate-bn would deploy has come.
+the unfinished run from its last checkpoint (every 25,600 samples, about 3 minutes here). An arm whose committed curve
+is unfinished but whose run folder is gone (another machine) is not started again silently: --restart runs it anew from
+0, and its new curve replaces the committed one. --snapshot copies each arm's curve so far from its checkpoint to
+results/long_run/<arm>.json with "finished": false, so that a curve in progress can be committed; the finished run's
+results.json replaces it. With --calibrate the snapshot also records the checkpoint's student after
+bench/calibrate_bn.py's calibrations (a few minutes per arm): how far the student that --calibrate-bn would deploy has
+come.
 
 Arms (one run of cs_rejection_bn.py each, shipped ResNet-20 teacher -> ResNet-20, seed 0 unless the arm says; the
 logits alone unless the arm says, as the script did before it matched the teacher's stage outputs by default):
@@ -107,6 +109,9 @@ def main(argv=None):
     p.add_argument("--snapshot", action="store_true", help="only write each unfinished arm's curve so far")
     p.add_argument("--calibrate", action="store_true",
                    help="--snapshot: also calibrate the checkpoint's student as bench/calibrate_bn.py does")
+    p.add_argument("--restart", action="store_true",
+                   help="run anew from 0 an arm whose committed curve is unfinished but whose checkpoint is gone "
+                        "(its new curve then replaces the committed one)")
     p.add_argument("--runs-dir", default=str(RUNS), help="run folders go here, one subfolder per arm")
     p.add_argument("--out", default=str(REPO / "results" / "long_run"), help="where the results JSONs go")
     args = p.parse_args(argv)
@@ -128,6 +133,11 @@ def main(argv=None):
             written = snapshot(arm, run_root, target, split)
             print(f"{target.name}: " + ("curve so far written" if written else "no run yet"))
         else:
+            if target.exists() and not unfinished_runs(run_root) and not args.restart:
+                raise common.InputError(
+                    f"{target} holds {arm}'s curve to {json.loads(target.read_text())['samples_seen']:,} samples, but "
+                    f"{run_root} has no checkpoint to resume it from: pass --restart to run the arm anew from 0 (its "
+                    f"new curve then replaces that one)")
             run_or_resume(cs_rejection_bn, argv_of(arm, args), run_root, target)
             attach_loss_curve(target, run_root)
 

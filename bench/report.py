@@ -680,7 +680,7 @@ def long_run_block():
         "--calibrate`); KD loss: the mean of the last 50 steps' logged KL (with the stage outputs: the KL term "
         "alone, or where the run did not log it apart, 'total': KL + weight x the stage-output loss). An unfinished "
         "run shows its curve so far (committed from its checkpoint; it resumes when `long_run.py` runs that arm "
-        "again). " + measured_on([(f"`{arm}`", r) for arm, r in runs.items() if r]),
+        "again, or, where its run folder is gone, starts anew from 0 with `--restart`). " + measured_on([(f"`{arm}`", r) for arm, r in runs.items() if r]),
         table("llrr" + "l" * (len(heads) + 1) + "rr",
               ["arm", "recipe", "budget", "samples so far", *heads, "end of budget", "calibrated", "KD loss"], rows),
         "![long runs](results/long_run.png)")

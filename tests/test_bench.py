@@ -1,6 +1,7 @@
 """The benchmark scripts' own logic on tiny settings (the measurements themselves live in results/)."""
 import argparse
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -228,6 +229,12 @@ def test_long_run_snapshots_an_unfinished_arm_then_resumes_it_to_the_finished_re
     assert part["provenance"]["device"] == common.load_checkpoint(ck_path)["device"] == common.device_name("cpu")
     assert part["finished"] is False and part["samples_seen"] == 32 and part["samples_budget"] == 64
     assert [row["samples_seen"] for row in part["curve"]] == [16, 32] and part["args"]["balance"] == "none"
+    (tmp_path / "runs").rename(tmp_path / "elsewhere")  # the run folder stayed on another machine
+    with pytest.raises(common.InputError, match="curve to 32 samples, but .* no checkpoint to resume it from: pass "
+                                                "--restart"):
+        long_run.main(flags)
+    assert json.loads((tmp_path / "prior.json").read_text()) == part  # the committed curve is kept
+    (tmp_path / "elsewhere").rename(tmp_path / "runs")
     long_run.main(flags)  # resumes the run, replaces the snapshot with its results.json
     done = json.loads((tmp_path / "prior.json").read_text())
     assert "finished" not in done and done["samples_seen"] == 64
@@ -235,6 +242,11 @@ def test_long_run_snapshots_an_unfinished_arm_then_resumes_it_to_the_finished_re
     assert done["curve"][:2] == part["curve"] and len(done["curve"]) == 4 and done["train_loss_curve"]
     long_run.main([*flags, "--snapshot"])  # a finished arm is left alone
     assert json.loads((tmp_path / "prior.json").read_text()) == done
+    common.write_json(tmp_path / "prior.json", part)  # unfinished again, its checkpoint gone: --restart runs it anew
+    shutil.rmtree(tmp_path / "runs")
+    long_run.main([*flags, "--restart"])
+    anew = json.loads((tmp_path / "prior.json").read_text())
+    assert "finished" not in anew and anew["samples_seen"] == 64 and len(anew["curve"]) == 4
 
 
 def test_calibrate_bn_only_recomputes_the_named_runs_and_keeps_the_other_rows(tiny_data, tiny_teacher, tmp_path,
