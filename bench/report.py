@@ -143,14 +143,16 @@ def learning_curves(runs, figsize, loss_title=None, **kw):
 
 # ---- README blocks and figures, one function each ----
 
+DEFAULT_BUDGET = 256_000  # noise samples of a default run of cs_rejection_bn.py: 8,000 steps of 32 (tested)
 HEADLINE = [  # (results file, what it is): the first table, the recipe of today
     ("default_run.json", "`python cs_rejection_bn.py`: the default (fitted noise, CS + rejection, stage outputs "
                          "matched, BN statistics calibrated)"),
     ("default_run_s1.json", "the same, `--seed 1`"),
-    ("default_run_r34.json", "`python cs_rejection_bn.py --teacher resnet34 --dataset cifar10`: the prior work's pair "
-                             "with our defaults"),  # queued behind the ResNet-34 teacher (issue 14)
-    ("prior_run_r34_256k.json", "the prior work's recipe on that pair at the same budget (its flags as in the last "
-                                "rows, `--batch-size 256 --steps 1000`)"),  # queued behind the run above
+    ("default_run_r34_32k.json", "`python cs_rejection_bn.py --teacher resnet34 --dataset cifar10 --steps 1000`: "
+                                 "the prior work's pair with our defaults, at 1/8 of their budget (what one sitting on "
+                                 "a 2-core CPU without bf16 affords: \"Quick start\")"),
+    ("prior_run_r34_32k.json", "the prior work's recipe on that pair at the same budget (its flags as in the last "
+                               "rows, `--batch-size 256 --steps 125`)"),
     ("default_run_aka20.json", "the default on the shared ResNet-20 (`--teacher-ckpt`), a teacher users bring"),
     ("default_run_aka20_s1.json", "the same, seed 1"),
     ("default_run_aka56.json", "the default on the shared ResNet-56 (`--teacher resnet56 --teacher-ckpt`)"),
@@ -293,18 +295,22 @@ def default_run_block():
 
 def pair_run_block():
     """The Quick start's line for the headline command on the prior work's pair: its time on a CPU and on a GPU."""
-    r, gpu = read("default_run_r34.json"), read("gpu_pair/ours.json")
-    cpu = ("its time on a CPU is pending (`results/default_run_r34.json` is not committed yet)" if r is None else
-           f"{samples(r['samples_seen'])} noise samples took {r['provenance']['wall_time_s'] / 60:.0f} minutes on "
-           f"{hardware(r)} ({setup_clause(r)}), and its student reached {pct(r['eval/acc_calibrated'])}% in plain "
-           f"eval mode (`results/default_run_r34.json`)")
-    on_gpu = ("on one GPU the time is pending: no GPU run of `bench/gpu_pair.py` exists yet" if gpu is None else
-              f"on one GPU, `bench/gpu_pair.py` ran our recipe at {samples(gpu['samples_seen'])} samples (batches of "
+    r, gpu = read("default_run_r34_32k.json"), read("gpu_pair/ours.json")
+    cpu = ("its time on a CPU is pending (`results/default_run_r34_32k.json` is not committed yet)" if r is None else
+           f"on a 2-core CPU it is slow. With `--steps {r['args']['steps']}` ({samples(r['samples_seen'])} noise "
+           f"samples, 1/{DEFAULT_BUDGET / r['samples_seen']:.3g} of the default {samples(DEFAULT_BUDGET)}) it took "
+           f"{r['provenance']['wall_time_s'] / 60:.0f} minutes on {hardware(r)}"
+           f"{'' if r['args'].get('bf16') else ' (fp32: no bf16 there)'} ({setup_clause(r)}), and its student reached "
+           f"{pct(r['eval/acc_calibrated'])}% in plain eval mode (`results/default_run_r34_32k.json`). At its "
+           f"{r['samples_per_s']:.0f} noise samples per second, the default {samples(DEFAULT_BUDGET)} train for about "
+           f"{DEFAULT_BUDGET / r['samples_per_s'] / 3600:.1f} hours there")
+    on_gpu = ("On one GPU the time is pending: no GPU run of `bench/gpu_pair.py` exists yet" if gpu is None else
+              f"On one GPU, `bench/gpu_pair.py` ran our recipe at {samples(gpu['samples_seen'])} samples (batches of "
               f"{gpu['args']['batch_size']}) in {gpu['provenance']['wall_time_s'] / 60:.0f} minutes on "
               f"{hardware(gpu)} (`results/gpu_pair/ours.json`)")
     return (f"`python cs_rejection_bn.py --teacher resnet34 --dataset cifar10` distils the ResNet-34 we ship "
             f"(`teachers/resnet34_cifar10_bn.pt`) into the prior work's ResNet-18 student with the same defaults: "
-            f"{cpu}; {on_gpu}.")
+            f"{cpu}. {on_gpu}.")
 
 
 def gpu_pair_block():

@@ -435,22 +435,24 @@ def test_the_pair_lines_say_pending_until_their_results_exist_and_then_show_them
     assert "pending" in report.pair_run_block() and "Pending" in report.gpu_pair_block()
     assert not any(c.isdigit() for c in report.gpu_pair_block())
     run = lambda batch, minutes, device, **extra: {
-        "args": {"teacher": "resnet34", "student": "resnet18", "batch_size": batch}, "teacher/acc": 0.93,
-        "samples_seen": 256_000, "eval/acc_running": 0.4, "eval/acc_batchstats": 0.7,
+        "args": {"teacher": "resnet34", "student": "resnet18", "batch_size": batch, "steps": 1000}, "teacher/acc": 0.93,
+        "samples_seen": 32_000, "samples_per_s": 8.0, "eval/acc_running": 0.4, "eval/acc_batchstats": 0.7,
         "provenance": {"wall_time_s": 60 * minutes, "device": device}, **extra}
     (tmp_results / "gpu_pair").mkdir(parents=True)
-    (tmp_results / "default_run_r34.json").write_text(json.dumps(run(32, 61, "cpu (Xeon, 2 threads)",
-                                                                     **{"eval/acc_calibrated": 0.75})))
+    (tmp_results / "default_run_r34_32k.json").write_text(json.dumps(run(32, 61, "cpu (EPYC, 2 threads)",
+                                                                         **{"eval/acc_calibrated": 0.75})))
     (tmp_results / "gpu_pair" / "prior.json").write_text(json.dumps(run(256, 4, "cuda (NVIDIA H200)")))
     line, gpu = report.pair_run_block(), report.gpu_pair_block()
-    assert "61 minutes on Xeon, 2 threads (counted from the first step: the setup before it, the noise fit above " \
-        "all, is not in that time)" in line and "75.0%" in line  # a run without setup_s
+    assert "With `--steps 1000` (32k noise samples, 1/8 of the default 256k) it took 61 minutes on EPYC, 2 threads " \
+        "(fp32: no bf16 there) (counted from the first step: the setup before it, the noise fit above all, is not in " \
+        "that time)" in line and "75.0%" in line  # a run without setup_s
+    assert "At its 8 noise samples per second, the default 256k train for about 8.9 hours there." in line
     assert "pending: no GPU run" in line
     r34 = run(32, 61, "cpu (Xeon, 2 threads)", **{"eval/acc_calibrated": 0.75})
-    r34["provenance"]["setup_s"] = 420
-    (tmp_results / "default_run_r34.json").write_text(json.dumps(r34))
-    assert "61 minutes on Xeon, 2 threads (counted from the first step: the setup before it took 7 minutes more)" \
-        in report.pair_run_block()
+    r34["provenance"]["setup_s"], r34["args"]["bf16"] = 420, True
+    (tmp_results / "default_run_r34_32k.json").write_text(json.dumps(r34))
+    assert "61 minutes on Xeon, 2 threads, bf16 (counted from the first step: the setup before it took 7 minutes " \
+        "more)" in report.pair_run_block()
     rows = [r for r in gpu.splitlines() if r.startswith("| the prior")]
     assert len(rows) == 1 and "**40.0%**" in rows[0] and "NVIDIA H200" in rows[0]  # deploys as trained
     assert "Pending: the arm `ours`." in gpu and "gpu_speed" not in gpu
@@ -462,6 +464,11 @@ def test_the_pair_lines_say_pending_until_their_results_exist_and_then_show_them
     line, gpu = report.pair_run_block(), report.gpu_pair_block()
     assert "7 minutes on NVIDIA H200" in line and "Pending" not in gpu and "**85.0%**" in gpu
     assert "9000 samples/s in fp32 eager mode, 27000 with bf16 and channels_last (3.0x)" in gpu
+
+
+def test_the_default_budget_the_report_names_is_the_scripts():
+    default = cs_rejection_bn.parse_args([])
+    assert report.DEFAULT_BUDGET == default.steps * default.batch_size
 
 
 def test_the_default_runs_sentence_says_whether_its_time_includes_the_setup(tmp_results):
