@@ -8,8 +8,9 @@ The centre: the shared ResNet-20 (91.7%, a teacher we did not train) -> ResNet-2
 no balancing, Adam 1e-3 constant, T = 1, batch 256) on the Gaussian fitted to the teacher's BN statistics
 (`--fit-noise`). Each arm changes one thing (flags below, also in each results file's `args`). The teacher arms
 change the teacher: ResNet-20s trained by train_teacher.py's recipe for 1, 2 and 5 epochs, the warm-up a tenth of the
-run as in the shipped teacher's 2 of 20 epochs (trained here when missing, into runs/bench_factors/teachers/), and the
-shipped teacher, which is the same recipe for 20 epochs. With a constant
+run as in the shipped teacher's 2 of 20 epochs (trained here when missing, into runs/bench_factors/teachers/), the
+shipped teacher, which is the same recipe for 20 epochs, and three changes of the 5-epoch recipe (no label smoothing,
+no weight decay, AdamW instead of SGD). The student arm distils into the CIFAR ResNet-18. With a constant
 learning rate a run's first N samples do not depend on its length, so arms can be compared at any common budget.
 Each arm is one run of cs_rejection_bn.py; its results.json, with the KD loss logged every 10 steps
 (`train_loss_curve`), is copied to results/factors/<arm>__s<seed>.json. Finished arms are skipped; an interrupted one
@@ -49,33 +50,45 @@ ARMS = {  # name: (flags on top of CENTRE, what changes); the README lists them 
     "teacher_e2": ([], "teacher: our recipe, 2 epochs"),
     "teacher_e5": ([], "teacher: our recipe, 5 epochs"),
     "teacher_e20": ([], "teacher: our recipe, 20 epochs (the shipped teacher)"),
+    "teacher_e5_ls0": ([], "teacher recipe: 5 epochs without label smoothing"),
+    "teacher_e5_wd0": ([], "teacher recipe: 5 epochs without weight decay"),
+    "teacher_e5_adamw": ([], "teacher recipe: 5 epochs of AdamW (lr 1e-3, weight decay 0.05) instead of SGD"),
+    "student_r18": (["--student", "resnet18"], "student: the CIFAR ResNet-18 (11.2M parameters, 41x ResNet-20's)"),
 }
-TEACHER_EPOCHS = {"teacher_e1": 1, "teacher_e2": 2, "teacher_e5": 5}
+TEACHER_RECIPES = {  # teacher arm: (epochs, train_teacher.py flags on top of its own recipe, name suffix)
+    "teacher_e1": (1, [], ""), "teacher_e2": (2, [], ""), "teacher_e5": (5, [], ""),
+    "teacher_e5_ls0": (5, ["--label-smoothing", "0"], "_ls0"),
+    "teacher_e5_wd0": (5, ["--weight-decay", "0"], "_wd0"),
+    "teacher_e5_adamw": (5, ["--optimizer", "adamw", "--lr", "1e-3", "--weight-decay", "0.05"], "_adamw"),
+}
 DEFAULT_RUNS = ["centre:0", "centre:1", "white:0", "running:0", "lr3e-3:0", "tau4:0", "batch64:0", "alpha2:0",
                 "lr3e-4:0", "teacher_e1:0", "teacher_e2:0", "teacher_e5:0", "teacher_e20:0", "white:1", "running:1",
                 "lr3e-3:1", "tau4:1", "batch64:1", "alpha2:1", "lr3e-4:1", "teacher_e1:1", "teacher_e2:1",
-                "teacher_e5:1", "teacher_e20:1", "mse:0", "mse:1"]
+                "teacher_e5:1", "teacher_e20:1", "mse:0", "mse:1", "teacher_e5_ls0:0", "teacher_e5_ls0:1",
+                "teacher_e5_wd0:0", "teacher_e5_wd0:1", "teacher_e5_adamw:0", "teacher_e5_adamw:1", "student_r18:0",
+                "student_r18:1"]
 
 
-def short_teacher(epochs):
-    """The checkpoint of the teacher arm that trains for `epochs`: its warm-up is a tenth of the run, as the shipped
-    teacher's 2 of 20 epochs (in the name: files of an earlier schedule are never picked up)."""
-    return TRAINED / f"resnet20_e{epochs}_w{epochs / 10:g}.pt"
+def short_teacher(arm):
+    """The checkpoint of a teacher arm's teacher: its warm-up is a tenth of the run, as the shipped teacher's 2 of 20
+    epochs, and its recipe is in the name (files of an earlier schedule or another recipe are never picked up)."""
+    epochs, _, suffix = TEACHER_RECIPES[arm]
+    return TRAINED / f"resnet20_e{epochs}_w{epochs / 10:g}{suffix}.pt"
 
 
 def teacher_flags(arm, data_dir):
-    """The --teacher flags of an arm; a teacher arm's short-trained teacher is trained first when missing
-    (train_teacher.py as a process, the recipe of the shipped teacher with fewer epochs; resumable)."""
+    """The --teacher flags of an arm; a teacher arm's teacher is trained first when missing (train_teacher.py as a
+    process: the recipe of the shipped teacher with fewer epochs and the arm's own flags; resumable)."""
     if arm == "teacher_e20":
         return ["--teacher", "resnet20"]  # teachers/resnet20_cifar10_bn.pt: the same recipe, 20 epochs
-    if arm not in TEACHER_EPOCHS:
+    if arm not in TEACHER_RECIPES:
         return TEACHER
-    epochs = TEACHER_EPOCHS[arm]
-    ckpt = short_teacher(epochs)
+    epochs, recipe, _ = TEACHER_RECIPES[arm]
+    ckpt = short_teacher(arm)
     if not ckpt.exists():
         subprocess.run([sys.executable, str(REPO / "train_teacher.py"), "--model", "resnet20", "--data-dir", data_dir,
-                        "--epochs", str(epochs), "--warmup-epochs", f"{epochs / 10:g}", "--seed", "0", "--out",
-                        str(ckpt), "--resume"], check=True)
+                        "--epochs", str(epochs), "--warmup-epochs", f"{epochs / 10:g}", *recipe, "--seed", "0",
+                        "--out", str(ckpt), "--resume"], check=True)
     return ["--teacher", "resnet20", "--teacher-ckpt", str(ckpt)]
 
 

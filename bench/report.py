@@ -538,6 +538,10 @@ FACTORS = [  # (arm, colour in the figure, what changes): the rows of the factor
     ("teacher_e2", "tab:olive", "teacher: ours, 2 epochs"),
     ("teacher_e5", "tab:cyan", "teacher: ours, 5 epochs"),
     ("teacher_e20", "tab:pink", "teacher: ours, 20 epochs (the shipped teacher)"),
+    ("teacher_e5_ls0", "teal", "teacher: ours, 5 epochs without label smoothing"),
+    ("teacher_e5_wd0", "navy", "teacher: ours, 5 epochs without weight decay"),
+    ("teacher_e5_adamw", "magenta", "teacher: ours, 5 epochs of AdamW (lr 1e-3, weight decay 0.05) instead of SGD"),
+    ("student_r18", "maroon", "student: the CIFAR ResNet-18 (11.2M parameters, 41x ResNet-20's)"),
 ]
 
 
@@ -559,7 +563,7 @@ def factors_block():
         rows.append([f"`{arm}`", label, pct(r["teacher/acc"]), seed, *curve_cells(r, points), kd_loss(r),
                      "n/a" if level is None else f"{level:.2f}"])
     return block(
-        "ResNet-20 students; one change per row from the centre (the shared ResNet-20 teacher, the prior work's "
+        "ResNet-20 students unless the row says; one change per row from the centre (the shared ResNet-20 teacher, the prior work's "
         f"recipe on the noise fitted to the teacher's BN statistics). CIFAR-10 test accuracy (%) after "
         f"{' / '.join(f'{n / 1000:g}k' for n in points)} noise samples, with the student's running statistics and "
         "with test-batch statistics (batch 256); KD loss: the mean of the last 50 steps' logged losses (x tau^2); "

@@ -42,7 +42,8 @@ TEACHERS = [  # (name, architecture, checkpoint; None = the shipped teachers/<ar
     ("shared ResNet-20", "resnet20", SHARED / "akamaster_resnet20-12fca82f.th"),
     ("shared ResNet-56", "resnet56", SHARED / "akamaster_resnet56-4bfd9763.th"),
     ("ours, 20 epochs (shipped)", "resnet20", None),
-    *[(f"ours, {e} epoch{'s' * (e > 1)}", "resnet20", short_teacher(e)) for e in (1, 2, 5)],  # bench/factors.py's
+    *[(f"ours, {e} epoch{'s' * (e > 1)}", "resnet20", short_teacher(f"teacher_e{e}"))  # bench/factors.py's
+      for e in (1, 2, 5)],
 ]
 MODES = ["cs", "running", "bm_rv", "rm_bv"]
 CS_LAST = [2, 3, 5, 7, 13]

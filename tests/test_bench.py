@@ -111,6 +111,25 @@ def test_a_teacher_arm_trains_its_short_teacher_once_and_the_others_use_theirs(t
     assert factors.teacher_flags("teacher_e1", str(tiny_data)) == flags and len(calls) == 1  # trained once
     assert factors.teacher_flags("teacher_e20", str(tiny_data)) == ["--teacher", "resnet20"]  # the shipped one
     assert factors.teacher_flags("centre", str(tiny_data)) == factors.TEACHER and len(calls) == 1
+    adamw = factors.TEACHER_RECIPES["teacher_e5_adamw"]
+    monkeypatch.setitem(factors.TEACHER_RECIPES, "teacher_e5_adamw", (1, *adamw[1:]))
+    flags = factors.teacher_flags("teacher_e5_adamw", str(tiny_data))  # a recipe arm, cut to 1 epoch here
+    assert flags[-1] == str(tmp_path / "teachers" / "resnet20_e1_w0.1_adamw.pt") and len(calls) == 2
+    recipe = common.load_checkpoint(flags[-1])["args"]
+    assert (recipe["optimizer"], recipe["lr"], recipe["weight_decay"], recipe["label_smoothing"]) == (
+        "adamw", 1e-3, 0.05, 0.1)  # the arm's changes, the rest of the shipped recipe
+    assert {a: factors.TEACHER_RECIPES[a][1] for a in ("teacher_e5_ls0", "teacher_e5_wd0")} == {
+        "teacher_e5_ls0": ["--label-smoothing", "0"], "teacher_e5_wd0": ["--weight-decay", "0"]}
+    assert cs_rejection_bn.parse_args(factors.ARMS["student_r18"][0]).student == "resnet18"
+
+
+def test_the_report_names_the_factor_arms_of_the_bench_in_its_order_and_says_true_sizes():
+    import report
+    assert [arm for arm, _, _ in report.FACTORS] == list(factors.ARMS)
+    size = lambda name: sum(p.numel() for p in common.build_model(name).parameters())
+    assert round(size("resnet18") / 1e6, 1) == 11.2 and round(size("resnet18") / size("resnet20")) == 41
+    assert all("11.2M parameters, 41x ResNet-20's" in label for label in (dict(
+        (a, x) for a, _, x in report.FACTORS)["student_r18"], factors.ARMS["student_r18"][1]))
 
 
 def test_the_factor_table_has_a_row_per_finished_arm_and_seed_and_says_what_is_missing(tmp_results):
