@@ -149,8 +149,8 @@ HEADLINE = [  # (results file, what it is): the first table, the recipe of today
                          "matched, BN statistics calibrated)"),
     ("default_run_s1.json", "the same, `--seed 1`"),
     ("default_run_r34_32k.json", "`python cs_rejection_bn.py --teacher resnet34 --dataset cifar10 --steps 1000`: "
-                                 "the prior work's pair with our defaults, at 1/8 of their budget (what one sitting on "
-                                 "a 2-core CPU without bf16 affords: \"Quick start\")"),
+                                 "the prior work's pair with our defaults, at 1/8 of the default budget (what one sitting "
+                                 "on a 2-core CPU without bf16 affords: \"Teachers\")"),
     ("prior_run_r34_32k.json", "the prior work's recipe on that pair at the same budget (its flags as in the last "
                                "rows, `--batch-size 256 --steps 125`)"),
     ("default_run_aka20.json", "the default on the shared ResNet-20 (`--teacher-ckpt`), a teacher users bring"),
@@ -300,7 +300,7 @@ def pair_run_block():
            f"on a 2-core CPU it is slow. With `--steps {r['args']['steps']}` ({samples(r['samples_seen'])} noise "
            f"samples, 1/{DEFAULT_BUDGET / r['samples_seen']:.3g} of the default {samples(DEFAULT_BUDGET)}) it took "
            f"{r['provenance']['wall_time_s'] / 60:.0f} minutes on {hardware(r)}"
-           f"{'' if r['args'].get('bf16') else ' (fp32: no bf16 there)'} ({setup_clause(r)}), and its student reached "
+           f"{'' if r['args'].get('bf16') else ', fp32'} ({setup_clause(r)}), and its student reached "
            f"{pct(r['eval/acc_calibrated'])}% in plain eval mode (`results/default_run_r34_32k.json`). At its "
            f"{r['samples_per_s']:.0f} noise samples per second, the default {samples(DEFAULT_BUDGET)} train for about "
            f"{DEFAULT_BUDGET / r['samples_per_s'] / 3600:.1f} hours there")

@@ -462,8 +462,8 @@ def test_the_pair_lines_say_pending_until_their_results_exist_and_then_show_them
                                                                          **{"eval/acc_calibrated": 0.75})))
     (tmp_results / "gpu_pair" / "prior.json").write_text(json.dumps(run(256, 4, "cuda (NVIDIA H200)")))
     line, gpu = report.pair_run_block(), report.gpu_pair_block()
-    assert "With `--steps 1000` (32k noise samples, 1/8 of the default 256k) it took 61 minutes on EPYC, 2 threads " \
-        "(fp32: no bf16 there) (counted from the first step: the setup before it, the noise fit above all, is not in " \
+    assert "With `--steps 1000` (32k noise samples, 1/8 of the default 256k) it took 61 minutes on EPYC, 2 threads, " \
+        "fp32 (counted from the first step: the setup before it, the noise fit above all, is not in " \
         "that time)" in line and "75.0%" in line  # a run without setup_s
     assert "At its 8 noise samples per second, the default 256k train for about 8.9 hours there." in line
     assert "pending: no GPU run" in line

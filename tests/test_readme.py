@@ -499,12 +499,14 @@ def test_the_headline_shows_the_recipe_of_today_and_the_prior_recipe_with_the_co
     prior = ["--no-fit-noise", "--feature-weight", "0", "--no-calibrate-bn", "--balance", "none", "--lr", "1e-3",
              "--schedule", "constant", "--batch-size", "256", "--steps", "1000", "--eval-every", "125"]
     assert "prior" in report.HEADLINE[-2][1] and "seed 1" in report.HEADLINE[-1][1]
+    own_budget = {"default_run_r34_32k.json": ["--steps", "1000"], "prior_run_r34_32k.json": ["--steps", "125"]}
     shown = 0
     for name, label in report.HEADLINE:
         if not (REPO / "results" / name).exists():
             continue
         a = json.loads((REPO / "results" / name).read_text())["args"]
-        flags = ["--teacher", a["teacher"]] + (prior if name.startswith("prior") else [])
+        flags = ["--teacher", a["teacher"]] + (prior if name.startswith("prior") else []) + own_budget.get(name, [])
+        assert " ".join(own_budget.get(name, [])) in label, name  # a row's own budget is named in it
         expected = {**vars(kd.parse_args(flags)), **({} if name.startswith("prior") else resolved)}
         differs = {k: (a[k], expected[k]) for k in expected if k not in own and a.get(k) != expected[k]}
         assert not differs, f"{name}: not the recipe its row names: {differs}"
@@ -971,3 +973,25 @@ def test_what_the_readme_says_about_the_shipped_resnet34_holds():
         "resnet34", "cifar10", 30, "image", True)
     text = " ".join((REPO / "README.md").read_text().split())
     assert "30 epochs in 7.1 hours of compute" in text and "It reached 93.4%, short of the 94%" in text
+
+
+def test_what_the_readme_says_about_the_resnet34_pair_on_a_cpu_holds():
+    r = json.loads((REPO / "results" / "default_run_r34_32k.json").read_text())
+    a, prov = r["args"], r["provenance"]
+    assert (a["teacher"], a["student"], a["steps"], a["batch_size"], a["bf16"]) == ("resnet34", "resnet18", 1000, 32,
+                                                                                    False)
+    assert "AMD EPYC" in prov["device"] and not prov["resumed_at_steps"]
+    step_s = a["batch_size"] / r["samples_per_s"]
+    train_min, wall_min = r["samples_seen"] / r["samples_per_s"] / 60, prov["wall_time_s"] / 60
+    pct = lambda v: round(100 * v, 1)
+    text = " ".join((REPO / "README.md").read_text().split())
+    assert f"{step_s:.1f} s per step of 32" in text
+    assert f"about {256_000 / r['samples_per_s'] / 3600:.0f} hours" in text  # the default budget at that rate
+    assert (f"it took {wall_min:.0f} minutes from the first step ({train_min:.0f} of training, "
+            f"{wall_min - train_min:.0f} of BN calibration and evaluation), after {prov['setup_s'] / 60:.0f} minutes "
+            f"of setup") in text
+    assert (f"{pct(r['eval/acc_calibrated'])}% as deployed, {pct(r['eval/acc_batchstats'])}% with test-batch "
+            f"statistics and {pct(r['eval/acc_running'])}% in eval mode as trained") in text
+    assert round(10_000_000 / r["samples_seen"]) == 312 and "after 10M samples, 312 times this budget" in text
+    assert (a["calibrate_samples"], a["calibrate_steps"]) == (512, 100)  # "200 Adam steps ... on batches of 256"
+    assert "200 Adam steps through the ResNet-34 on batches of 256" in text
