@@ -149,8 +149,8 @@ HEADLINE = [  # (results file, what it is): the first table, the recipe of today
                          "matched, BN statistics calibrated)"),
     ("default_run_s1.json", "the same, `--seed 1`"),
     ("default_run_r34_32k.json", "`python cs_rejection_bn.py --teacher resnet34 --dataset cifar10 --steps 1000`: "
-                                 "the prior work's pair with our defaults, at 1/8 of the default budget (what one sitting "
-                                 "on a 2-core CPU without bf16 affords: \"Teachers\")"),
+                                 "the prior work's pair with our defaults, at 1/8 of the default budget (what one "
+                                 "sitting on a 2-core CPU without bf16 affords: \"Teachers\")"),
     ("prior_run_r34_32k.json", "the prior work's recipe on that pair at the same budget (its flags as in the last "
                                "rows, `--batch-size 256 --steps 125`)"),
     ("default_run_aka20.json", "the default on the shared ResNet-20 (`--teacher-ckpt`), a teacher users bring"),
@@ -563,8 +563,9 @@ def factors_block():
         rows.append([f"`{arm}`", label, pct(r["teacher/acc"]), seed, *curve_cells(r, points), kd_loss(r),
                      "n/a" if level is None else f"{level:.2f}"])
     return block(
-        "ResNet-20 students unless the row says; one change per row from the centre (the shared ResNet-20 teacher, the prior work's "
-        f"recipe on the noise fitted to the teacher's BN statistics). CIFAR-10 test accuracy (%) after "
+        "ResNet-20 students unless the row says; one change per row from the centre (the shared ResNet-20 teacher, "
+        "the prior work's recipe on the noise fitted to the teacher's BN statistics). CIFAR-10 test accuracy (%) "
+        "after "
         f"{' / '.join(f'{n / 1000:g}k' for n in points)} noise samples, with the student's running statistics and "
         "with test-batch statistics (batch 256); KD loss: the mean of the last 50 steps' logged losses (x tau^2); "
         "input-free level: the KD loss of the best student that ignores its input (it predicts the teacher's mean "
@@ -690,7 +691,8 @@ def long_run_block():
         "--calibrate`); KD loss: the mean of the last 50 steps' logged KL (with the stage outputs: the KL term "
         "alone, or where the run did not log it apart, 'total': KL + weight x the stage-output loss). An unfinished "
         "run shows its curve so far (committed from its checkpoint; it resumes when `long_run.py` runs that arm "
-        "again, or, where its run folder is gone, starts anew from 0 with `--restart`). " + measured_on([(f"`{arm}`", r) for arm, r in runs.items() if r]),
+        "again, or, where its run folder is gone, starts anew from 0 with `--restart`). "
+        + measured_on([(f"`{arm}`", r) for arm, r in runs.items() if r]),
         table("llrr" + "l" * (len(heads) + 1) + "rr",
               ["arm", "recipe", "budget", "samples so far", *heads, "end of budget", "calibrated", "KD loss"], rows),
         "![long runs](results/long_run.png)")
