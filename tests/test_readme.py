@@ -995,3 +995,13 @@ def test_what_the_readme_says_about_the_resnet34_pair_on_a_cpu_holds():
     assert round(10_000_000 / r["samples_seen"]) == 312 and "after 10M samples, 312 times this budget" in text
     assert (a["calibrate_samples"], a["calibrate_steps"]) == (512, 100)  # "200 Adam steps ... on batches of 256"
     assert "200 Adam steps through the ResNet-34 on batches of 256" in text
+    prior = json.loads((REPO / "results" / "prior_run_r34_32k.json").read_text())
+    b = prior["args"]
+    assert (b["teacher"], b["student"], b["batch_size"], prior["samples_seen"]) == ("resnet34", "resnet18", 256, 32_000)
+    assert (not b["fit_noise"], b["feature_weight"], b["calibrate_bn"], b["balance"]) == (True, 0.0, False, "none")
+    assert "eval/acc_calibrated" not in prior and "AMD EPYC" in prior["provenance"]["device"]
+    assert (f"took {prior['provenance']['wall_time_s'] / 60:.0f} minutes, and its student scores "
+            f"{pct(prior['eval/acc_running'])}% in eval mode and {pct(prior['eval/acc_batchstats'])}% with test-batch "
+            f"statistics: ours is ahead by "
+            f"{pct(r['eval/acc_calibrated'] - prior['eval/acc_running'])} points as deployed and by "
+            f"{pct(r['eval/acc_batchstats'] - prior['eval/acc_batchstats'])} with test-batch statistics") in text
