@@ -26,6 +26,27 @@ def test_reproducing_the_results_names_every_measurement_script():
         assert f"python {script}" in block
 
 
+def test_the_reproducing_commands_give_the_headline_runs_on_the_shipped_teachers():
+    import re
+    import shlex
+    import cs_rejection_bn
+    text = (REPO / "README.md").read_text()
+    block = text[text.index("## Reproducing the results"):]
+    block = block[block.index("```bash") + 7:]
+    block = block[:block.index("```")].replace("\\\n", " ")
+    commands = [shlex.split(re.sub(r"\[[^]]*\]", "", line.split("#")[0]))[2:]
+                for line in block.splitlines() if line.startswith("python cs_rejection_bn.py")]
+    parsed = [vars(cs_rejection_bn.parse_args(argv + ["--device", "cpu"])) for argv in commands]
+    for p in parsed:  # defaults that main() resolves: these pairs have BN students whose stages match the teacher's
+        p.update({k: v for k, v in (("feature_weight", 30.0), ("calibrate_bn", True)) if p[k] is None})
+    recipe = ("teacher", "student", "teacher_ckpt", "fit_noise", "feature_weight", "calibrate_bn", "balance", "lr",
+              "schedule", "batch_size", "steps", "tau", "teacher_bn", "optimizer", "data_dir")
+    for name in ("default_run", "default_run_s1", "prior_run_256k", "prior_run_256k_s1", "default_run_r34_32k",
+                 "prior_run_r34_32k"):
+        a = json.loads((REPO / "results" / f"{name}.json").read_text())["args"]
+        assert any(all(p[k] == a[k] for k in recipe) for p in parsed), f"no command in the README gives {name}"
+
+
 def test_the_table_shows_every_variant_once_any_has_run():
     done = {p.stem for p in (REPO / "results" / "bn_variants").glob("*.json")}
     if done:
