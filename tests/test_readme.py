@@ -399,7 +399,7 @@ def test_what_the_readme_says_about_the_factor_study_holds():
     pair = lambda k: (round(100 * final(k, "eval/acc_running"), 1), round(100 * final(k), 1))
     of_teacher = lambda k: tuple(round(final(k, key) / runs[k]["teacher/acc"], 2)
                                  for key in ("eval/acc_running", "eval/acc_batchstats"))
-    fitted = [k for k in runs if not k.startswith(("white", "running", "alpha2", "teacher"))]
+    fitted = [k for k in runs if not k.startswith(("white", "running", "alpha2", "teacher", "student"))]
     assert f"{min(ratio[k] for k in fitted):.2f}-{max(ratio[k] for k in fitted):.2f}" == "0.84-0.92"
     assert min(ratio[k] for k in fitted if not k.startswith("mse")) >= 0.85  # the MSE arm alone reaches 0.84
     both = [k for k in ("white__s1", "running__s1", "alpha2__s1", "lr3e-4__s1") if k in runs]
@@ -469,6 +469,31 @@ def test_what_the_readme_says_about_the_factor_study_holds():
                           for e_, c in zip(pair(f"teacher_e{e}__s{seed}"), pair(k))]
         assert (round(min(gaps(1))), round(max(gaps(1)))) == (12, 18)  # each protocol, against either centre seed
         assert (round(min(gaps(20)), 1), round(max(gaps(20)), 1)) == (-3.4, 3.1)
+    recipes = [f"teacher_e5_{r}__s{seed}" for r in ("ls0", "wd0", "adamw") for seed in (0, 1)]
+    if set(recipes) <= set(runs):  # one change at a time of the 5-epoch recipe
+        assert [round(100 * runs[k]["teacher/acc"], 1) for k in recipes[::2]] == [81.8, 79.7, 70.0]
+        assert all("AMD EPYC" in runs[k]["provenance"]["device"] for k in recipes)
+        assert all("Xeon" in runs[f"teacher_e5__s{seed}"]["provenance"]["device"] for seed in (0, 1))
+        base = [pair(f"teacher_e5__s{seed}") for seed in (0, 1)]
+        assert base == [(24.9, 29.9), (27.5, 29.8)]
+        assert [pair(k) for k in recipes] == [(22.3, 30.0), (22.3, 30.0), (23.9, 32.8), (26.0, 33.2), (43.3, 48.9),
+                                              (32.8, 37.3)]
+        level = lambda k: round(runs[k]["bench/kd_loss_constant_student"], 2)
+        assert sorted({level(f"teacher_e5__s{seed}") for seed in (0, 1)}) == [0.54, 0.56]
+        assert sorted({level(f"teacher_e5_ls0__s{seed}") for seed in (0, 1)}) == [1.0, 1.01]
+        diff = lambda r, i: [round(pair(f"teacher_e5_{r}__s{seed}")[i] - base[seed][i], 1) for seed in (0, 1)]
+        assert diff("wd0", 1) == [2.9, 3.4] and diff("wd0", 0) == [-1.0, -1.5]
+        assert [of_teacher(f"teacher_e5_adamw__s{seed}") for seed in (0, 1)] == [(0.62, 0.70), (0.47, 0.53)]
+        assert [round(ratio[f"teacher_e5_adamw__s{seed}"], 2) for seed in (0, 1)] == [0.36, 0.48]
+        ahead = [round(pair(f"teacher_e5_adamw__s{seed}")[0] - pair(f"teacher_e2__s{seed}")[0], 1) for seed in (0, 1)]
+        assert ahead == [15.7, 4.3]
+        assert pair("teacher_e5_adamw__s0")[1] > pair("teacher_e2__s0")[1]
+        assert pair("teacher_e5_adamw__s1")[1] < pair("teacher_e2__s1")[1]
+        spread = lambda arm: max(abs(a - b) for a, b in zip(pair(f"{arm}__s0"), pair(f"{arm}__s1")))
+        arms = {k.rsplit("__", 1)[0] for k in runs if k.endswith("__s1")}
+        assert [round(abs(a - b), 1) for a, b in zip(pair("teacher_e5_adamw__s0"), pair("teacher_e5_adamw__s1"))] \
+            == [10.5, 11.6]
+        assert all(spread(a) < spread("teacher_e5_adamw") for a in arms - {"teacher_e5_adamw"})
 
 
 def test_what_the_readme_says_about_the_teachers_on_noise_holds():
