@@ -8,6 +8,7 @@ by hand.
 """
 import argparse
 import json
+import math
 import re
 import sys
 from pathlib import Path
@@ -585,9 +586,10 @@ def factors_figure(path):
         loss, level = r.get("train_loss_curve"), r.get("bench/kd_loss_constant_student")
         style = dict(color=color, ls="-" if seed == 0 else "--", label=f"{arm}: {label}, seed {seed}")
         curves.append((r["curve"], style, [(n, v / level) for n, v in loss] if loss and level else None))
-    fig, axes = learning_curves(curves, (14, 4.6), "KD loss / input-free level (1: nothing learned)")
+    legend = 0.3 + 0.17 * math.ceil(len(curves) / 2)  # inches under the panels: two columns of legend lines
+    fig, axes = learning_curves(curves, (14, 4.2 + legend), "KD loss / input-free level (1: nothing learned)")
     axes[2].axhline(1, color="k", lw=0.6, ls=":")
-    save(fig, path, axes[0], ncol=2, bottom=0.25)
+    save(fig, path, axes[0], ncol=2, bottom=legend / (4.2 + legend))
 
 
 TEACHER_ON_NOISE = [  # (key, column): inputs and BatchNorm statistics of bench/teacher_on_noise.py
