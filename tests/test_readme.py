@@ -494,19 +494,18 @@ def test_what_the_readme_says_about_the_factor_study_holds():
         assert [round(abs(a - b), 1) for a, b in zip(pair("teacher_e5_adamw__s0"), pair("teacher_e5_adamw__s1"))] \
             == [10.5, 11.6]
         assert all(spread(a) < spread("teacher_e5_adamw") for a in arms - {"teacher_e5_adamw"})
-    if "student_r18__s0" in runs:  # the ResNet-18 student: no better fit, a lead under test-batch statistics
-        r18 = runs["student_r18__s0"]
-        assert r18["args"]["student"] == "resnet18" and "AMD EPYC" in r18["provenance"]["device"]
-        assert (round(r18["samples_per_s"]), round(r18["provenance"]["wall_time_s"] / 60)) == (32, 46)
-        assert pair("student_r18__s0") == (24.2, 26.5)
+    r18 = [f"student_r18__s{seed}" for seed in (0, 1)]
+    if set(r18) <= set(runs):  # the ResNet-18 student: a few points ahead on both seeds, hardly a better fit
+        assert all(runs[k]["args"]["student"] == "resnet18" and "AMD EPYC" in runs[k]["provenance"]["device"]
+                   for k in r18)
+        assert [(round(runs[k]["samples_per_s"]), round(runs[k]["provenance"]["wall_time_s"] / 60)) for k in r18] \
+            == [(32, 46), (30, 49)]
+        assert [pair(k) for k in r18] == [(24.2, 26.5), (28.4, 26.5)]
         assert [pair(f"centre__s{seed}") for seed in (0, 1)] == [(23.5, 23.2), (24.7, 24.4)]
-        assert [round(ratio[k], 2) for k in ("student_r18__s0", "centre__s0", "centre__s1")] == [0.90, 0.91, 0.90]
-        lead = [round(pair("student_r18__s0")[1] - pair(f"centre__s{seed}")[1], 1) for seed in (0, 1)]
-        assert sorted(lead) == [2.1, 3.3]
-        assert pair("centre__s0")[0] < pair("student_r18__s0")[0] < pair("centre__s1")[0]
-        assert ("student_r18__s1" in runs) == ("every arm on two seeds but" not in
-                                               " ".join((REPO / "README.md").read_text().split()))
-
+        lead = [round(s - c, 1) for seed in (0, 1) for s, c in zip(pair(r18[seed]), pair(f"centre__s{seed}"))]
+        assert (min(lead), max(lead)) == (0.7, 3.7)
+        assert sorted(round(ratio[k], 2) for k in r18) == [0.88, 0.90]
+        assert sorted(round(ratio[f"centre__s{seed}"], 2) for seed in (0, 1)) == [0.90, 0.91]
 
 def test_what_the_readme_says_about_the_teachers_on_noise_holds():
     r = json.loads((REPO / "results" / "teacher_on_noise.json").read_text())
