@@ -11,7 +11,10 @@ the unfinished run from its last checkpoint (every 25,600 samples, about 3 minut
 is unfinished but whose run folder is gone (another machine) is not started again silently: --restart runs it anew from
 0, and its new curve replaces the committed one. --snapshot copies each arm's curve so far from its checkpoint to
 results/long_run/<arm>.json with "finished": false, so that a curve in progress can be committed; the finished run's
-results.json replaces it. With --calibrate the snapshot also records the checkpoint's student after
+results.json replaces it. It also packs the unfinished run folder (checkpoint, args.json, metrics.jsonl; 3-3.5 MB for
+a ResNet-20 student) into results/long_run/resume/<arm>.tar.gz: committed with the curve, it carries the run to the
+next machine or sitting, where the arm then resumes from it instead of needing --restart; the pack is deleted when
+the arm finishes. With --calibrate the snapshot also records the checkpoint's student after
 bench/calibrate_bn.py's calibrations (a few minutes per arm): how far the student that --calibrate-bn would deploy has
 come.
 
@@ -31,7 +34,10 @@ logits alone unless the arm says, as the script did before it matched the teache
 """
 import argparse
 import json
+import shutil
 import sys
+import tarfile
+import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -94,6 +100,38 @@ def snapshot(arm, run_root, target, test_split=None):
     return True
 
 
+def pack(run_dir, path):
+    """The unfinished run folder run_dir (its checkpoint, args.json and metrics.jsonl) as one .tar.gz at path. Its
+    out_dir, this machine's folder that nothing on resume reads, is made machine-independent as in every committed
+    result; its --data-dir stays as given (the resumed run reads the data there: ../shared/data in the benchmark)."""
+    run_dir, path = Path(run_dir), Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        staged = Path(tmp) / run_dir.name
+        staged.mkdir()
+        portable = lambda a: {**a, "out_dir": common.portable(a["out_dir"])}
+        ck = common.load_checkpoint(run_dir / "checkpoint.pt")
+        common.save_checkpoint(staged / "checkpoint.pt", **{**ck, "args": portable(ck["args"])})
+        common.write_json(staged / "args.json", portable(json.loads((run_dir / "args.json").read_text())),
+                          keep_paths=True)
+        shutil.copy(run_dir / "metrics.jsonl", staged / "metrics.jsonl")
+        partial = path.with_name(path.name + ".partial")
+        with tarfile.open(partial, "w:gz") as tar:
+            tar.add(staged, arcname=run_dir.name)
+        partial.replace(path)  # a stop mid-write never leaves half a pack behind
+
+
+def unpack(path, run_root):
+    """A pack written by pack() back into a run folder under run_root, which then resumes; returns that folder."""
+    with tarfile.open(path) as tar:
+        tops = {Path(name).parts[0] for name in tar.getnames()}
+        folder = tops.pop() if len(tops) == 1 else None
+        if folder is None or not {f"{folder}/checkpoint.pt", f"{folder}/args.json"} <= set(tar.getnames()):
+            raise common.InputError(f"{path} is not a packed run folder (one folder with checkpoint.pt and args.json)")
+        tar.extractall(run_root, filter="data")  # "data": nothing outside run_root, no links or devices
+    return Path(run_root) / folder
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data-dir", default="./data", help="folder of cifar10_test.npz")
@@ -106,12 +144,13 @@ def main(argv=None):
     p.add_argument("--ckpt-every", type=int, default=None,
                    help=f"save a resumable checkpoint every this many steps (default: every {CKPT_SAMPLES:,} samples)")
     p.add_argument("--seed", type=int, default=0, help="seed of every arm that does not set its own")
-    p.add_argument("--snapshot", action="store_true", help="only write each unfinished arm's curve so far")
+    p.add_argument("--snapshot", action="store_true",
+                   help="only write each unfinished arm's curve so far, and pack its run folder to resume it elsewhere")
     p.add_argument("--calibrate", action="store_true",
                    help="--snapshot: also calibrate the checkpoint's student as bench/calibrate_bn.py does")
     p.add_argument("--restart", action="store_true",
-                   help="run anew from 0 an arm whose committed curve is unfinished but whose checkpoint is gone "
-                        "(its new curve then replaces the committed one)")
+                   help="run anew from 0 an arm whose committed curve is unfinished but whose run folder is gone, "
+                        "packed or not (its new curve then replaces the committed one)")
     p.add_argument("--runs-dir", default=str(RUNS), help="run folders go here, one subfolder per arm")
     p.add_argument("--out", default=str(REPO / "results" / "long_run"), help="where the results JSONs go")
     args = p.parse_args(argv)
@@ -126,21 +165,26 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     split = common.load_split("cifar10", "test", args.data_dir) if args.calibrate else None
     for arm in args.arms:
-        target, run_root = out / f"{arm}.json", Path(args.runs_dir) / arm
+        target, run_root, packed = out / f"{arm}.json", Path(args.runs_dir) / arm, out / "resume" / f"{arm}.tar.gz"
         if target.exists() and json.loads(target.read_text()).get("finished", True):
             print(f"{target.name}: done already (with the settings in it; delete it to run the arm again)")
         elif args.snapshot:
             written = snapshot(arm, run_root, target, split)
-            print(f"{target.name}: " + ("curve so far written" if written else "no run yet"))
+            if written:
+                pack(unfinished_runs(run_root)[-1], packed)
+            print(f"{target.name}: " + (f"curve so far written, run folder packed into {packed.relative_to(out)}"
+                                        if written else "no run yet"))
         else:
             if target.exists() and not unfinished_runs(run_root) and not args.restart:
-                raise common.InputError(
-                    f"{target} holds {arm}'s curve to {json.loads(target.read_text())['samples_seen']:,} samples, but "
-                    f"{run_root} has no checkpoint to resume it from: pass --restart to run the arm anew from 0 (its "
-                    f"new curve then replaces that one)")
+                if not packed.exists():
+                    raise common.InputError(
+                        f"{target} holds {arm}'s curve to {json.loads(target.read_text())['samples_seen']:,} samples, "
+                        f"but neither {run_root} nor {packed} has a checkpoint to resume it from: pass --restart to "
+                        f"run the arm anew from 0 (its new curve then replaces that one)")
+                print(f"{arm}: resuming the packed run {packed} in {unpack(packed, run_root)}")
             run_or_resume(cs_rejection_bn, argv_of(arm, args), run_root, target)
             attach_loss_curve(target, run_root)
-
+            packed.unlink(missing_ok=True)  # finished: its results replace the packed run
 
 if __name__ == "__main__":
     common.run_main(main)  # Ctrl-C or kill: the run in progress says where it stopped; rerun to resume

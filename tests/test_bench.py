@@ -2,6 +2,8 @@
 import argparse
 import json
 import shutil
+import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -248,17 +250,26 @@ def test_long_run_snapshots_an_unfinished_arm_then_resumes_it_to_the_finished_re
     assert part["provenance"]["device"] == common.load_checkpoint(ck_path)["device"] == common.device_name("cpu")
     assert part["finished"] is False and part["samples_seen"] == 32 and part["samples_budget"] == 64
     assert [row["samples_seen"] for row in part["curve"]] == [16, 32] and part["args"]["balance"] == "none"
+    packed = tmp_path / "resume" / "prior.tar.gz"  # the snapshot packed the run folder, to be committed with it
+    with tarfile.open(packed) as tar:
+        [folder] = {Path(name).parts[0] for name in tar.getnames()}
+        assert sorted(tar.getnames()) == [folder, *(f"{folder}/{f}" for f in ("args.json", "checkpoint.pt",
+                                                                                "metrics.jsonl"))]
+        assert json.loads(tar.extractfile(f"{folder}/args.json").read())["out_dir"] == "prior"  # no machine's path
     (tmp_path / "runs").rename(tmp_path / "elsewhere")  # the run folder stayed on another machine
-    with pytest.raises(common.InputError, match="curve to 32 samples, but .* no checkpoint to resume it from: pass "
-                                                "--restart"):
+    packed.rename(tmp_path / "prior.tar.gz")  # and its pack was not committed
+    with pytest.raises(common.InputError, match="curve to 32 samples, but neither .* nor .* has a checkpoint to "
+                                                "resume it from: pass --restart"):
         long_run.main(flags)
     assert json.loads((tmp_path / "prior.json").read_text()) == part  # the committed curve is kept
-    (tmp_path / "elsewhere").rename(tmp_path / "runs")
-    long_run.main(flags)  # resumes the run, replaces the snapshot with its results.json
+    (tmp_path / "prior.tar.gz").rename(packed)
+    long_run.main(flags)  # resumes the packed run where it stopped, replaces the snapshot with its results.json
     done = json.loads((tmp_path / "prior.json").read_text())
-    assert "finished" not in done and done["samples_seen"] == 64
+    assert "finished" not in done and done["samples_seen"] == 64 and done["provenance"]["resumed_at_steps"] == [2]
     assert done["args"]["calibrate_bn"] is False  # a study's student as trained: bench/calibrate_bn.py calibrates it
-    assert done["curve"][:2] == part["curve"] and len(done["curve"]) == 4 and done["train_loss_curve"]
+    assert done["curve"][:2] == part["curve"] and len(done["curve"]) == 4
+    assert done["train_loss_curve"][0][0] < 32  # the log from before the stop came with the pack
+    assert not packed.exists()  # finished: its results replace the pack
     long_run.main([*flags, "--snapshot"])  # a finished arm is left alone
     assert json.loads((tmp_path / "prior.json").read_text()) == done
     common.write_json(tmp_path / "prior.json", part)  # unfinished again, its checkpoint gone: --restart runs it anew
@@ -266,7 +277,13 @@ def test_long_run_snapshots_an_unfinished_arm_then_resumes_it_to_the_finished_re
     long_run.main([*flags, "--restart"])
     anew = json.loads((tmp_path / "prior.json").read_text())
     assert "finished" not in anew and anew["samples_seen"] == 64 and len(anew["curve"]) == 4
-
+    assert anew["provenance"]["resumed_at_steps"] == []
+    with tarfile.open(packed, "w:gz") as tar:  # a pack that is not a run folder: one line, not a traceback
+        tar.add(tiny_data, arcname="data")
+    common.write_json(tmp_path / "prior.json", part)
+    shutil.rmtree(tmp_path / "runs")
+    with pytest.raises(common.InputError, match="is not a packed run folder"):
+        long_run.main(flags)
 
 def test_calibrate_bn_only_recomputes_the_named_runs_and_keeps_the_other_rows(tiny_data, tiny_teacher, tmp_path,
                                                                                monkeypatch):
