@@ -643,6 +643,7 @@ LONG_RUN = [  # (arm, colour in the figure, recipe): the rows of the long-run ta
                            "default before weight 10)"),
     ("feat_512k_s1", "dimgray", "the same, seed 1"),
     ("feat10_10m", "tab:orange", "our recipe with the stage outputs at weight 10 (the default before 30)"),
+    ("default_10m", "tab:brown", "today's default recipe (the stage outputs at weight 30)"),
     ("ours", "tab:red", "our former default recipe"),
     ("prior", "tab:gray", "the prior work's recipe (white noise, CS, batch 256, Adam 1e-3 constant)"),
 ]
@@ -692,8 +693,9 @@ def long_run_block():
         "`bench/calibrate_bn.py`; for an unfinished arm, its latest checkpoint's student, by `long_run.py --snapshot "
         "--calibrate`); KD loss: the mean of the last 50 steps' logged KL (with the stage outputs: the KL term "
         "alone, or where the run did not log it apart, 'total': KL + weight x the stage-output loss). An unfinished "
-        "run shows its curve so far (committed from its checkpoint; it resumes when `long_run.py` runs that arm "
-        "again, or, where its run folder is gone, starts anew from 0 with `--restart`). "
+        "run shows its curve so far (committed from its checkpoint with its run folder packed; it resumes when "
+        "`long_run.py` runs that arm again, on another machine from the pack, or where neither is left starts anew "
+        "from 0 with `--restart`). "
         + measured_on([(f"`{arm}`", r) for arm, r in runs.items() if r]),
         table("llrr" + "l" * (len(heads) + 1) + "rr",
               ["arm", "recipe", "budget", "samples so far", *heads, "end of budget", "calibrated", "KD loss"], rows),

@@ -217,12 +217,12 @@ def test_long_run_snapshots_an_unfinished_arm_then_resumes_it_to_the_finished_re
     seed = lambda arm: cs_rejection_bn.parse_args(long_run.argv_of(arm, argparse.Namespace(
         samples=None, batch_size=None, data_dir="d", seed=0, eval_every=None, ckpt_every=None))).seed
     arms = ("ours_1m", "ours_1m_s1", "ours_512k", "ours_512k_s1", "ours_512k_cs7", "ours_512k_cs7_s1", "feat_512k",
-            "feat_512k_s1", "feat10_10m")
-    assert [seed(a) for a in arms] == [0, 1, 0, 1, 0, 1, 0, 1, 0]  # own seed wins
+            "feat_512k_s1", "feat10_10m", "default_10m")
+    assert [seed(a) for a in arms] == [0, 1, 0, 1, 0, 1, 0, 1, 0, 0]  # own seed wins
     weight = lambda arm: cs_rejection_bn.parse_args(long_run.argv_of(arm, argparse.Namespace(
         samples=None, batch_size=None, data_dir="d", seed=0, eval_every=None, ckpt_every=None))).feature_weight
-    assert [weight(a) for a in arms] == [0, 0, 0, 0, 0, 0, 1, 1, 10]  # the logits alone unless the arm says
-    assert own("feat10_10m")[3] == str(312_500)  # 10M samples in batches of 32
+    assert [weight(a) for a in arms] == [0, 0, 0, 0, 0, 0, 1, 1, 10, 30]  # the logits alone unless the arm says
+    assert own("feat10_10m")[3] == own("default_10m")[3] == str(312_500)  # 10M samples in batches of 32
     with monkeypatch.context() as m:
         crash_after_second_save(m)
         with pytest.raises(SystemExit, match="130"):  # the interrupt, as cs_rejection_bn reports it
