@@ -6,17 +6,16 @@ budget (10M noise samples), and ours at 1M, on the teacher we ship.
     python bench/long_run.py --data-dir ../shared/data --snapshot --calibrate   # and its student calibrated now
     python bench/report.py                                          # README table from results/long_run/
 
-On a 2-core CPU without bf16 a 10M arm takes about 16-19 hours, so it runs over several sittings: each start resumes
-the unfinished run from its last checkpoint (every 25,600 samples, about 3 minutes here). An arm whose committed curve
-is unfinished but whose run folder is gone (another machine) is not started again silently: --restart runs it anew from
-0, and its new curve replaces the committed one. --snapshot copies each arm's curve so far from its checkpoint to
-results/long_run/<arm>.json with "finished": false, so that a curve in progress can be committed; the finished run's
-results.json replaces it. It also packs the unfinished run folder (checkpoint, args.json, metrics.jsonl; 3-3.5 MB for
-a ResNet-20 student) into results/long_run/resume/<arm>.tar.gz: committed with the curve, it carries the run to the
-next machine or sitting, where the arm then resumes from it instead of needing --restart; the pack is deleted when
-the arm finishes. With --calibrate the snapshot also records the checkpoint's student after
-bench/calibrate_bn.py's calibrations (a few minutes per arm): how far the student that --calibrate-bn would deploy has
-come.
+On a 2-core CPU without bf16 a 10M arm takes about 16-19 hours, so it runs over several sittings: each start resumes the
+unfinished run from its last checkpoint (every 25,600 samples, about 3 minutes here). --snapshot copies each arm's curve
+so far from its checkpoint to results/long_run/<arm>.json with "finished": false, so that a curve in progress can be
+committed (the finished run's results.json replaces it), and packs the run folder (checkpoint, args.json, metrics.jsonl;
+3-3.5 MB for a ResNet-20 student) into results/long_run/resume/<arm>.tar.gz: committed with the curve, it carries the
+run to the next sitting, whose machine starts without run folders, and the arm resumes from it there (the pack is
+deleted when the arm finishes). An arm whose committed curve is unfinished but which has neither run folder nor pack is
+not started again silently: --restart runs it anew from 0, and its new curve replaces the committed one. With
+--calibrate the snapshot also records the checkpoint's student after bench/calibrate_bn.py's calibrations (a few minutes
+per arm): how far the student that --calibrate-bn would deploy has come.
 
 Arms (one run of cs_rejection_bn.py each, shipped ResNet-20 teacher -> ResNet-20, seed 0 unless the arm says; the
 logits alone unless the arm says, as the script did before it matched the teacher's stage outputs by default):
