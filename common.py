@@ -765,7 +765,8 @@ def resume_args(parser, args, script, extra_keys=(), before=None, argv=None):
     """The settings of the run folder args.resume, which `script` continues. Exits with one line (parser.error) when
     the folder is missing or not a run of this script, when other flags were given beside --resume (on argv, at any
     value): a resumed run keeps the settings it started with, so such flags could only be ignored, or when the run's
-    device is not on this machine (its noise generator's state lives there). Settings that the run's args.json
+    device is not on this machine (its noise generator's state lives there). The one setting that follows the machine:
+    a bf16 run continues in fp32 where bf16 would be emulated. Settings that the run's args.json
     predates get their defaults, or the value in `before` (what the script did before the setting existed);
     extra_keys: what the script adds to args.json beside its flags."""
     given = [f for f in given_flags(parser, argv) if f != "--resume"]
@@ -788,6 +789,10 @@ def resume_args(parser, args, script, extra_keys=(), before=None, argv=None):
     if device_problem(resumed.device):
         parser.error(f"--resume {run}: the run was on {resumed.device}, which this machine does not have; it "
                      f"continues only there (its noise generator's state is a {resumed.device} one)")
+    if getattr(resumed, "bf16", False) and not bf16_supported(resumed.device):  # the run moved to another machine
+        print(f"note: {run} trained with bf16 autocast, which this machine lacks native support for (emulated, it is "
+              f"many times slower than fp32): it continues in fp32")
+        resumed.bf16 = False
     return resumed
 
 

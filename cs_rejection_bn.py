@@ -596,7 +596,7 @@ def main(argv=None):
     step, curve, noise_params, fit_stats = 0, [], None, {}
     # Wall time over every process of a resumed run: each checkpoint carries what the earlier ones spent (None where
     # a checkpoint predates this record: provenance then knows only this process's time).
-    wall_before, resumed_at, setup_s = 0.0, [], None
+    wall_before, resumed_at, setup_s, stretches = 0.0, [], None, []
 
     # --- run folder (rank 0 makes it), or the one we resume
     run_dir = resume_dir
@@ -612,10 +612,13 @@ def main(argv=None):
         step, stats, curve = ck["step"], new_stats(num_classes, args.device, ck["stats"]), ck["curve"]
         wall_before, resumed_at, setup_s = ck.get("wall_s"), [*ck.get("resumed_at", []), step], ck.get("setup_s")
         noise_params, fit_stats = ck.get("noise_params"), ck.get("fit_stats", {})
+        stretches = ck.get("stretches", [])  # none in a checkpoint that predates this record
         print(f"resumed {run_dir} at step {step}")
     elif rank == 0:
         run_dir = common.make_run_dir(args.out_dir, args.dataset, Path(__file__).stem, args.teacher, args.seed)
         common.write_json(run_dir / "args.json", vars(args), keep_paths=True)
+    # where and how each process trained: a resumed run may continue on another machine, in another precision
+    stretches.append({"from_step": step, "device": common.device_name(args.device), "bf16": args.bf16})
     if args.fit_noise and noise_params is None:  # ALGO LOGIC (our option): the noise fitted to the teacher's BN
         with common.stop_message(run_dir, lambda: step):  # Ctrl-C here: no checkpoint yet, say so
             noise_params, fit_stats = fit_noise(teacher, shape, args.fit_noise_steps,
@@ -638,6 +641,7 @@ def main(argv=None):
                                noise_gen=noise_gen.get_state(), sampler=sampler.state_dict(), step=step,
                                noise_params=noise_params, fit_stats=fit_stats, teacher_sha256=tinfo["sha256"],
                                stats=stats, curve=curve, wall_s=wall_time(), resumed_at=resumed_at, setup_s=setup_s,
+                               stretches=stretches,
                                args=vars(args),
                                device=common.device_name(args.device))  # where it trained: for a snapshot's record
 
@@ -743,9 +747,9 @@ def main(argv=None):
                "samples_per_s": stats["student_samples"] / max(stats["train_s"], 1e-9),
                "teacher_samples_per_s": stats["teacher_samples"] / max(stats["train_s"], 1e-9),
                "sampler_time_frac": stats["sampler_s"] / max(stats["train_s"], 1e-9), "curve": curve,
-               "args": vars(args),
+               "args": vars(args),  # provenance: the wall time counts from the loop's start, setup_s is before it
                "provenance": {**common.provenance(args.device, wall_time(), resumed_at, time.time() - t_start),
-                              "setup_s": setup_s}}  # wall time counts from the loop's start; setup_s is before it
+                              "setup_s": setup_s, "stretches": stretches}}
     common.write_json(run_dir / "results.json", results)
     common.finish_distributed()
     calibrated = (f", calibrated {results['eval/acc_calibrated']:.4f} (student_calibrated.pt)"

@@ -43,8 +43,8 @@ def run_or_resume(script, argv, run_root, target):
     if unfinished:  # it continues with its own settings: those asked for now must be the same
         saved = json.loads((unfinished[-1] / "args.json").read_text())
         wanted = vars(script.parse_args(argv))
-        other = sorted(k for k in set(saved) & set(wanted) - {"out_dir", "data_dir", "device", "teacher_ckpt"}
-                       if saved[k] != wanted[k])
+        where = {"out_dir", "data_dir", "device", "teacher_ckpt", "bf16"}  # where and how it runs, not its recipe
+        other = sorted(k for k in set(saved) & set(wanted) - where if saved[k] != wanted[k])
         if other:
             raise common.InputError(
                 f"{unfinished[-1]} is an unfinished run with other settings ("

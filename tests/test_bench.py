@@ -346,12 +346,17 @@ def test_calibrate_bn_calibrates_the_run_that_made_the_result_not_another_in_its
 def test_bench_runs_refuse_to_resume_an_unfinished_run_of_other_settings(tiny_data, tiny_teacher, tmp_path,
                                                                          monkeypatch, capsys):
     import _runs
+    real_save, real_bf16 = common.save_checkpoint, common.bf16_supported
     crash_after_second_save(monkeypatch)
-    argv = tiny_args(tiny_data, tiny_teacher, tmp_path / "unused")
+    argv = tiny_args(tiny_data, tiny_teacher, tmp_path / "unused", "--no-calibrate-bn", "--feature-weight", "0")
     with pytest.raises(SystemExit):
         _runs.run_or_resume(cs_rejection_bn, argv, tmp_path / "arm", tmp_path / "arm.json")
     with pytest.raises(common.InputError, match="other settings .*steps: 6 there, 9 now"):
         _runs.run_or_resume(cs_rejection_bn, [*argv, "--steps", "9"], tmp_path / "arm", tmp_path / "arm.json")
+    monkeypatch.setattr(common, "save_checkpoint", real_save)
+    monkeypatch.setattr(common, "bf16_supported", lambda device: not real_bf16(device))  # the next machine differs
+    _runs.run_or_resume(cs_rejection_bn, argv, tmp_path / "arm", tmp_path / "arm.json")  # where it runs, not what
+    assert json.loads((tmp_path / "arm.json").read_text())["provenance"]["resumed_at_steps"] == [4]
     with pytest.raises(SystemExit):
         long_run.main(["--data-dir", str(tiny_data), "--arms", "prior", "--samples", "60", "--runs-dir",
                        str(tmp_path / "r")])

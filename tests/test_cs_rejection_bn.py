@@ -334,6 +334,25 @@ def test_resume_after_an_interruption_gives_the_same_final_metrics(tiny_data, ti
     assert [r["step"] for r in common.MetricsLog.read(run / "metrics.jsonl") if "eval/acc_running" in r] == [3, 6]
 
 
+def test_a_bf16_run_resumed_where_bf16_is_emulated_continues_in_fp32_and_says_so(tiny_data, tiny_teacher, tmp_path,
+                                                                                  monkeypatch, capsys):
+    """bench/long_run.py's packs carry a run to other machines; on a CPU without native bf16, autocast emulates it
+    at a fraction of fp32's speed, and a long run would crawl."""
+    with monkeypatch.context() as m:
+        crash_after_second_save(m)  # checkpoint at step 4 written, then the process "dies"
+        with pytest.raises(SystemExit, match="130"):
+            kd.main(tiny_args(tiny_data, tiny_teacher, tmp_path, "--bf16", "--no-fit-noise", "--no-calibrate-bn"))
+    run = next(tmp_path.iterdir())
+    monkeypatch.setattr(common, "bf16_supported", lambda device: False)  # the next machine
+    capsys.readouterr()
+    resumed = kd.main(["--resume", str(run)])
+    assert "it continues in fp32" in capsys.readouterr().out
+    assert resumed["args"]["bf16"] is False and resumed["provenance"]["resumed_at_steps"] == [4]
+    here = common.device_name("cpu")
+    assert resumed["provenance"]["stretches"] == [{"from_step": 0, "device": here, "bf16": True},
+                                                  {"from_step": 4, "device": here, "bf16": False}]
+
+
 def test_fit_noise_recovers_the_gaussian_a_teacher_was_calibrated_on():
     """A BN network whose running statistics come from white noise of mean 0.5 and std 2 per pixel: the fit must find
     that Gaussian (flat spectrum, variance 4, uncorrelated channels, mean 0.5) from a 1/f^2 start, and lower the loss."""
