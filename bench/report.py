@@ -152,8 +152,10 @@ HEADLINE = [  # (results file, what it is): the first table, the recipe of today
     ("default_run_r34_32k.json", "`python cs_rejection_bn.py --teacher resnet34 --dataset cifar10 --steps 1000`: "
                                  "the prior work's pair with our defaults, at 1/8 of the default budget (what one "
                                  "sitting on a 2-core CPU without bf16 affords: \"Teachers\")"),
+    ("default_run_r34_32k_s1.json", "the same, `--seed 1` (`--steps 1000`)"),
     ("prior_run_r34_32k.json", "the prior work's recipe on that pair at the same budget (its flags as in the last "
                                "rows, `--batch-size 256 --steps 125`)"),
+    ("prior_run_r34_32k_s1.json", "the same, `--seed 1` (`--steps 125`)"),
     ("default_run_aka20.json", "the default on the shared ResNet-20 (`--teacher-ckpt`), a teacher users bring"),
     ("default_run_aka20_s1.json", "the same, seed 1"),
     ("default_run_aka56.json", "the default on the shared ResNet-56 (`--teacher resnet56 --teacher-ckpt`)"),

@@ -42,7 +42,7 @@ def test_the_reproducing_commands_give_the_headline_runs_on_the_shipped_teachers
     recipe = ("teacher", "student", "teacher_ckpt", "fit_noise", "feature_weight", "calibrate_bn", "balance", "lr",
               "schedule", "batch_size", "steps", "tau", "teacher_bn", "optimizer", "data_dir")
     for name in ("default_run", "default_run_s1", "prior_run_256k", "prior_run_256k_s1", "default_run_r34_32k",
-                 "prior_run_r34_32k"):
+                 "default_run_r34_32k_s1", "prior_run_r34_32k", "prior_run_r34_32k_s1"):
         a = json.loads((REPO / "results" / f"{name}.json").read_text())["args"]
         assert any(all(p[k] == a[k] for k in recipe) for p in parsed), f"no command in the README gives {name}"
 
@@ -556,7 +556,8 @@ def test_the_headline_shows_the_recipe_of_today_and_the_prior_recipe_with_the_co
     prior = ["--no-fit-noise", "--feature-weight", "0", "--no-calibrate-bn", "--balance", "none", "--lr", "1e-3",
              "--schedule", "constant", "--batch-size", "256", "--steps", "1000", "--eval-every", "125"]
     assert "prior" in report.HEADLINE[-2][1] and "seed 1" in report.HEADLINE[-1][1]
-    own_budget = {"default_run_r34_32k.json": ["--steps", "1000"], "prior_run_r34_32k.json": ["--steps", "125"]}
+    own_budget = {f"{recipe}_run_r34_32k{seed}.json": ["--steps", steps] for recipe, steps in
+                  (("default", "1000"), ("prior", "125")) for seed in ("", "_s1")}
     shown = 0
     for name, label in report.HEADLINE:
         if not (REPO / "results" / name).exists():
@@ -1062,3 +1063,22 @@ def test_what_the_readme_says_about_the_resnet34_pair_on_a_cpu_holds():
             f"statistics: ours is ahead by "
             f"{pct(r['eval/acc_calibrated'] - prior['eval/acc_running'])} points as deployed and by "
             f"{pct(r['eval/acc_batchstats'] - prior['eval/acc_batchstats'])} with test-batch statistics") in text
+    r1 = json.loads((REPO / "results" / "default_run_r34_32k_s1.json").read_text())  # the second seed, on the Xeon
+    prior1 = json.loads((REPO / "results" / "prior_run_r34_32k_s1.json").read_text())
+    for run in (r1, prior1):
+        assert run["args"]["seed"] == 1 and run["args"]["bf16"] and "Xeon" in run["provenance"]["device"]
+        assert {k: run["args"][k] for k in ("teacher", "student", "steps", "batch_size")} == \
+            {**{k: (r if run is r1 else prior)["args"][k] for k in ("teacher", "student", "steps", "batch_size")}}
+    wall1, train1 = r1["provenance"]["wall_time_s"] / 60, r1["samples_seen"] / r1["samples_per_s"] / 60
+    assert (f"ours scores {pct(r1['eval/acc_calibrated'])}% as deployed and {pct(r1['eval/acc_batchstats'])}% with "
+            f"test-batch statistics ({wall1:.0f} minutes from the first step, {train1:.0f} of training and "
+            f"{wall1 - train1:.0f} of BN calibration and evaluation, after {r1['provenance']['setup_s'] / 60:.0f} minutes "
+            f"of setup), the prior recipe {pct(prior1['eval/acc_running'])}% in eval mode and "
+            f"{pct(prior1['eval/acc_batchstats'])}% ({prior1['provenance']['wall_time_s'] / 60:.0f} minutes): ahead by "
+            f"{pct(r1['eval/acc_calibrated'] - prior1['eval/acc_running'])} and "
+            f"{pct(r1['eval/acc_batchstats'] - prior1['eval/acc_batchstats'])} points") in text
+    assert (f"{r1['samples_per_s'] / r['samples_per_s']:.0f} times as fast as the AMD EPYC in fp32 "
+            f"({r1['samples_per_s']:.0f} against {r['samples_per_s']:.0f} noise samples per second)") in text
+    assert round((wall_min - train_min) / (wall1 - train1)) == 2  # "only twice as fast"
+    assert (f"the calibration runs only twice as fast ({wall1 - train1:.0f} minutes against "
+            f"{wall_min - train_min:.0f})") in text
