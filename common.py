@@ -762,13 +762,13 @@ def given_flags(parser, argv=None):
 
 
 def resume_args(parser, args, script, extra_keys=(), before=None, argv=None):
-    """The settings of the run folder args.resume, which `script` continues. Exits with one line (parser.error) when
-    the folder is missing or not a run of this script, when other flags were given beside --resume (on argv, at any
-    value): a resumed run keeps the settings it started with, so such flags could only be ignored, or when the run's
-    device is not on this machine (its noise generator's state lives there). The one setting that follows the machine:
-    a bf16 run continues in fp32 where bf16 would be emulated. Settings that the run's args.json
-    predates get their defaults, or the value in `before` (what the script did before the setting existed);
-    extra_keys: what the script adds to args.json beside its flags."""
+    """The settings of the run folder args.resume, which `script` continues. Exits with one line (parser.error) when the
+    folder is missing or not a run of this script, when other flags were given beside --resume (on argv, at any value):
+    a resumed run keeps the settings it started with, so such flags could only be ignored, or when the run's device is
+    not on this machine (its noise generator's state lives there). The one setting that follows the machine: a bf16 run
+    continues in fp32 where bf16 would be emulated. Settings that the run's args.json predates get their defaults, or
+    the value in `before` (what the script did before the setting existed); extra_keys: what the script adds to
+    args.json beside its flags."""
     given = [f for f in given_flags(parser, argv) if f != "--resume"]
     if given:
         parser.error(f"--resume continues a run with the settings in its args.json; drop {' '.join(given)} "
