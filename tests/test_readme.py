@@ -1082,3 +1082,25 @@ def test_what_the_readme_says_about_the_resnet34_pair_on_a_cpu_holds():
     assert round((wall_min - train_min) / (wall1 - train1)) == 2  # "only twice as fast"
     assert (f"the calibration runs only twice as fast ({wall1 - train1:.0f} minutes against "
             f"{wall_min - train_min:.0f})") in text
+
+
+def test_what_the_readme_says_about_the_prior_recipe_at_its_own_budget_holds():
+    r = json.loads((REPO / "results" / "long_run" / "prior.json").read_text())
+    a, pct = r["args"], lambda v: round(100 * v, 1)
+    assert (a["fit_noise"], a["feature_weight"], a["balance"], a["lr"], a["schedule"], a["batch_size"], a["seed"]) == \
+        (False, 0.0, "none", 1e-3, "constant", 256, 0)
+    assert r["finished"] is False and round(r["samples_budget"] / 1e6) == 10  # the paragraph is for the run so far
+    at = {row["samples_seen"]: row for row in r["curve"]}
+    last = max(at)
+    assert last == r["samples_seen"] - r["samples_seen"] % 128_000  # evaluated every 128k
+    tb = lambda n: pct(at[n]["eval/acc_batchstats"])
+    later = [pct(row["eval/acc_running"]) for n, row in at.items() if n >= 1_024_000]
+    text = " ".join((REPO / "README.md").read_text().split())
+    assert (f"unfinished at {report.samples(last)} of its 10M samples" in text
+            and f"is at {tb(128_000)}% after 128k samples, {tb(512_000)}% after 512k, {tb(1_024_000)}% after 1.02M, "
+                f"{tb(2_048_000)}% after 2.05M and {tb(last)}% after {report.samples(last)} "
+                f"({at[last]['eval/acc_batchstats'] / r['teacher/acc_recorded']:.2f} of the teacher)" in text)
+    assert (f"stays between {min(later)}% and {max(later)}% from 1.02M on ({later[-1]}% at {report.samples(last)})"
+            in text)
+    feat10 = json.loads((REPO / "results" / "long_run" / "feat10_10m.json").read_text())
+    assert pct(next(x for x in feat10["curve"] if x["samples_seen"] == 512_000)["eval/acc_batchstats"]) == 88.5
