@@ -285,6 +285,7 @@ def test_long_run_snapshots_an_unfinished_arm_then_resumes_it_to_the_finished_re
     with pytest.raises(common.InputError, match="is not a packed run folder"):
         long_run.main(flags)
 
+
 def test_calibrate_bn_only_recomputes_the_named_runs_and_keeps_the_other_rows(tiny_data, tiny_teacher, tmp_path,
                                                                                monkeypatch):
     monkeypatch.setattr(calibrate_bn, "RESULTS", tmp_path / "results")
