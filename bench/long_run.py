@@ -77,11 +77,12 @@ def argv_of(arm, args):
 
 def snapshot(arm, run_root, target, test_split=None):
     """The curve so far of the arm's unfinished run, from its checkpoint, written to target with "finished": false,
-    and with test_split (x, y) the checkpoint's student calibrated as bench/calibrate_bn.py does; returns False when
-    there is nothing to write (no run yet, or the run has finished: its results.json is the result)."""
+    and with test_split (x, y) the checkpoint's student calibrated as bench/calibrate_bn.py does; returns the run folder
+    it read, or None when there is nothing to write (no run yet, or the run has finished: its results.json is the
+    result)."""
     unfinished = unfinished_runs(run_root)
     if not unfinished:
-        return False
+        return None
     ck = common.load_checkpoint(unfinished[-1] / "checkpoint.pt")
     calibrated = test_split and {"calibrated": calibrate_checkpoint(ck, unfinished[-1] / "checkpoint.pt", *test_split,
                                                                     batches=20)}
@@ -99,7 +100,7 @@ def snapshot(arm, run_root, target, test_split=None):
         # where the run trained (its last checkpoint's process), not where this snapshot is taken
         "provenance": {**common.provenance(a["device"], ck.get("wall_s"), ck.get("resumed_at", [])),
                        **({"device": ck["device"]} if "device" in ck else {})}})
-    return True
+    return unfinished[-1]
 
 
 def pack(run_dir, path):
@@ -171,11 +172,11 @@ def main(argv=None):
         if target.exists() and json.loads(target.read_text()).get("finished", True):
             print(f"{target.name}: done already (with the settings in it; delete it to run the arm again)")
         elif args.snapshot:
-            written = snapshot(arm, run_root, target, split)
-            if written:
-                pack(unfinished_runs(run_root)[-1], packed)
+            run = snapshot(arm, run_root, target, split)
+            if run:
+                pack(run, packed)
             print(f"{target.name}: " + (f"curve so far written, run folder packed into {packed.relative_to(out)}"
-                                        if written else "no run yet"))
+                                        if run else "no run yet"))
         else:
             if target.exists() and not unfinished_runs(run_root) and not args.restart:
                 if not packed.exists():
