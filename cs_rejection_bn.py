@@ -641,9 +641,7 @@ def main(argv=None):
                                noise_gen=noise_gen.get_state(), sampler=sampler.state_dict(), step=step,
                                noise_params=noise_params, fit_stats=fit_stats, teacher_sha256=tinfo["sha256"],
                                stats=stats, curve=curve, wall_s=wall_time(), resumed_at=resumed_at, setup_s=setup_s,
-                               stretches=stretches,
-                               args=vars(args),
-                               device=common.device_name(args.device))  # where it trained: for a snapshot's record
+                               stretches=stretches, args=vars(args))
 
     def evaluation():
         row = {"samples_seen": stats["student_samples"], "eval/acc_running": evaluate(student, "running"),

@@ -91,15 +91,16 @@ def snapshot(arm, run_root, target, test_split=None):
                                                                             a["teacher_ckpt"]),
                                   mean=a.get("teacher_mean"), std=a.get("teacher_std"))
     rows = common.MetricsLog.read(unfinished[-1] / "metrics.jsonl")
+    stretches = ck.get("stretches", [])  # where and how each process of the run trained
     common.write_json(target, {
         "finished": False, "arm": arm, "args": a, "teacher/acc_recorded": info["test_acc"],
         "samples_seen": ck["stats"]["student_samples"], "samples_budget": a["steps"] * a["batch_size"],
         "curve": ck["curve"], "noise/fitted": ck.get("noise_params") and {
             k: v.tolist() if hasattr(v, "tolist") else v for k, v in ck["noise_params"].items()},
         **loss_curves(rows, a["batch_size"]), **(calibrated or {}),
-        # where the run trained (its last checkpoint's process), not where this snapshot is taken
+        # where the run trained (its latest process), not where this snapshot is taken
         "provenance": {**common.provenance(a["device"], ck.get("wall_s"), ck.get("resumed_at", [])),
-                       **({"device": ck["device"]} if "device" in ck else {})}})
+                       **({"device": stretches[-1]["device"], "stretches": stretches} if stretches else {})}})
     return unfinished[-1]
 
 
