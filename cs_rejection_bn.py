@@ -122,7 +122,8 @@ def parse_args(argv=None):
     p.add_argument("--resume", default=None,
                    help="run folder to continue with its own settings (its args.json; other flags are refused)")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
-                   help="bf16 autocast + channels_last (default: on where the device supports bf16)")
+                   help="bf16 autocast + channels_last for training, evaluation and --calibrate-bn's inversion "
+                        "(default: on where the device supports bf16)")
     p.add_argument("--device", default=common.default_device(), help="cpu or cuda")
     args = p.parse_args(argv)
     if args.resume:  # the run's own settings; other flags beside --resume are refused, not silently ignored
@@ -286,13 +287,16 @@ def fit_noise(teacher, shape, steps, generator, batch_size=128, lr=0.05):
     return params, {"noise/bn_loss_white": white, "noise/bn_loss_fitted": fitted}
 
 
-def invert_teacher_inputs(teacher, shape, n, steps, generator, noise_params=None, batch_size=256, lr=0.1, tv=1e-3):
+def invert_teacher_inputs(teacher, shape, n, steps, generator, noise_params=None, batch_size=256, lr=0.1, tv=1e-3,
+                          bf16=False):
     """n inputs made from the teacher alone, for calibrate_bn: each batch starts as noise (the fitted noise when
     noise_params is given) and its pixels are optimized by Adam so that the teacher's BatchNorm layers see the batch
     statistics they recorded on their training data (bn_statistics_loss), plus a small total-variation prior
     (tv x the mean squared difference between neighbouring pixels). DeepInversion's objective without its
     class-conditional term: no image of any dataset is read, but these are synthesized inputs, which the paper's
-    method does without; here they are used only to re-estimate the student's BN statistics, never to train it."""
+    method does without; here they are used only to re-estimate the student's BN statistics, never to train it.
+    bf16: the teacher's forward (and so its backward) under bf16 autocast; the inputs, their Adam state and the
+    statistics compared stay float32 (README, Speed: 2.5x faster through a ResNet-34 on the Xeon)."""
     dev = next(teacher.parameters()).device
     batches = []
     with bn_statistics_loss(teacher) as bn_loss:
@@ -303,7 +307,9 @@ def invert_teacher_inputs(teacher, shape, n, steps, generator, noise_params=None
             for _ in tqdm(range(steps), desc=f"inverting the teacher's BN statistics, batch {i // batch_size + 1}",
                           leave=False):
                 smooth = (x[..., 1:, :] - x[..., :-1, :]).pow(2).mean() + (x[..., 1:] - x[..., :-1]).pow(2).mean()
-                loss = bn_loss(x) + tv * smooth
+                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+                    fit = bn_loss(x)
+                loss = fit + tv * smooth
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -725,7 +731,8 @@ def main(argv=None):
         with common.stop_message(run_dir, lambda: step):  # Ctrl-C here: --resume calibrates the saved student
             try:
                 batches = invert_teacher_inputs(teacher, shape, args.calibrate_samples, args.calibrate_steps,
-                                                torch.Generator().manual_seed(args.seed + 5_000), noise_params)
+                                                torch.Generator().manual_seed(args.seed + 5_000), noise_params,
+                                                bf16=args.bf16)
             except common.InputError as e:  # the trained student is kept: its results are written without it
                 print(f"--calibrate-bn failed, so the results have no calibrated student: {e}", file=sys.stderr)
     if batches:

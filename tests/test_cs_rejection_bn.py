@@ -416,6 +416,30 @@ def test_inverted_inputs_fit_the_teachers_bn_statistics_and_leave_the_teacher_as
     assert_same_tensors(before, teacher.state_dict())
 
 
+def test_bf16_inversion_runs_the_teacher_in_bf16_and_still_fits_float32_inputs(tiny_teacher):
+    teacher, _ = common.load_teacher("resnet20", tiny_teacher)
+    teacher.requires_grad_(False)
+    seen = []
+    hook = teacher.conv1.register_forward_hook(lambda m, a, out: seen.append(out.dtype))
+    start = kd.invert_teacher_inputs(teacher, (3, 12, 12), 16, 0, torch.Generator().manual_seed(0), batch_size=8)
+    made = kd.invert_teacher_inputs(teacher, (3, 12, 12), 16, 30, torch.Generator().manual_seed(0), batch_size=8,
+                                    bf16=True)
+    hook.remove()
+    assert set(seen) == {torch.bfloat16} and len(seen) == 60  # every step's forward, under autocast
+    assert all(m.dtype == torch.float32 and m.shape == (8, 3, 12, 12) for m in made)
+    with torch.no_grad(), kd.bn_statistics_loss(teacher) as loss:  # judged in float32
+        assert all(loss(m) < 0.5 * loss(s) for m, s in zip(made, start))
+
+
+def test_a_run_inverts_in_the_precision_it_trained_in(tiny_data, tiny_teacher, tmp_path, monkeypatch):
+    asked = []
+    real = kd.invert_teacher_inputs
+    monkeypatch.setattr(kd, "invert_teacher_inputs", lambda *a, **kw: asked.append(kw["bf16"]) or real(*a, **kw))
+    for flag in ("--bf16", "--no-bf16"):
+        kd.main(tiny_args(tiny_data, tiny_teacher, tmp_path, "--calibrate-bn", flag))
+    assert asked == [True, False]
+
+
 def test_calibrate_bn_averages_the_statistics_of_its_batches_in_a_copy():
     torch.manual_seed(0)
     student = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4)).eval()
