@@ -122,8 +122,7 @@ def parse_args(argv=None):
     p.add_argument("--resume", default=None,
                    help="run folder to continue with its own settings (its args.json; other flags are refused)")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
-                   help="bf16 autocast + channels_last for training, evaluation and --calibrate-bn's inversion "
-                        "(default: on where the device supports bf16)")
+                   help="bf16 autocast + channels_last (default: on where the device supports bf16)")
     p.add_argument("--device", default=common.default_device(), help="cpu or cuda")
     args = p.parse_args(argv)
     if args.resume:  # the run's own settings; other flags beside --resume are refused, not silently ignored
