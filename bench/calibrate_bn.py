@@ -35,23 +35,31 @@ STUDIES = ("noise_fit", "long_run")  # results/<study>/<run>.json, run folders i
 RESULTS, RUNS = REPO / "results", REPO / "runs"
 
 
+def load_run(ck, path, shape):
+    """From a run's checkpoint ck (read from path): its teacher as the run had it (only read: the inversion
+    differentiates through it to the inputs), its tinfo, the noise fitted to it (the run's own; for a white-noise run a
+    fit made now with the same seed and settings as a run's) and the student."""
+    a = ck["args"]
+    teacher, tinfo = common.load_teacher(a["teacher"], common.teacher_ckpt_or_exit(a["teacher"], a["dataset"],
+                                                                                  a["teacher_ckpt"]),
+                                         mean=a.get("teacher_mean"), std=a.get("teacher_std"))
+    teacher.requires_grad_(False)
+    params = ck.get("noise_params")
+    if params is None:
+        params, _ = kd.fit_noise(teacher, shape, a["fit_noise_steps"], torch.Generator().manual_seed(a["seed"] + 3_000))
+    student = common.build_model(a["student"], 10, a["student_norm"])
+    common.load_state_strict(student, ck["student"], path)
+    return teacher, tinfo, params, student
+
+
 def calibrate_checkpoint(ck, path, x, y, batches):
     """The student of a run's checkpoint ck (read from path) on the test split (x, y): its accuracy in eval mode as
     trained, after re-estimating its BatchNorm statistics on `batches` batches of 256 fitted-noise samples, after
     re-estimating them on the inputs --calibrate-bn makes, and with test-batch statistics. Its weights are not
     changed."""
     defaults = kd.parse_args([])  # what --calibrate-bn does with its default settings
-    a = ck["args"]
-    teacher, tinfo = common.load_teacher(a["teacher"], common.teacher_ckpt_or_exit(a["teacher"], a["dataset"],
-                                                                                  a["teacher_ckpt"]),
-                                         mean=a.get("teacher_mean"), std=a.get("teacher_std"))  # as the run had it
-    teacher.requires_grad_(False)  # only read: the inversion differentiates through it to the inputs
-    shape = (3, *x.shape[1:3])
-    params = ck.get("noise_params")
-    if params is None:  # a white-noise run: fit the noise to its teacher now (same seed and settings as a run)
-        params, _ = kd.fit_noise(teacher, shape, a["fit_noise_steps"], torch.Generator().manual_seed(a["seed"] + 3_000))
-    student = common.build_model(a["student"], 10, a["student_norm"])
-    common.load_state_strict(student, ck["student"], path)
+    a, shape = ck["args"], (3, *x.shape[1:3])
+    teacher, tinfo, params, student = load_run(ck, path, shape)
     gen = torch.Generator().manual_seed(a["seed"] + 4_000)
     calibrated = kd.calibrate_bn(student, [common.sample_noise(256, shape, gen, **params) for _ in range(batches)])
     made = kd.invert_teacher_inputs(teacher, shape, defaults.calibrate_samples, defaults.calibrate_steps,

@@ -16,6 +16,7 @@ import cs_rejection_bn
 import factors
 import gpu_pair
 import gpu_speed
+import invert_bf16
 import long_run
 import report
 import student_study
@@ -526,3 +527,33 @@ def test_the_default_runs_sentence_says_whether_its_time_includes_the_setup(tmp_
     r["provenance"]["setup_s"] = 90.0
     (tmp_results / "default_run.json").write_text(json.dumps(r))
     assert report.default_run_block().endswith("counted from the first step: the setup before it took 2 minutes more.")
+
+
+def test_invert_bf16_repeats_the_runs_own_calibration_in_fp32_and_merges_its_rows(tiny_data, tiny_teacher, tmp_path):
+    done = cs_rejection_bn.main(tiny_args(tiny_data, tiny_teacher, tmp_path / "runs", "--no-bf16"))  # fp32 throughout
+    folder = next((tmp_path / "runs").glob("*/checkpoint.pt")).parent
+    out = tmp_path / "invert.json"
+    invert_bf16.main(["--data-dir", str(tiny_data), "--runs", str(folder), "--out", str(out)])
+    fp32, bf16 = json.loads(out.read_text())["rows"]
+    assert (fp32["precision"], bf16["precision"], fp32["timed_only"]) == ("fp32", "bf16", False)
+    assert (fp32["seed"], fp32["samples"], fp32["steps"]) == (0, 16, 2)  # the run's seed, --calibrate-samples/-steps
+    assert fp32["acc_calibrated"] == fp32["acc_calibrated_by_the_run"] == done["eval/acc_calibrated"]
+    assert fp32["acc_as_trained"] == bf16["acc_as_trained"] == done["eval/acc_running"]
+    assert fp32["s_per_step"] > 0 and bf16["s_per_step"] > 0 and fp32["bn_loss"] != bf16["bn_loss"]
+    invert_bf16.main(["--data-dir", str(tiny_data), "--runs", str(folder), "--out", str(out), "--seeds", "1",
+                      "--precisions", "bf16"])
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["seed"], r["precision"]) for r in rows] == [(0, "fp32"), (0, "bf16"), (1, "bf16")]
+    invert_bf16.main(["--data-dir", str(tiny_data), "--runs", str(folder), "--out", str(out), "--precisions", "fp32"])
+    untimed = lambda row: {k: v for k, v in row.items() if k != "s_per_step"}
+    again = json.loads(out.read_text())["rows"]  # a row measured again replaces its old one; the others stay
+    assert again[:2] == rows[1:] and untimed(again[2]) == untimed(rows[0])
+    invert_bf16.main(["--data-dir", str(tiny_data), "--runs", str(folder), "--out", str(out), "--time-only", "2"])
+    timed = json.loads(out.read_text())["rows"]
+    assert timed[:3] == again  # timings only: they replace no calibrated row
+    assert [(r["precision"], r["timed_only"], r["samples"], r["steps"], "acc_calibrated" in r)
+            for r in timed[3:]] == [("fp32", True, 256, 2, False), ("bf16", True, 256, 2, False)]
+    with pytest.raises(common.InputError, match="no checkpoint.pt"):
+        invert_bf16.main(["--data-dir", str(tiny_data), "--runs", str(tmp_path), "--out", str(out)])
+    with pytest.raises(SystemExit):
+        invert_bf16.main(["--data-dir", str(tiny_data), "--runs", str(folder), "--out", str(out), "--time-only", "0"])

@@ -1091,7 +1091,7 @@ def test_what_the_readme_says_about_the_resnet34_pair_on_a_cpu_holds():
     assert (f"{r1['samples_per_s'] / r['samples_per_s']:.0f} times as fast as the AMD EPYC in fp32 "
             f"({r1['samples_per_s']:.0f} against {r['samples_per_s']:.0f} noise samples per second)") in text
     assert round((wall_min - train_min) / (wall1 - train1)) == 2  # "only twice as fast"
-    assert (f"the calibration runs only twice as fast ({wall1 - train1:.0f} minutes against "
+    assert (f"the calibration ran only twice as fast ({wall1 - train1:.0f} minutes against "
             f"{wall_min - train_min:.0f})") in text
 
 
@@ -1124,3 +1124,30 @@ def test_what_the_readme_says_about_the_prior_recipe_at_its_own_budget_holds():
             and len(r["provenance"]["resumed_at_steps"]) == 1)  # "in two sittings"
     assert (f"the prior recipe's student ends at {pct(r['eval/acc_running'])}% in eval mode and "
             f"{pct(r['eval/acc_batchstats'])}% with test-batch statistics" in text)
+
+
+def test_what_the_readme_says_about_the_bf16_inversion_holds():
+    rows = json.loads((REPO / "results" / "invert_bf16.json").read_text())["rows"]
+    pct = lambda v: f"{100 * v:.1f}"
+    r20 = {(r["seed"], r["precision"]): r for r in rows if r["teacher"] == "resnet20" and not r["timed_only"]}
+    assert all(r["run"].startswith("runs/bench_long_run/prior/") and r["samples"] == 512 and r["steps"] == 100
+               for r in r20.values())
+    (r34,) = [r for r in rows if r["teacher"] == "resnet34" and not r["timed_only"]]
+    timed = {r["precision"]: r for r in rows if r["teacher"] == "resnet34" and r["timed_only"]}
+    assert all("Xeon" in r["device"] and "1 threads" in r["device"] for r in rows)
+    s = lambda r: f"{r['s_per_step']:.2f}"
+    text = " ".join((REPO / "README.md").read_text().split())
+    assert (f"{s(r20[0, 'bf16'])} and {s(r20[1, 'bf16'])} s per step against {s(r20[0, 'fp32'])} and "
+            f"{s(r20[1, 'fp32'])} in float32 ({r20[1, 'fp32']['s_per_step'] / r20[1, 'bf16']['s_per_step']:.1f}x)"
+            in text)
+    assert (f"calibrates to {pct(r20[0, 'bf16']['acc_calibrated'])}% and {pct(r20[1, 'bf16']['acc_calibrated'])}% "
+            f"in eval mode against {pct(r20[0, 'fp32']['acc_calibrated'])}% and "
+            f"{pct(r20[1, 'fp32']['acc_calibrated'])}%" in text)
+    speedup = timed["fp32"]["s_per_step"] / timed["bf16"]["s_per_step"]
+    assert (f"{s(timed['bf16'])} s per step against {s(timed['fp32'])} ({speedup:.1f}x; {timed['bf16']['steps']} "
+            f"steps each after one untimed)" in text and f"{speedup:.1f} times as fast per step" in text)
+    assert (r34["seed"], r34["precision"], r34["samples"] * r34["steps"] // 256) == (1, "bf16", 200)
+    assert (f"calibrates to {pct(r34['acc_calibrated'])}% with a bf16 inversion of 200 steps ({s(r34)} s each) against "
+            f"{pct(r34['acc_calibrated_by_the_run'])}% by the run's own float32 inversion" in text)
+    assert (f"{round(100 * (r34['acc_calibrated_by_the_run'] - r34['acc_calibrated']), 1)} points lower, on one seed"
+            in text)
