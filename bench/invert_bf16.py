@@ -60,17 +60,17 @@ def main(argv=None):
         teacher = teacher.to(memory_format=common.memory_format(teacher, True))  # as a run has it
         own = folder / "results.json"
         own = json.loads(own.read_text()).get("eval/acc_calibrated") if own.exists() else None
-        name = folder.relative_to(REPO).as_posix() if folder.is_relative_to(REPO) else folder.name
+        name = common.portable(str(folder))  # relative to the repository, as the results record paths
         acc = lambda model: common.evaluate(model, x, y, tinfo["mean"], tinfo["std"], a["eval_batch_size"], "running")
         as_trained = None if args.time_only else acc(student)
         for seed in args.seeds or [a["seed"]]:
             for precision in args.precisions:
+                invert = lambda k: kd.invert_teacher_inputs(teacher, shape, n, k, torch.Generator().manual_seed(
+                    seed + 5_000), params, bf16=precision == "bf16")  # k Adam steps, seeded as the run
                 if args.time_only:  # one untimed step first: the first pass through a model pays for its setup
-                    kd.invert_teacher_inputs(teacher, shape, n, 1, torch.Generator().manual_seed(seed + 5_000),
-                                             params, bf16=precision == "bf16")
+                    invert(1)
                 began = time.time()
-                made = kd.invert_teacher_inputs(teacher, shape, n, steps, torch.Generator().manual_seed(seed + 5_000),
-                                                params, bf16=precision == "bf16")
+                made = invert(steps)
                 took = time.time() - began
                 with torch.no_grad(), kd.bn_statistics_loss(teacher) as bn_loss:  # how well they fit, in float32
                     fit = sum(bn_loss(b).item() for b in made) / len(made)
@@ -88,7 +88,8 @@ def main(argv=None):
     out = Path(args.out)
     old = json.loads(out.read_text())["rows"] if out.exists() else []
     key = lambda r: (r["run"], r["seed"], r["precision"], r["timed_only"])
-    rows = [r for r in old if key(r) not in {key(n) for n in rows}] + rows
+    measured = {key(r) for r in rows}
+    rows = [r for r in old if key(r) not in measured] + rows
     common.write_json(out, {"rows": rows, "provenance": common.provenance("cpu", time.time() - start)})
 
 
