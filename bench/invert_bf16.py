@@ -9,9 +9,11 @@ bf16 autocast, each timed; the calibrated students are evaluated in float32.
 
 The teacher runs channels_last, as in a run. Seeds default to the run's own (its inversion seed is the run's seed +
 5,000, as `cs_rejection_bn.py` has it), so a float32 row repeats the run's own calibration; where a run folder has
-results.json, its own calibrated accuracy (float32 inversion, evaluated as the run evaluated) is recorded beside. A
-white-noise run's inversion starts from a noise fitted here, as bench/calibrate_bn.py does. Rows are merged into
-results/invert_bf16.json by (run, seed, precision, timed only or not). Needs a CPU with native bf16 to mean anything.
+results.json, its own calibrated accuracy (float32 inversion, evaluated as the run evaluated) is recorded beside, and
+where it has student_calibrated.pt, that student's accuracy evaluated here in float32 (the evaluation's precision
+apart from the inversion's). A white-noise run's inversion starts from a noise fitted here, as bench/calibrate_bn.py
+does. Rows are merged into results/invert_bf16.json by (run, seed, precision, timed only or not). Needs a CPU with
+native bf16 to mean anything.
 """
 import argparse
 import json
@@ -62,6 +64,12 @@ def main(argv=None):
         own = json.loads(own.read_text()).get("eval/acc_calibrated") if own.exists() else None
         name = common.portable(str(folder))  # relative to the repository, as the results record paths
         acc = lambda model: common.evaluate(model, x, y, tinfo["mean"], tinfo["std"], a["eval_batch_size"], "running")
+        own_fp32 = None  # the run's own calibrated student evaluated here in float32: its evaluation's precision apart
+        if not args.time_only and (folder / "student_calibrated.pt").is_file():
+            own_fp32 = common.build_model(a["student"], 10, a["student_norm"])
+            common.load_state_strict(own_fp32, common.load_checkpoint(folder / "student_calibrated.pt")["student"],
+                                     folder / "student_calibrated.pt")
+            own_fp32 = acc(own_fp32)
         as_trained = None if args.time_only else acc(student)
         for seed in args.seeds or [a["seed"]]:
             for precision in args.precisions:
@@ -80,7 +88,7 @@ def main(argv=None):
                        "device": common.device_name("cpu")}  # rows of other calls may come from elsewhere
                 if not args.time_only:
                     row.update(acc_as_trained=as_trained, acc_calibrated=acc(kd.calibrate_bn(student, made)),
-                               acc_calibrated_by_the_run=own)
+                               acc_calibrated_by_the_run=own, acc_calibrated_by_the_run_fp32=own_fp32)
                 print(f"{name} seed {seed} {precision}: {row['s_per_step']:.2f} s per step, BN-statistics loss "
                       f"{fit:.4f}" + ("" if args.time_only else f", eval mode {as_trained:.4f} -> "
                                                                 f"{row['acc_calibrated']:.4f}"), flush=True)

@@ -538,6 +538,7 @@ def test_invert_bf16_repeats_the_runs_own_calibration_in_fp32_and_merges_its_row
     assert (fp32["precision"], bf16["precision"], fp32["timed_only"]) == ("fp32", "bf16", False)
     assert (fp32["seed"], fp32["samples"], fp32["steps"]) == (0, 16, 2)  # the run's seed, --calibrate-samples/-steps
     assert fp32["acc_calibrated"] == fp32["acc_calibrated_by_the_run"] == done["eval/acc_calibrated"]
+    assert bf16["acc_calibrated_by_the_run_fp32"] == done["eval/acc_calibrated"]  # its student_calibrated.pt, fp32
     assert fp32["acc_as_trained"] == bf16["acc_as_trained"] == done["eval/acc_running"]
     assert fp32["s_per_step"] > 0 and bf16["s_per_step"] > 0 and fp32["bn_loss"] != bf16["bn_loss"]
     invert_bf16.main(["--data-dir", str(tiny_data), "--runs", str(folder), "--out", str(out), "--seeds", "1",
@@ -553,6 +554,9 @@ def test_invert_bf16_repeats_the_runs_own_calibration_in_fp32_and_merges_its_row
     assert timed[:3] == again  # timings only: they replace no calibrated row
     assert [(r["precision"], r["timed_only"], r["samples"], r["steps"], "acc_calibrated" in r)
             for r in timed[3:]] == [("fp32", True, 256, 2, False), ("bf16", True, 256, 2, False)]
+    (folder / "student_calibrated.pt").unlink()  # a run without its calibrated student: nothing to evaluate
+    invert_bf16.main(["--data-dir", str(tiny_data), "--runs", str(folder), "--out", str(out), "--precisions", "bf16"])
+    assert json.loads(out.read_text())["rows"][-1]["acc_calibrated_by_the_run_fp32"] is None
     with pytest.raises(common.InputError, match="no checkpoint.pt"):
         invert_bf16.main(["--data-dir", str(tiny_data), "--runs", str(tmp_path), "--out", str(out)])
     with pytest.raises(SystemExit):
