@@ -561,8 +561,9 @@ def main(argv=None):
 
     t_start, nonfinite = time.time(), torch.zeros((), device=args.device)
     wall_time = lambda: None if wall_before is None else wall_before + time.time() - t_start
-    # Ctrl-C: the bar closes, then stop_message says where the run stopped and how to resume it
-    with common.stop_message(run_dir, lambda: step), \
+    # Ctrl-C or SIGTERM: the step under way ends and is saved, the bar closes, then stop_message says where the run
+    # stopped and how to resume it
+    with common.stop_message(run_dir, lambda: step), common.stop_after_step(enabled=world == 1) as stop, \
             tqdm(total=args.steps, initial=step, desc="noise KD", dynamic_ncols=True, disable=rank > 0) as bar:
         while step < args.steps:
             t_step = time.perf_counter()
@@ -590,13 +591,17 @@ def main(argv=None):
             step += 1
             stats["student_samples"] += len(z) * world
             stats["train_s"] += time.perf_counter() - t_step
-            if step % 10 == 0 or step == args.steps or step % args.eval_every == 0 or step % args.ckpt_every == 0:
+            stopping = stop.requested  # read once: a signal during the bookkeeping below is served after the next step
+            saving = step % args.ckpt_every == 0 or step == args.steps or stopping
+            if step % 10 == 0 or step % args.eval_every == 0 or saving:
                 log_train(loss, t_logits, logit_loss, feat_loss)
             bar.update(1)
             if rank == 0 and (step % args.eval_every == 0 or step == args.steps):
                 evaluation()
-            if step % args.ckpt_every == 0 or step == args.steps:
+            if saving:
                 save()
+            if stopping:
+                raise KeyboardInterrupt  # this step is saved: stop_message says how to resume
     if rank > 0:
         common.finish_distributed()
         return None

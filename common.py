@@ -17,6 +17,7 @@ import platform
 import signal
 import sys
 import subprocess
+import threading
 import time
 import zipfile
 from functools import partial
@@ -841,6 +842,31 @@ def stop_message(run_dir, step_fn):
             "no checkpoint yet: start it again"
         print(f"\nstopped at step {step_fn()}, {where}", file=sys.stderr, flush=True)
         raise SystemExit(130) from None
+
+
+@contextlib.contextmanager
+def stop_after_step(enabled=True):
+    """Inside, Ctrl-C or SIGTERM does not cut a training step in half: the first one only sets `stop.requested`, which
+    the loop reads once a step is done, to save a checkpoint of it and stop (KeyboardInterrupt); no step is lost. A
+    second one stops at once. enabled False (a torchrun rank: the ranks would have to agree on the step), or outside
+    the main thread (where no signal can be caught): every signal stops at once, as outside."""
+    stop = argparse.Namespace(requested=False)
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def request(signum, frame):
+        if stop.requested:
+            raise KeyboardInterrupt
+        stop.requested = True
+        print(f"\n{signal.Signals(signum).name}: stopping once this step is done and saved (again: stop at once)",
+              file=sys.stderr, flush=True)
+    before = {sig: signal.signal(sig, request) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
 
 
 class MetricsLog:

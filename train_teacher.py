@@ -13,6 +13,7 @@ The shipped teacher teachers/resnet20_cifar10_bn.pt came from that command (teac
 seed, sha256 and time).
 """
 import argparse
+import contextlib
 import random
 import sys
 import time
@@ -122,6 +123,21 @@ def augment(x, generator, per_image=False):
     return torch.where(flip.view(-1, 1, 1, 1).to(x.device), x.flip(3), x)
 
 
+@contextlib.contextmanager
+def stop_message(partial):
+    """Ctrl-C inside: say what <out>.partial holds and how to continue, then let the interrupt end the run."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        ck = common.load_checkpoint(partial) if partial.exists() else None
+        count = lambda n, what: f"{n} {what}{'s' if n != 1 else ''}"
+        done = ck and count(ck["epoch"], "epoch") + (f" and {count(ck['step'], 'step')} of epoch {ck['epoch'] + 1}"
+                                                     if ck.get("step") else "")
+        print(f"\nstopped: {partial} holds {done}, --resume continues from there" if ck else
+              "\nstopped before anything was saved: start it again", file=sys.stderr, flush=True)
+        raise
+
+
 def main(argv=None):
     args = parse_args(argv)
     out = out_path(args)
@@ -179,36 +195,44 @@ def main(argv=None):
     save_partial = lambda epoch, step, perm: common.save_checkpoint(
         partial, model=model.state_dict(), optimizer=opt.state_dict(), generator=gen.get_state(), epoch=epoch,
         step=step, perm=perm, history=history, train_time_s=time.time() - t0 + t_before, recipe=recipe)
-    for epoch in range(start_epoch, args.epochs):
-        model.train()
-        first = start_step if epoch == start_epoch else 0  # a run resumed within an epoch goes on with its shuffle
-        if not first:
-            perm = torch.randperm(len(y_train), generator=gen)
-        bar = tqdm(range(first, steps_per_epoch), initial=first, total=steps_per_epoch,
-                   desc=f"epoch {epoch + 1}/{args.epochs}", leave=False)
-        for i in bar:
-            for g in opt.param_groups:
-                g["lr"] = lr_at(epoch * steps_per_epoch + i)
-            idx = perm[i * args.batch_size:(i + 1) * args.batch_size]
-            x = augment(common.normalize(x_train[idx].to(args.device), mean, std), gen, args.crop == "image")
-            x = x.contiguous(memory_format=fmt)
-            with torch.autocast(torch.device(args.device).type, dtype=torch.bfloat16, enabled=args.bf16):
-                logits = model(x)
-            loss = F.cross_entropy(logits.float(), y_train[idx].to(args.device), label_smoothing=args.label_smoothing)
-            if not torch.isfinite(loss):
-                sys.exit(f"loss is {loss.item()} at epoch {epoch + 1} step {i}: lower --lr")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if i % 20 == 0:
-                bar.set_postfix(loss=f"{loss.item():.3f}")
-            if (i + 1) % args.ckpt_every == 0 and i + 1 < steps_per_epoch:  # the epoch's end saves below
-                save_partial(epoch, i + 1, perm)  # epoch: the epochs completed; step: the steps done in this one
-        acc = common.evaluate(model, x_test, y_test, mean, std, 500, device=args.device, amp=args.bf16)
-        history.append({"epoch": epoch + 1, "test_acc": acc, "loss": loss.item()})
-        print(f"epoch {epoch + 1}/{args.epochs}  loss {loss.item():.3f}  test acc {acc:.4f}  "
-              f"{time.time() - t0 + t_before:.0f}s", flush=True)
-        save_partial(epoch + 1, 0, None)
+    # Ctrl-C or SIGTERM: the step under way ends and is saved in <out>.partial, then the run stops and says so
+    with stop_message(partial), common.stop_after_step() as stop:
+        for epoch in range(start_epoch, args.epochs):
+            model.train()
+            first = start_step if epoch == start_epoch else 0  # a run resumed within an epoch goes on with its shuffle
+            if not first:
+                perm = torch.randperm(len(y_train), generator=gen)
+            bar = tqdm(range(first, steps_per_epoch), initial=first, total=steps_per_epoch,
+                       desc=f"epoch {epoch + 1}/{args.epochs}", leave=False)
+            for i in bar:
+                for g in opt.param_groups:
+                    g["lr"] = lr_at(epoch * steps_per_epoch + i)
+                idx = perm[i * args.batch_size:(i + 1) * args.batch_size]
+                x = augment(common.normalize(x_train[idx].to(args.device), mean, std), gen, args.crop == "image")
+                x = x.contiguous(memory_format=fmt)
+                with torch.autocast(torch.device(args.device).type, dtype=torch.bfloat16, enabled=args.bf16):
+                    logits = model(x)
+                loss = F.cross_entropy(logits.float(), y_train[idx].to(args.device),
+                                       label_smoothing=args.label_smoothing)
+                if not torch.isfinite(loss):
+                    sys.exit(f"loss is {loss.item()} at epoch {epoch + 1} step {i}: lower --lr")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                if i % 20 == 0:
+                    bar.set_postfix(loss=f"{loss.item():.3f}")
+                stopping = stop.requested  # a signal came during this step: save it, then stop
+                if i + 1 < steps_per_epoch and ((i + 1) % args.ckpt_every == 0 or stopping):  # the epoch's end: below
+                    save_partial(epoch, i + 1, perm)  # epoch: the epochs completed; step: the steps done in this one
+                    if stopping:
+                        raise KeyboardInterrupt
+            acc = common.evaluate(model, x_test, y_test, mean, std, 500, device=args.device, amp=args.bf16)
+            history.append({"epoch": epoch + 1, "test_acc": acc, "loss": loss.item()})
+            print(f"epoch {epoch + 1}/{args.epochs}  loss {loss.item():.3f}  test acc {acc:.4f}  "
+                  f"{time.time() - t0 + t_before:.0f}s", flush=True)
+            save_partial(epoch + 1, 0, None)
+            if stop.requested:
+                raise KeyboardInterrupt
 
     # The recorded accuracy is the fp32 eval-mode accuracy on the full test split: what load + evaluate reproduces.
     # With --half the stored weights are float16 and the accuracy is that of the model loaded back from them (a

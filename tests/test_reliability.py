@@ -2,6 +2,7 @@
 import json
 import multiprocessing
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -19,7 +20,8 @@ import common
 import cs_rejection_bn as kd
 import train_teacher
 import vit_failure_analysis as vfa
-from conftest import REPO, crash_after_second_save, save_teacher, tiny_align_args, tiny_args
+from conftest import (REPO, assert_same_tensors, crash_after_second_save, final_state, save_teacher,
+                      tiny_align_args, tiny_args, without_timing)
 
 
 def argument_error(capsys, fn, *flags):
@@ -144,6 +146,68 @@ def test_interrupt_says_where_it_stopped_and_how_to_resume(script, tiny_data, ti
     assert len(training) == 1 and training[0].disable and training[0].n == 4
 
 
+def signal_at_call(monkeypatch, module, name, n, sig, times=1):
+    """Make the n-th call of module.name send this process `sig` (`times` times) before it runs, as Ctrl-C or a job
+    scheduler's SIGTERM would in the middle of a training step."""
+    real, calls = getattr(module, name), []
+
+    def signal_at_nth(*a, **kw):
+        calls.append(1)
+        if len(calls) == n:
+            for _ in range(times):
+                os.kill(os.getpid(), sig)
+        return real(*a, **kw)
+    monkeypatch.setattr(module, name, signal_at_nth)
+
+
+@pytest.mark.parametrize("script,sig", [(kd, signal.SIGINT), (kd, signal.SIGTERM), (ba, signal.SIGTERM)],
+                         ids=["cs_rejection_bn-sigint", "cs_rejection_bn-sigterm", "batch_align_ln_gn-sigterm"])
+def test_a_signal_during_a_step_saves_that_step_and_the_run_resumes_exactly(script, sig, tiny_data, tiny_teacher,
+                                                                            gn_teacher, tmp_path, monkeypatch, capsys):
+    teacher = tiny_teacher if script is kd else gn_teacher
+    argv = lambda out: (tiny_align_args if script is ba else tiny_args)(tiny_data, teacher, out, "--ckpt-every", "4")
+    whole = script.main(argv(tmp_path / "whole"))
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    with monkeypatch.context() as m, pytest.raises(SystemExit) as e:
+        signal_at_call(m, script, "kd_loss", 3, sig)  # during step 3; the periodic checkpoint would be at step 4
+        script.main(argv(tmp_path / "cut"))
+    assert e.value.code == 130
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers  # put back as they were
+    run, err = next((tmp_path / "cut").iterdir()), capsys.readouterr().err
+    assert f"{signal.Signals(sig).name}: stopping once this step is done and saved" in err
+    assert f"stopped at step 3, last checkpoint at step 3: resume with --resume {run}" in err
+    assert "Traceback" not in err
+    resumed = script.main(["--resume", str(run)])
+    assert without_timing(resumed) == without_timing(whole)
+    assert_same_tensors(final_state(tmp_path / "cut"), final_state(tmp_path / "whole"))
+
+
+def test_a_second_signal_stops_at_once(tiny_data, tiny_teacher, tmp_path, monkeypatch, capsys):
+    with pytest.raises(SystemExit) as e:
+        signal_at_call(monkeypatch, kd, "kd_loss", 3, signal.SIGINT, times=2)  # impatient: Ctrl-C twice in step 3
+        kd.main(tiny_args(tiny_data, tiny_teacher, tmp_path, "--ckpt-every", "4"))
+    assert e.value.code == 130
+    assert "stopped at step 2, no checkpoint yet: start it again" in capsys.readouterr().err  # step 3 was cut
+
+
+@pytest.mark.parametrize("call,saved", [(7, (1, 3)), (4, (1, 0))], ids=["within-an-epoch", "last-step-of-an-epoch"])
+def test_a_signal_while_a_teacher_trains_saves_that_step_and_it_resumes_exactly(call, saved, tiny_data, tmp_path,
+                                                                                 monkeypatch, capsys):
+    args = ["--data-dir", str(tiny_data), "--epochs", "2", "--batch-size", "16", "--no-bf16", "--ckpt-every", "100"]
+    train_teacher.main(args + ["--out", str(tmp_path / "whole.pt")])
+    cut = tmp_path / "cut.pt"
+    with monkeypatch.context() as m, pytest.raises(KeyboardInterrupt):
+        signal_at_call(m, train_teacher, "augment", call, signal.SIGTERM)  # augment runs once per step, 4 an epoch
+        train_teacher.main(args + ["--out", str(cut)])
+    ck = common.load_checkpoint(cut.with_suffix(".partial"))
+    assert (ck["epoch"], ck["step"]) == saved and not cut.exists()
+    told = {(1, 3): "holds 1 epoch and 3 steps of epoch 2, --resume", (1, 0): "holds 1 epoch, --resume"}[saved]
+    assert f"stopped: {cut.with_suffix('.partial')} {told} continues from there" in capsys.readouterr().err
+    train_teacher.main(args + ["--out", str(cut), "--resume"])
+    a, b = common.load_checkpoint(tmp_path / "whole.pt"), common.load_checkpoint(cut)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
 def test_interrupts_before_and_after_the_training_steps_say_what_to_do(tiny_data, tiny_teacher, tmp_path, monkeypatch,
                                                                      capsys):
     def interrupt(*a, **kw):
@@ -181,20 +245,23 @@ def test_a_calibration_that_fails_keeps_the_trained_students_results(tiny_data, 
                          ids=["ctrl-c", "sigterm", "sigint-in-background"])
 def test_sigint_or_sigterm_ends_a_real_run_with_status_130_and_a_resume_hint(tiny_data, tiny_teacher, tmp_path, sig,
                                                                            background):
-    cmd = [sys.executable, str(REPO / "cs_rejection_bn.py"),
-           *tiny_args(tiny_data, tiny_teacher, tmp_path, "--no-bf16", "--steps", "100000")]
+    cmd = [sys.executable, str(REPO / "cs_rejection_bn.py"),  # no periodic checkpoint: the signal makes the one
+           *tiny_args(tiny_data, tiny_teacher, tmp_path, "--no-bf16", "--steps", "100000", "--ckpt-every", "100000")]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     # background: started as `nohup python ... &` starts it, with SIGINT ignored
     ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if background else None
     proc = subprocess.Popen(cmd, cwd=tmp_path, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env,
                             preexec_fn=ignore)
     deadline = time.time() + 120
-    while not list(tmp_path.glob("*/checkpoint.pt")) and time.time() < deadline and proc.poll() is None:
+    logged = lambda: any(f.stat().st_size for f in tmp_path.glob("*/metrics.jsonl"))  # its first evaluation done
+    while not logged() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
     proc.send_signal(sig)
     err = proc.communicate(timeout=60)[1]
     assert proc.returncode == 130, err
-    assert "last checkpoint at step" in err and "resume with --resume" in err and "Traceback" not in err
+    stopped = re.search(r"stopped at step (\d+), last checkpoint at step (\d+): resume with --resume", err)
+    assert stopped and stopped[1] == stopped[2] and int(stopped[1]) >= 3, err  # the step it stopped at is saved
+    assert "Traceback" not in err
 
 
 def test_resume_refuses_a_switched_teacher(tiny_data, tiny_teacher, tmp_path, monkeypatch):
