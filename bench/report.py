@@ -476,15 +476,16 @@ def noise_fit_block():
         "![fitted noise](results/noise_fit.png)")
 
 
-def measured_on(labelled_runs):
-    """'Measured on <the device of most rows>', then the rows run elsewhere, by label."""
+def measured_on(labelled_runs, what="rows"):
+    """'Measured on <the device of most rows>', then the rows (or, for a table of one run per cell, `what`) run
+    elsewhere, by label."""
     by_device = {}
     for label, r in labelled_runs:
         if "source" not in r:  # the borrowed run says where it comes from in its own cell
             by_device.setdefault(r["provenance"]["device"], []).append(label)
     main, *others = sorted(by_device, key=lambda d: -len(by_device[d]))
     quoted = lambda labels: ", ".join(f'"{label}"' for label in dict.fromkeys(labels))
-    elsewhere = [f"the rows {quoted(by_device[d])} on {d}" for d in others]
+    elsewhere = [f"the {what} {quoted(by_device[d])} on {d}" for d in others]
     return f"Measured on {main}" + (f"; {', '.join(elsewhere)}" if elsewhere else "") + "."
 
 
@@ -792,8 +793,9 @@ def bn_ablation_figures():
 
 BATCH_ALIGN_TEACHERS = [("gn", "ResNet-20, GroupNorm(8)"), ("ln", "ResNet-20, LayerNorm over (C, H, W)"),
                         ("vit", "ViT-tiny, LayerNorm"), ("bn", "control: ResNet-20, BatchNorm")]  # (file prefix, label)
-BATCH_ALIGN_ARMS = {"plain": "tab:gray", "align": "tab:blue", "align_reject": "tab:orange",  # arm: colour
-                    "align_feat10": "tab:red"}
+BATCH_ALIGN_ARMS = {"plain": ("tab:gray", "no alignment"), "align": ("tab:blue", "alignment"),  # arm: colour, column
+                    "align_reject": ("tab:orange", "alignment + rejection"),
+                    "align_feat10": ("tab:red", "alignment + stage outputs")}
 
 
 def batch_align_block():
@@ -820,10 +822,13 @@ def batch_align_block():
         f"statistics (batch {r0['eval/batch_size']}). For the BatchNorm control the arms are eval mode, CS and "
         "CS + rejection (cs_rejection_bn.py): CS is BatchNorm's own batch coupling. Stage outputs (ours): "
         "alignment (CS) without rejection, the teacher's stage outputs matched too at weight 10 "
-        "(`--feature-weight 10`). Measured on " + r0["provenance"]["device"] + ".",
+        "(`--feature-weight 10`). " + measured_on([(f"{label}: {column}", runs[f"{prefix}__{arm}"])
+                                                   for prefix, label in BATCH_ALIGN_TEACHERS
+                                                   for arm, (_, column) in BATCH_ALIGN_ARMS.items()
+                                                   if f"{prefix}__{arm}" in runs], what="runs"),
         table("lrrrrrr", ["teacher", "teacher acc (plain / aligned)", "noise-label entropy: plain, aligned",
-                          "student: no alignment", "alignment", "alignment + rejection",
-                          "alignment + stage outputs"], rows),
+                          *(("student: " if arm == "plain" else "") + column
+                            for arm, (_, column) in BATCH_ALIGN_ARMS.items())], rows),
         "![batch alignment](results/batch_align.png)")
 
 
@@ -834,7 +839,7 @@ def batch_align_figure(path):
     teachers = [(p, label) for p, label in BATCH_ALIGN_TEACHERS if any(f"{p}__{a}" in runs for a in BATCH_ALIGN_ARMS)]
     fig, axes = figure(len(teachers), (4 * len(teachers), 3.8), sharey=True)
     for ax, (prefix, _) in zip(axes, teachers):
-        for arm, color in BATCH_ALIGN_ARMS.items():
+        for arm, (color, _) in BATCH_ALIGN_ARMS.items():
             if runs.get(f"{prefix}__{arm}"):
                 curve = runs[f"{prefix}__{arm}"]["curve"]
                 plot_accuracy(ax, curve, "eval/acc_batchstats", color=color, marker="o", ms=3,

@@ -226,5 +226,10 @@ def test_the_report_renders_the_arms_it_has(tiny_data, gn_teacher, tmp_path, tmp
     # the align and align_feat10 arms are missing: "-" for the aligned entropy, "not run yet" for the students
     assert gn_row.count("not run yet") == 2 and "%), - |" in gn_row
     assert "| ViT-tiny, LayerNorm | not run yet |" in block
+    res["provenance"]["device"] = "elsewhere"  # the align_reject arm, run on another machine, is named as such
+    (tmp_results / "batch_align" / "gn__align_reject.json").write_text(json.dumps(res))
+    device = json.loads((tmp_results / "batch_align" / "gn__plain.json").read_text())["provenance"]["device"]
+    assert f'Measured on {device}; the runs "ResNet-20, GroupNorm(8): alignment + rejection" on elsewhere.' in \
+        report.batch_align_block()
     report.batch_align_figure(tmp_path / "fig.png")
     assert (tmp_path / "fig.png").stat().st_size > 10_000
