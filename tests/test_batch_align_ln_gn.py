@@ -226,6 +226,9 @@ def test_the_report_renders_the_arms_it_has(tiny_data, gn_teacher, tmp_path, tmp
     # the align and align_feat10 arms are missing: "-" for the aligned entropy, "not run yet" for the students
     assert gn_row.count("not run yet") == 2 and "%), - |" in gn_row
     assert "| ViT-tiny, LayerNorm | not run yet |" in block
+    (tmp_results / "batch_align" / "vit__plain.json").write_text(json.dumps(res))  # any arm of a ViT teacher
+    vit_row = next(line for line in report.batch_align_block().splitlines() if line.startswith("| ViT-tiny"))
+    assert vit_row.endswith("| not run yet | not run yet | n/a (no stages like the student's) |")  # it cannot be run
     res["provenance"]["device"] = "elsewhere"  # the align_reject arm, run on another machine, is named as such
     (tmp_results / "batch_align" / "gn__align_reject.json").write_text(json.dumps(res))
     device = json.loads((tmp_results / "batch_align" / "gn__plain.json").read_text())["provenance"]["device"]

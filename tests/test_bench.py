@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+import batch_align
 import batch_align_ln_gn
 import calibrate_bn
 import common
@@ -561,3 +562,15 @@ def test_invert_bf16_repeats_the_runs_own_calibration_in_fp32_and_merges_its_row
         invert_bf16.main(["--data-dir", str(tiny_data), "--runs", str(tmp_path), "--out", str(out)])
     with pytest.raises(SystemExit):
         invert_bf16.main(["--data-dir", str(tiny_data), "--runs", str(folder), "--out", str(out), "--time-only", "0"])
+
+
+def test_batch_align_skips_the_stage_output_arm_of_a_teacher_without_resnet_stages(tmp_path, monkeypatch, capsys):
+    """A ViT teacher's blocks have no stage outputs of the ResNet student's shapes (batch_align_ln_gn.py refuses
+    --feature-weight for it): the bench skips that arm and goes on with the others instead of stopping there."""
+    ran = []
+    monkeypatch.setattr(batch_align, "run_or_resume", lambda script, argv, run_root, target: ran.append(target.name))
+    monkeypatch.setattr("sys.argv", ["batch_align.py", "--teachers", "vit", "gn", "--arms", "align_feat10",
+                                     "--out", str(tmp_path)])
+    batch_align.main()
+    assert ran == ["gn__align_feat10.json"]
+    assert "vit align_feat10: skipped, its stages cannot be matched to the ResNet student's" in capsys.readouterr().out
