@@ -157,6 +157,32 @@ def test_what_the_readme_says_about_the_aligned_teachers_stage_outputs_holds():
     assert [round(r["provenance"]["wall_time_s"] / 60) for r in (feat, align)] == [25, 12]
 
 
+def test_what_the_readme_says_about_the_layernorm_teachers_stage_outputs_holds():
+    load = lambda folder, arm: json.loads((REPO / "results" / folder / f"ln__{arm}.json").read_text())
+    align, feat, reject = (load("batch_align", arm) for arm in ("align", "align_feat10", "align_reject"))
+    align1, feat1 = (load("batch_align_seed1", arm) for arm in ("align", "align_feat10"))
+    assert feat["args"]["feature_weight"] == feat1["args"]["feature_weight"] == 10
+    assert (feat["args"]["seed"], feat1["args"]["seed"], align1["args"]["seed"]) == (0, 1, 1)
+    assert feat1["args"]["balance"] == align1["args"]["balance"] == "none"
+    keys = ("eval/acc_running", "eval/acc_batchstats")
+    pct = lambda r, k: round(100 * r[k], 1)
+    accs = lambda r: " / ".join(f"{100 * r[k]:.1f}" for k in keys)
+    gap = lambda a, f, k: round(pct(f, k) - pct(a, k), 1)
+    text = " ".join((REPO / "README.md").read_text().split())
+    assert (f"{accs(feat)} against {accs(align)} for alignment alone on seed 0, ahead at every evaluation under both "
+            f"protocols and past alignment + rejection ({accs(reject)})" in text)
+    assert all(gap(a, f, k) > 0 for a, f in zip(align["curve"], feat["curve"]) for k in keys)
+    assert all(pct(feat, k) > pct(reject, k) for k in keys)
+    assert f"on seed 1 {accs(feat1)} against {accs(align1)}" in text
+    ahead = [gap(a, f, keys[1]) for a, f in zip(align1["curve"], feat1["curve"])]
+    assert min(ahead[1:]) > 0 >= ahead[0] and align1["curve"][1]["samples_seen"] == 64_000  # from 64k samples on
+    assert (f"(by {gap(align1, feat1, keys[1])} points at the end, {gap(align, feat, keys[1])} on seed 0) but "
+            f"{-gap(align1, feat1, keys[0])} points behind with running statistics at the end" in text)
+    assert all("1 threads" in r["provenance"]["device"] for r in (align1, feat1))
+    assert (f"{align1['samples_per_s'] / feat1['samples_per_s']:.1f} times the time per sample here too "
+            f"({feat1['samples_per_s']:.0f} against {align1['samples_per_s']:.0f} samples/s on seed 1" in text)
+
+
 def test_what_the_readme_says_about_batch_alignment_holds():
     folder = REPO / "results" / "batch_align"
     if not (folder / "gn__align.json").exists():
