@@ -183,6 +183,26 @@ def test_what_the_readme_says_about_the_layernorm_teachers_stage_outputs_holds()
             f"({feat1['samples_per_s']:.0f} against {align1['samples_per_s']:.0f} samples/s on seed 1" in text)
 
 
+def test_what_the_readme_says_about_the_batchnorm_controls_stage_outputs_holds():
+    load = lambda arm: json.loads((REPO / "results" / "batch_align" / f"bn__{arm}.json").read_text())
+    cs, feat = load("align"), load("align_feat10")
+    assert feat["args"]["feature_weight"] == 10 and not feat["args"]["calibrate_bn"] and not feat["args"]["fit_noise"]
+    assert feat["args"]["batch_size"] == 256 and feat["args"]["teacher_bn"] == "cs"
+    keys = ("eval/acc_running", "eval/acc_batchstats")
+    accs = lambda r: " / ".join(f"{100 * r[k]:.1f}" for k in keys)
+    text = " ".join((REPO / "README.md").read_text().split())
+    assert f"gains the most with test-batch statistics: {accs(feat)} against {accs(cs)} for CS alone" in text
+    gaps = {k: [f[k] - a[k] for a, f in zip(cs["curve"], feat["curve"])] for k in keys}
+    assert cs["curve"][1]["samples_seen"] == 64_000 and cs["curve"][2]["samples_seen"] == 96_000
+    assert min(gaps[keys[1]][1:]) > 0 >= gaps[keys[1]][0] and min(gaps[keys[0]][2:]) > 0 >= gaps[keys[0]][1]
+    folder = REPO / "results" / "batch_align"
+    runs = {f.stem: json.loads(f.read_text()) for f in folder.glob("*.json")}
+    gains = {t: runs[f"{t}__align_feat10"][keys[1]] - runs[f"{t}__align"][keys[1]]  # each teacher's, over its own
+             for t in ("gn", "ln", "bn")}
+    assert max(gains, key=gains.get) == "bn"  # "the most"
+    assert max(r[keys[0]] for r in runs.values()) < 0.22  # "every student of this table stays under 22%" as it is
+
+
 def test_what_the_readme_says_about_batch_alignment_holds():
     folder = REPO / "results" / "batch_align"
     if not (folder / "gn__align.json").exists():
