@@ -47,9 +47,14 @@ def load_run(ck, path, shape):
     params = ck.get("noise_params")
     if params is None:
         params, _ = kd.fit_noise(teacher, shape, a["fit_noise_steps"], torch.Generator().manual_seed(a["seed"] + 3_000))
+    return teacher, tinfo, params, load_student(a, ck["student"], path)
+
+
+def load_student(a, state, path):
+    """The student a run with settings `a` trains, holding `state` (read from path)."""
     student = common.build_model(a["student"], 10, a["student_norm"])
-    common.load_state_strict(student, ck["student"], path)
-    return teacher, tinfo, params, student
+    common.load_state_strict(student, state, path)
+    return student
 
 
 def calibrate_checkpoint(ck, path, x, y, batches):

@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 import common  # noqa: E402
 import cs_rejection_bn as kd  # noqa: E402
-from calibrate_bn import load_run  # noqa: E402
+from calibrate_bn import load_run, load_student  # noqa: E402
 
 
 def main(argv=None):
@@ -64,12 +64,9 @@ def main(argv=None):
         own = json.loads(own.read_text()).get("eval/acc_calibrated") if own.exists() else None
         name = common.portable(str(folder))  # relative to the repository, as the results record paths
         acc = lambda model: common.evaluate(model, x, y, tinfo["mean"], tinfo["std"], a["eval_batch_size"], "running")
-        own_fp32 = None  # the run's own calibrated student evaluated here in float32: its evaluation's precision apart
-        if not args.time_only and (folder / "student_calibrated.pt").is_file():
-            own_fp32 = common.build_model(a["student"], 10, a["student_norm"])
-            common.load_state_strict(own_fp32, common.load_checkpoint(folder / "student_calibrated.pt")["student"],
-                                     folder / "student_calibrated.pt")
-            own_fp32 = acc(own_fp32)
+        own_pt = folder / "student_calibrated.pt"  # the run's own calibrated student, evaluated here in float32:
+        own_fp32 = (acc(load_student(a, common.load_checkpoint(own_pt)["student"], own_pt))  # its evaluation's
+                    if not args.time_only and own_pt.is_file() else None)  # precision apart from the inversion's
         as_trained = None if args.time_only else acc(student)
         for seed in args.seeds or [a["seed"]]:
             for precision in args.precisions:
