@@ -75,8 +75,9 @@ def parse_args(argv=None):
                    help="also save <out>.partial every this many steps within an epoch (a ResNet-34 epoch takes a "
                         "2-core CPU about a quarter of an hour); an interruption loses at most this many steps")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace an existing checkpoint at --out, or start over where <out>.partial holds an "
-                        "unfinished run (without it, neither is ever touched)")
+                   help="replace an existing checkpoint at --out (when the run ends), or start over where "
+                        "<out>.partial holds an unfinished run (deleted as the run starts); without it, neither is "
+                        "ever touched")
     p.add_argument("--device", default=common.default_device(), help="cpu or cuda")
     args = p.parse_args(argv)
     common.check_device(p, args.device)
@@ -190,6 +191,9 @@ def main(argv=None):
         print(f"resumed from {partial} at epoch {start_epoch}" + (f", step {start_step}" if start_step else ""))
     elif args.resume:
         print(f"--resume: no {partial} yet, so training starts at epoch 1")
+    elif partial.exists():  # --overwrite (parse_args refuses it otherwise): the earlier run's progress is discarded now,
+        partial.unlink()  # so that what is saved, or said on a stop, is only ever this run's
+        print(f"--overwrite: deleted {partial} of an earlier run; training starts at epoch 1")
 
     t0 = time.time()
     save_partial = lambda epoch, step, perm: common.save_checkpoint(

@@ -70,6 +70,19 @@ def test_train_teacher_never_replaces_an_unfinished_run_by_accident(tiny_data, t
         assert train_teacher.parse_args(["--out", str(out), flag])
 
 
+def test_overwrite_starts_over_so_a_stop_never_describes_the_earlier_run(tiny_data, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "t.pt"
+    common.save_checkpoint(out.with_suffix(".partial"), epoch=1, step=3)  # an earlier run's progress
+    with pytest.raises(KeyboardInterrupt):
+        signal_at_call(monkeypatch, train_teacher, "augment", 1, signal.SIGINT, times=2)  # stopped at once in step 1
+        train_teacher.main(["--data-dir", str(tiny_data), "--epochs", "2", "--batch-size", "16", "--no-bf16",
+                            "--out", str(out), "--overwrite"])
+    said = capsys.readouterr()
+    assert f"--overwrite: deleted {out.with_suffix('.partial')} of an earlier run" in said.out
+    assert "stopped before anything was saved: start it again" in said.err and "holds" not in said.err
+    assert not out.with_suffix(".partial").exists() and not out.exists()
+
+
 def test_train_teacher_says_when_resume_has_nothing_to_resume(tiny_data, tmp_path, capsys):
     train_teacher.main(["--data-dir", str(tiny_data), "--epochs", "1", "--batch-size", "64", "--no-bf16",
                         "--out", str(tmp_path / "t.pt"), "--resume"])
