@@ -910,12 +910,13 @@ def cpu_name():
 
 
 def device_name(device):
-    """The device a process computes on, as results record it: 'cpu (<model>, <threads> threads)' or
-    'cuda (<GPU>, <threads> threads)'."""
+    """The device a process computes on, as results record it: 'cpu (<model>, <n> threads)' or
+    'cuda (<GPU>, <n> threads)' ('1 thread')."""
     if str(device).startswith("cuda") and not torch.cuda.is_available():  # a record made on another machine
         return f"{device} (not on this machine)"
     dev = torch.cuda.get_device_name(0) if str(device).startswith("cuda") else cpu_name()
-    return f"{device} ({dev}, {torch.get_num_threads()} threads)"
+    n = torch.get_num_threads()
+    return f"{device} ({dev}, {n} thread{'s' if n != 1 else ''})"
 
 
 def provenance(device, wall_time_s, resumed_at=(), process_time_s=None):

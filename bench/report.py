@@ -211,9 +211,15 @@ WALL_TIME_NOTE = ("Wall time as measured on a shared 2-core machine, from the fi
                   "bound of that span")
 
 
+def device_of(r):
+    """Where a run ran, as its results record it (records made before common.device_name wrote '1 thread' say
+    '1 threads')."""
+    return r["provenance"]["device"].replace(", 1 threads)", ", 1 thread)")
+
+
 def hardware(r):
     """The device a run ran on, without the host's name; ', bf16' when it ran with bf16."""
-    device = r["provenance"]["device"]
+    device = device_of(r)
     if "(" in device:
         device = device.split("(", 1)[1].rsplit(")", 1)[0]
     if device.startswith("cpu,"):
@@ -292,7 +298,7 @@ def default_run_block():
             f"({pct(r['eval/acc_running'])}% with its running statistics as trained on noise) and "
             f"{pct(r['eval/acc_batchstats'])}% with test-batch statistics (batch {r['eval/batch_size']}) after "
             f"{r['samples_seen']:,} noise samples, in {r['provenance']['wall_time_s'] / 60:.0f} minutes on "
-            f"{r['provenance']['device']}"
+            f"{device_of(r)}"
             f"{', bf16' if r['args'].get('bf16') else ''} (`results/default_run.json`), {setup_clause(r)}.")
 
 
@@ -331,7 +337,7 @@ def gpu_pair_block():
                      f"{speed['samples_per_s_fp32_eager']:.0f} samples/s in fp32 eager mode, "
                      f"{speed['samples_per_s_fast']:.0f} with bf16 and channels_last"
                      f"{' and torch.compile' if speed['compile'] else ''} ({speed['speedup']:.1f}x), on "
-                     f"{speed['provenance']['device']} (`results/gpu_pair/gpu_speed.json`).")
+                     f"{device_of(speed)} (`results/gpu_pair/gpu_speed.json`).")
     missing = [f"`{a}`" for a, r in arms if r is None]
     if missing:
         parts.append(f"Pending: the arm{'s' if len(missing) > 1 else ''} {' and '.join(missing)}.")
@@ -369,7 +375,7 @@ def bn_variants_block():
         f"seed {r0['args']['seed']}. Accuracy on the {r0['eval/num_images']:,} test images with the student's "
         f"running statistics (eval mode) and with each test batch's statistics (batch {r0['eval/batch_size']}). "
         "Noise-label entropy: the teacher's argmax histogram on raw noise, H / log K; accepted: on the batches the "
-        "student trained on. Measured on " + r0["provenance"]["device"] + ".",
+        "student trained on. Measured on " + device_of(r0) + ".",
         table("lrrrrrrrr", ["variant", "acc, running stats", "acc, test-batch stats", "noise-label entropy",
                             "accepted entropy", "largest class (raw / accepted)", "acceptance", "student samples/s",
                             "sampler time"], rows),
@@ -482,7 +488,7 @@ def measured_on(labelled_runs, what="rows"):
     by_device = {}
     for label, r in labelled_runs:
         if "source" not in r:  # the borrowed run says where it comes from in its own cell
-            by_device.setdefault(r["provenance"]["device"], []).append(label)
+            by_device.setdefault(device_of(r), []).append(label)
     main, *others = sorted(by_device, key=lambda d: -len(by_device[d]))
     quoted = lambda labels: ", ".join(f'"{label}"' for label in dict.fromkeys(labels))
     elsewhere = [f"the {what} {quoted(by_device[d])} on {d}" for d in others]
@@ -613,7 +619,7 @@ def teacher_on_noise_block():
         "/ input-free level (nats: KL from its answers to its mean answer; 0 = it ignores its input) / roughness "
         f"(nats: mean KL between its answers on z and on z + {r['sigma']:g} eps, eps white, in its normalized "
         "input space). Roughness above the input-free level: a jitter that small changes the answer more than "
-        f"drawing a new sample does. Measured on {r['provenance']['device']}.",
+        f"drawing a new sample does. Measured on {device_of(r)}.",
         table("lr" + "l" * len(TEACHER_ON_NOISE), ["teacher", "test acc", *[c for _, c in TEACHER_ON_NOISE]],
               [[x["teacher"], pct(x["test_acc"]), *[cell(x[k]) for k, _ in TEACHER_ON_NOISE]] for x in r["rows"]]),
         *teacher_on_noise_cs_last(r, cell))
@@ -753,7 +759,7 @@ def bn_ablation_block():
                   f"noise labels from {probe_samples(a):,} samples in CS batches of {a['batch_size']}; teacher "
                   f"accuracy on {r['eval/num_images']:,} test images, CS layers with test-batch statistics (batch "
                   f"{a['eval_batch_size']}); {students} (`{a['command']}`). Measured on "
-                  f"{r['provenance']['device']}, {wall_time(r)}.",
+                  f"{device_of(r)}, {wall_time(r)}.",
                   table("lrrr" + "rr" * taught, header, rows), f"![BN ablation](results/bn_ablation_{stem}.png)"]
     return block(*parts)
 
@@ -898,7 +904,7 @@ def student_study_block():
         "results/student_study/test_time.json). The BatchNorm-student row is the alignment column (CS for the "
         "BatchNorm teacher) of the table above; no run here uses rejection. Largest class: the share of the test "
         "images the student puts in its most frequent class (as it is / with test-batch statistics). Measured on "
-        + r0["provenance"]["device"] + ".",
+        + device_of(r0) + ".",
         table("l" + "r" * (len(STUDY_TEACHERS) + 1), header, rows))
 
 
@@ -956,7 +962,7 @@ def vit_failure_block():
         f"`{a['command']}`: {probe_samples(a)} images per condition, batches of {a['batch_size']}, sizes "
         f"{', '.join(map(str, a['sizes']))} (L = (size / 4)^2 tokens or pooled positions). Coupled: batch "
         "alignment for per-sample norms, CS for BatchNorm. Logit variance: between samples, mean over classes. "
-        f"Measured on {r['provenance']['device']}, {r['provenance']['wall_time_s'] / 60:.0f} min.",
+        f"Measured on {device_of(r)}, {r['provenance']['wall_time_s'] / 60:.0f} min.",
         table("llrrrr", ["teacher", "input, size 32", "label entropy: plain / coupled",
                          "logit variance: plain / coupled", "sample cosine: plain / coupled",
                          "slope of log variance vs log L: plain / coupled"], rows),
@@ -1008,7 +1014,7 @@ def throughput_block():
              "step", *both("sampler_overhead_frac_of_step")]]
     return block(
         f"`python bench/throughput.py`, ResNet-20 -> ResNet-20, batch {r['batch_size']}, median of {r['repeats']} "
-        f"steps, on {r['provenance']['device']}:",
+        f"steps, on {device_of(r)}:",
         table("lrr", [None, "fp32", "bf16 autocast + channels_last"], rows),
         "The second measure is the difference of two medians of a full teacher forward, so its noise is a few "
         "percent of a step; the first times only the sampler's own code. Rejection's real cost is the extra teacher "

@@ -371,6 +371,9 @@ def test_bench_runs_refuse_to_resume_an_unfinished_run_of_other_settings(tiny_da
 def test_provenance_of_a_run_made_elsewhere_or_without_a_wall_time_record(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert common.device_name("cuda") == "cuda (not on this machine)"
+    for n, threads in ((1, "1 thread)"), (2, "2 threads)")):
+        monkeypatch.setattr(torch, "get_num_threads", lambda: n)
+        assert common.device_name("cpu").endswith(threads)
     prov = common.provenance("cuda", None, [5])
     assert prov["wall_time_s"] is None and prov["process_wall_time_s"] is None and prov["resumed_at_steps"] == [5]
 

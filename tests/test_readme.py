@@ -1035,6 +1035,10 @@ def test_measured_on_names_the_main_device_then_each_other_device_once():
     run = lambda device: {"provenance": {"device": device}}
     text = report.measured_on([("a", run("X")), ("b", run("X")), ("c", run("Y")), ("d", run("Y")), ("e", run("X"))])
     assert text == 'Measured on X; the rows "c", "d" on Y.'
+    # one thread is '1 thread', also where a record from before said '1 threads': one device, not two
+    text = report.measured_on([("a", run("cpu (X, 1 threads)")), ("b", run("cpu (X, 1 thread)")),
+                               ("c", run("cpu (X, 2 threads)"))])
+    assert text == 'Measured on cpu (X, 1 thread); the rows "c" on cpu (X, 2 threads).'
 
 
 def test_what_the_readme_says_about_the_10m_run_of_todays_default_so_far_holds():
