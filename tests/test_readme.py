@@ -178,7 +178,7 @@ def test_what_the_readme_says_about_the_layernorm_teachers_stage_outputs_holds()
     assert min(ahead[1:]) > 0 >= ahead[0] and align1["curve"][1]["samples_seen"] == 64_000  # from 64k samples on
     assert (f"(by {gap(align1, feat1, keys[1])} points at the end, {gap(align, feat, keys[1])} on seed 0) but "
             f"{-gap(align1, feat1, keys[0])} points behind with running statistics at the end" in text)
-    assert all("1 threads" in r["provenance"]["device"] for r in (align1, feat1))
+    assert all(", 1 thread" in r["provenance"]["device"] for r in (align1, feat1))
     assert (f"{align1['samples_per_s'] / feat1['samples_per_s']:.1f} times the time per sample here too "
             f"({feat1['samples_per_s']:.0f} against {align1['samples_per_s']:.0f} samples/s on seed 1" in text)
 
@@ -1212,7 +1212,7 @@ def test_what_the_readme_says_about_the_bf16_inversion_holds():
                for r in r20.values())
     (r34,) = [r for r in rows if r["teacher"] == "resnet34" and not r["timed_only"]]
     timed = {r["precision"]: r for r in rows if r["teacher"] == "resnet34" and r["timed_only"]}
-    assert all("Xeon" in r["device"] and "1 threads" in r["device"] for r in rows)
+    assert all("Xeon" in r["device"] and ", 1 thread" in r["device"] for r in rows)
     s = lambda r: f"{r['s_per_step']:.2f}"
     text = " ".join((REPO / "README.md").read_text().split())
     assert (f"{s(r20[0, 'bf16'])} and {s(r20[1, 'bf16'])} s per step against {s(r20[0, 'fp32'])} and "
