@@ -419,6 +419,8 @@ NOISE_FIT_ROWS = [  # (teacher, arm, colour in the figure, label): the order of 
     ("aka20", "default_feat3", "orangered", "the same (bf16) with `--feature-weight 3`"),
     ("aka20", "default_feat10", "darkred", "the same (bf16) with `--feature-weight 10`"),
     ("aka20", "default_feat30", "magenta", "the same (bf16) with `--feature-weight 30`"),
+    ("aka20", "default_feat30_cs7", "mediumorchid",
+     "weight 30 (the default now) with CS in the last 7 BN layers (`--cs-last-layers 7`)"),
     ("aka20", "default_feat10_none", "tab:cyan", "weight 10 (the default then) without rejection (`--balance none`)"),
     ("aka20", "default_feat10_reweight", "teal", "weight 10 with loss reweighting (`--balance reweight`)"),
     ("aka20", "default_feat10_running", "slategray",

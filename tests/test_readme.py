@@ -954,6 +954,26 @@ def test_what_the_readme_says_about_the_prior_recipe_at_the_default_budget_holds
     assert (round(100 * s1["eval/acc_running"], 1), round(100 * s1["eval/acc_batchstats"], 1)) == (20.5, 26.5)
 
 
+def test_what_the_readme_says_about_cs_in_the_last_layers_with_the_stage_outputs_holds():
+    load = lambda arm, seed: json.loads((REPO / "results" / "noise_fit" / f"aka20__{arm}__s{seed}.json").read_text())
+    keys = ("eval/acc_running", "eval/acc_batchstats")
+    final = lambda r: [round(100 * r["curve"][-1][k], 1) for k in keys]
+    text = " ".join((REPO / "README.md").read_text().split())
+    full, cs7 = [load("default_feat30", s) for s in (0, 1)], [load("default_feat30_cs7", s) for s in (0, 1)]
+    for f, c in zip(full, cs7):  # the same runs but for the flag
+        assert {k for k in f["args"] if f["args"][k] != c["args"].get(k)} == {"cs_last_layers", "out_dir"}
+        assert c["args"]["cs_last_layers"] == 7 and c["args"]["feature_weight"] == 30 and c["samples_seen"] == 128_000
+    accs = lambda r: " / ".join(f"{x:.1f}" for x in final(r))
+    assert (f"CS in the last 7 layers gives {accs(cs7[0])} (seed 0) and {accs(cs7[1])} (seed 1) against "
+            f"{accs(full[0])} and {accs(full[1])} with full CS") in text
+    gap = lambda i, k: round(final(cs7[i])[k] - final(full[i])[k], 1)
+    assert (f"{gap(0, 0)} and {gap(1, 0)} points ahead in eval mode as trained and {-gap(0, 1)} and {-gap(1, 1)} "
+            "behind with test-batch statistics") in text and min(gap(0, 0), gap(1, 0)) > 0 > max(gap(0, 1), gap(1, 1))
+    spread = lambda r: round(final(r)[0] - final(r)[1], 1)
+    assert (f"eval mode {spread(cs7[0])} and {spread(cs7[1])} points above its test-batch number, where full CS leaves "
+            f"it {-spread(full[0])} and {-spread(full[1])} under") in text
+
+
 def test_what_the_readme_says_about_the_weight_of_the_stage_outputs_holds():
     folder = REPO / "results" / "noise_fit"
     load = lambda teacher, arm, seed: json.loads((folder / f"{teacher}__{arm}__s{seed}.json").read_text())
