@@ -972,6 +972,17 @@ def test_what_the_readme_says_about_cs_in_the_last_layers_with_the_stage_outputs
     spread = lambda r: round(final(r)[0] - final(r)[1], 1)
     assert (f"eval mode {spread(cs7[0])} and {spread(cs7[1])} points above its test-batch number, where full CS leaves "
             f"it {-spread(full[0])} and {-spread(full[1])} under") in text
+    rows = {x["run"]: x for x in json.loads((REPO / "results" / "calibrate_bn.json").read_text())["rows"]}
+    cal = [rows[f"aka20__default_feat30_cs7__s{s}"] for s in (0, 1)]
+    assert all(x["samples_seen"] == 128_000 and x["study"] == "noise_fit" for x in cal)
+    assert (f"the cs7 students deploy at {100 * cal[0]['acc_inverted']:.1f}% and {100 * cal[1]['acc_inverted']:.1f}%, "
+            "near their as-trained numbers") in text
+    assert all(abs(x["acc_inverted"] - x["acc_running"]) < 0.02 for x in cal)
+    assert not any(f"aka20__default_feat30__s{s}" in rows for s in (0, 1))  # "could not be calibrated"
+    default = [json.loads((REPO / "results" / f"default_run_aka20{s}.json").read_text()) for s in ("", "_s1")]
+    above = [round(100 * r["eval/acc_calibrated"], 1) - round(100 * r["eval/acc_batchstats"], 1) for r in default]
+    assert f"deployed {above[0]:.1f} and {above[1]:.1f} points above its test-batch number" in text
+    assert all(r["samples_seen"] == 256_000 and r["args"]["feature_weight"] == 30 for r in default)
 
 
 def test_what_the_readme_says_about_the_weight_of_the_stage_outputs_holds():
