@@ -191,8 +191,8 @@ def main(argv=None):
         print(f"resumed from {partial} at epoch {start_epoch}" + (f", step {start_step}" if start_step else ""))
     elif args.resume:
         print(f"--resume: no {partial} yet, so training starts at epoch 1")
-    elif partial.exists():  # --overwrite (parse_args refuses it otherwise): the earlier run's progress is discarded now,
-        partial.unlink()  # so that what is saved, or said on a stop, is only ever this run's
+    elif partial.exists():  # --overwrite (parse_args refuses it otherwise): the earlier run's progress goes now, so
+        partial.unlink()  # that what is saved, or said on a stop, is only ever this run's
         print(f"--overwrite: deleted {partial} of an earlier run; training starts at epoch 1")
 
     t0 = time.time()
