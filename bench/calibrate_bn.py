@@ -16,7 +16,8 @@ Gaussian fitted to the run's teacher (the run's own fit when it trained on fitte
 the same seed and settings), and (b) on the inputs that `cs_rejection_bn.py --calibrate-bn` would make for that run (its
 defaults: 512 inputs, 100 Adam steps per batch of 256, starting from the fitted noise, seeded as the run would). The
 student's weights are not changed. Writes results/calibrate_bn.json: accuracy in eval mode as trained, after each
-calibration, and with test-batch statistics (the number to reach).
+calibration, and with test-batch statistics (the number to reach); each row with the provenance of the process that
+computed it (the file's own provenance is the last process's, which with --only computed only some rows).
 """
 import argparse
 import json
@@ -109,9 +110,11 @@ def main(argv=None):
         if not runs:
             print(f"{target.stem}: its run folder is gone; skipped")
             continue
+        row_start = time.time()
         row = {"run": target.stem, "study": study,
                **calibrate_checkpoint(common.load_checkpoint(runs[-1] / "checkpoint.pt"), runs[-1] / "checkpoint.pt",
                                       x, y, args.batches)}
+        row["provenance"] = common.provenance("cpu", time.time() - row_start)  # a row kept by --only keeps its own
         print(f"{target.stem}: eval mode {row['acc_running']:.4f} -> calibrated on fitted noise "
               f"{row['acc_calibrated']:.4f}, on inverted inputs {row['acc_inverted']:.4f}; test-batch statistics "
               f"{row['acc_batchstats']:.4f}", flush=True)
@@ -122,7 +125,7 @@ def main(argv=None):
     common.write_json(args.out, {"batches": args.batches, "batch_size": 256, "rows": rows,
                                  "inverted": {"samples": defaults.calibrate_samples, "steps": defaults.calibrate_steps},
                                  "command": "python bench/calibrate_bn.py --data-dir " + args.data_dir,
-                                 "provenance": common.provenance("cpu", time.time() - start)})
+                                 "provenance": common.provenance("cpu", time.time() - start)})  # the last process's
 
 
 if __name__ == "__main__":

@@ -527,13 +527,27 @@ def calibrate_bn_block():
         f"{r['inverted']['samples']} inputs inverted from the teacher's BN statistics (`--calibrate-bn`: "
         f"{r['inverted']['steps']} Adam steps per batch of 256, synthesized, no image read), and with test-batch "
         "statistics, every accuracy evaluated here in fp32 (a run that evaluated with bf16 autocast can differ from "
-        "its own numbers by a tenth of a point).",
+        "its own numbers by a tenth of a point). " + calibrate_bn_measured_on(r["rows"]),
         table("llrrrrr", ["run", "trained on", "seed", "eval mode, as trained", "eval mode, calibrated on fitted noise",
                           "eval mode, calibrated on inverted inputs", "test-batch statistics"],
               [[f"`{x['run']}`" + (" (long run)" if x.get("study") == "long_run" else ""), x["trained_on"],
                 x["seed"], pct(x["acc_running"]), pct(x["acc_calibrated"]), pct(x["acc_inverted"]),
                 pct(x["acc_batchstats"])]
                for x in sorted(r["rows"], key=lambda x: (x.get("study") == "long_run", x["run"]))]))
+
+
+def calibrate_bn_measured_on(rows):
+    """Where calibrate_bn.json's rows were computed: each row records its own process since `--only` merges rows of
+    several processes into one file; rows from before that record nothing."""
+    labelled = [(x["run"], x) for x in rows if "provenance" in x]
+    if not labelled:
+        return "Where they were computed is not recorded."
+    n, older = len(labelled), len(rows) - len(labelled)
+    if not older:
+        return measured_on(labelled)
+    counted = lambda k: f"{k} row" + ("s" if k != 1 else "")
+    return (measured_on(labelled)[:-1] + f" (for the {counted(n)} that record{'s' if n == 1 else ''} it; not "
+            f"recorded for the {counted(older)} from before rows recorded it).")
 
 
 FACTORS = [  # (arm, colour in the figure, what changes): the rows of the factor study, in bench/factors.py's order

@@ -328,6 +328,10 @@ def test_calibrate_bn_only_recomputes_the_named_runs_and_keeps_the_other_rows(ti
     assert [(r["run"], r["study"]) for r in rows] == [("old", "noise_fit"), ("arm", "long_run"),
                                                       ("default_run_x", "default_run")]
     assert rows[2]["acc_inverted"] == new["acc_inverted"]  # the same student, calibrated the same way
+    # each computed row says where it was computed, and keeps that when a later --only computes other rows; the row
+    # kept from before rows recorded it says nothing
+    assert "provenance" not in rows[0] and rows[1]["provenance"] == new["provenance"]
+    assert rows[2]["provenance"]["device"].startswith("cpu (") and rows[2]["provenance"]["wall_time_s"] >= 0
 
 
 def test_calibrate_bn_calibrates_the_run_that_made_the_result_not_another_in_its_folder(tiny_data, tiny_teacher,

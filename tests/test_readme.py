@@ -1072,6 +1072,15 @@ def test_measured_on_names_the_main_device_then_each_other_device_once():
     assert text == 'Measured on cpu (X, 1 thread); the rows "c" on cpu (X, 2 threads).'
 
 
+def test_the_calibration_table_says_where_each_row_was_computed_as_far_as_rows_record_it():
+    run = lambda name, device=None: {"run": name, **({"provenance": {"device": device}} if device else {})}
+    assert report.calibrate_bn_measured_on([run("a", "X"), run("b", "X"), run("c", "Y")]) == \
+        'Measured on X; the rows "c" on Y.'
+    assert report.calibrate_bn_measured_on([run("a"), run("b", "X"), run("c"), run("d")]) == \
+        "Measured on X (for the 1 row that records it; not recorded for the 3 rows from before rows recorded it)."
+    assert report.calibrate_bn_measured_on([run("a")]) == "Where they were computed is not recorded."
+
+
 def test_what_the_readme_says_about_the_10m_run_of_todays_default_so_far_holds():
     r = json.loads((REPO / "results" / "long_run" / "default_10m.json").read_text())
     if r.get("finished", True):
