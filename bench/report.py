@@ -145,7 +145,7 @@ def learning_curves(runs, figsize, loss_title=None, **kw):
 # ---- README blocks and figures, one function each ----
 
 DEFAULT_BUDGET = 256_000  # noise samples of a default run of cs_rejection_bn.py: 8,000 steps of 32 (tested)
-HEADLINE = [  # (results file, what it is): the first table, the recipe of today
+HEADLINE = [  # (results file, what it is[, its row in calibrate_bn.json]): the first table, the recipe of today
     ("default_run.json", "`python cs_rejection_bn.py`: the default (fitted noise, CS + rejection, stage outputs "
                          "matched, BN statistics calibrated)"),
     ("default_run_s1.json", "the same, `--seed 1`"),
@@ -163,6 +163,12 @@ HEADLINE = [  # (results file, what it is): the first table, the recipe of today
     ("prior_run_256k.json", "the prior work's recipe at the same budget: white noise, the logits alone, batch 256, "
                             "Adam 1e-3 constant, no calibration"),
     ("prior_run_256k_s1.json", "the same, seed 1"),
+    # the long runs at the prior work's budget, once finished; ours deploys calibrated by bench/calibrate_bn.py
+    ("long_run/default_10m.json", "the default at the prior work's budget (`python bench/long_run.py --arms "
+                                  "default_10m`, in several sittings; its student calibrated afterwards by "
+                                  "`bench/calibrate_bn.py`, not in the wall time)", "default_10m"),
+    ("long_run/prior.json", "the prior work's recipe at its own budget (`python bench/long_run.py --arms prior`, in "
+                            "two sittings)"),
 ]
 HISTORY = [  # (results file, what it is, its row in calibrate_bn.json or None[, no wall time]): how the default got here
     ("default_run_feat10.json", "the default before: the stage outputs at weight 10 (`--feature-weight 10`)", None),
@@ -218,12 +224,19 @@ def device_of(r):
 
 
 def hardware(r):
-    """The device a run ran on, without the host's name; ', bf16' when it ran with bf16."""
-    device = device_of(r)
-    if "(" in device:
-        device = device.split("(", 1)[1].rsplit(")", 1)[0]
-    if device.startswith("cpu,"):
-        device = "CPU (name not recorded)," + device[len("cpu,"):]
+    """The device a run ran on, without the host's name ('1 and 2 threads' where its sittings ran on the same CPU with
+    different thread counts); ', bf16' when it ran with bf16."""
+    def inside(device):
+        device = device.replace(", 1 threads)", ", 1 thread)")  # as device_of reads it
+        device = device.split("(", 1)[1].rsplit(")", 1)[0] if "(" in device else device
+        return "CPU (name not recorded)," + device[len("cpu,"):] if device.startswith("cpu,") else device
+    sittings = list(dict.fromkeys(inside(x["device"]) for x in r["provenance"].get("stretches") or [r["provenance"]]))
+    names = {d.rsplit(", ", 1)[0] for d in sittings}
+    if len(sittings) > 1 and len(names) == 1 and all(d.endswith(("thread", "threads")) for d in sittings):
+        counts = sorted({d.rsplit(", ", 1)[1].split()[0] for d in sittings}, key=int)
+        device = f"{names.pop()}, {' and '.join(counts)} threads"
+    else:
+        device = " / ".join(sittings)
     return device + (", bf16" if r["args"].get("bf16") else "")
 
 
@@ -251,8 +264,18 @@ def setup_clause(r):
 
 
 def headline_block():
-    # a seed still queued has no results: its row appears once they are committed
-    labelled = [(label, r) for label, r in ((label, read(name)) for name, label in HEADLINE) if r is not None]
+    calibrated = {x["run"]: x for x in (read("calibrate_bn.json") or {"rows": []})["rows"] if x.get("study") == "long_run"}
+    labelled = []
+    for name, label, *cal in HEADLINE:
+        r = read(name)
+        if r is None or r.get("finished") is False:  # a seed still queued, a long run still going: no row yet
+            continue
+        if cal:  # a long run trains as a study's runs do, uncalibrated: it deploys as bench/calibrate_bn.py made it
+            row = calibrated.get(cal[0])
+            if row is None or row["samples_seen"] != r["samples_seen"]:  # its final student not calibrated yet
+                continue
+            r = {**r, "eval/acc_calibrated": row["acc_inverted"]}
+        labelled.append((label, r))
     return block(deployed_table("run", labelled),
                  "As deployed: the student in plain eval mode with its BN statistics calibrated (`--calibrate-bn`, "
                  "ours, \"How it works\": re-estimated after training on inputs synthesized from the teacher, no "

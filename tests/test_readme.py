@@ -626,22 +626,73 @@ def test_the_headline_shows_the_recipe_of_today_and_the_prior_recipe_with_the_co
     resolved = {"feature_weight": 30.0, "calibrate_bn": True}
     prior = ["--no-fit-noise", "--feature-weight", "0", "--no-calibrate-bn", "--balance", "none", "--lr", "1e-3",
              "--schedule", "constant", "--batch-size", "256", "--steps", "1000", "--eval-every", "125"]
-    assert "prior" in report.HEADLINE[-2][1] and "seed 1" in report.HEADLINE[-1][1]
+    names = [name for name, *_ in report.HEADLINE]
+    assert names.index("prior_run_256k.json") + 1 == names.index("prior_run_256k_s1.json")
     own_budget = {f"{recipe}_run_r34_32k{seed}.json": ["--steps", steps] for recipe, steps in
                   (("default", "1000"), ("prior", "125")) for seed in ("", "_s1")}
     shown = 0
-    for name, label in report.HEADLINE:
+    for name, label, *calibrated_after in report.HEADLINE:
         if not (REPO / "results" / name).exists():
             continue
-        a = json.loads((REPO / "results" / name).read_text())["args"]
-        flags = ["--teacher", a["teacher"]] + (prior if name.startswith("prior") else []) + own_budget.get(name, [])
-        assert " ".join(own_budget.get(name, [])) in label, name  # a row's own budget is named in it
-        expected = {**vars(kd.parse_args(flags)), **({} if name.startswith("prior") else resolved)}
-        differs = {k: (a[k], expected[k]) for k in expected if k not in own and a.get(k) != expected[k]}
+        r = json.loads((REPO / "results" / name).read_text())
+        if r.get("finished") is False:  # a long run still going has no row yet
+            continue
+        a, long_run = r["args"], name.startswith("long_run/")
+        is_prior = name.startswith("prior") or name == "long_run/prior.json"
+        budget = own_budget.get(name, [])
+        if long_run:  # the prior work's budget, in steps of the run's batch; its eval and checkpoint cadence is its own
+            assert r["samples_seen"] >= 10_000_000 and "the prior work's" in label and "budget" in label, name
+            budget = ["--steps", str(a["steps"]), "--eval-every", str(a["eval_every"]),
+                      "--ckpt-every", str(a["ckpt_every"])]
+        else:
+            assert " ".join(budget) in label, name  # a row's own budget is named in it
+        flags = ["--teacher", a["teacher"]] + (prior if is_prior else []) + budget
+        # a long run of ours trains uncalibrated, as a study's runs do, and is calibrated afterwards
+        expected = {**vars(kd.parse_args(flags)), **({} if is_prior else resolved),
+                    **({"calibrate_bn": False} if calibrated_after else {})}
+        differs = {k: (a[k], expected[k]) for k in expected if k not in own | {"resume"} and a.get(k) != expected[k]}
         assert not differs, f"{name}: not the recipe its row names: {differs}"
         assert ("seed 1" in label) == (a["seed"] == 1), name
         shown += 1
     assert shown >= 6
+
+
+def test_the_headline_shows_a_long_run_only_once_it_has_finished_and_ours_only_once_calibrated(tmp_results):
+    """The headline's long runs come from results/long_run/; a row of ours deploys as bench/calibrate_bn.py made its
+    final student, and the prior recipe's as trained."""
+    (tmp_results / "long_run").mkdir(parents=True)
+    run = lambda running, **extra: {"args": {"teacher": "resnet20", "student": "resnet20", "batch_size": 32,
+                                             "bf16": True},
+                                    "teacher/acc": 0.9, "samples_seen": 10_000_000, "eval/acc_running": running,
+                                    "eval/acc_batchstats": 0.89, "provenance": {"device": "cpu (X, 2 threads)",
+                                                                                "wall_time_s": 600.0}, **extra}
+    write = lambda name, r: (tmp_results / name).write_text(json.dumps(r))
+    rows = lambda: [line for line in report.headline_block().splitlines() if "10M" in line]
+    write("long_run/default_10m.json", {**run(0.6), "finished": False, "samples_seen": 6_000_000})
+    write("long_run/prior.json", run(0.19))
+    write("calibrate_bn.json", {"rows": [{"study": "long_run", "run": "default_10m", "samples_seen": 6_000_000,
+                                          "acc_inverted": 0.898}]})
+    (prior_row,) = rows()  # ours is still going: only the prior recipe's row
+    assert "**19.0%**" in prior_row and "its own budget" in prior_row
+    write("long_run/default_10m.json", run(0.6))
+    assert len(rows()) == 1  # finished, but the calibration is of an earlier checkpoint: no row yet
+    write("calibrate_bn.json", {"rows": [{"study": "long_run", "run": "default_10m", "samples_seen": 10_000_000,
+                                          "acc_inverted": 0.899}]})
+    ours, prior_row = rows()
+    assert "**89.9%** | 60.0% | 89.0%" in ours and "the default at the prior work's budget" in ours
+
+
+def test_hardware_names_the_thread_counts_of_a_run_whose_sittings_differed():
+    stretch = lambda device: {"from_step": 0, "device": device}
+    r = {"args": {"bf16": True}, "provenance": {"device": "cpu (X, 2 threads)", "stretches": [
+        stretch("cpu (X, 2 threads)"), stretch("cpu (X, 1 threads)"), stretch("cpu (X, 2 threads)")]}}
+    assert report.hardware(r) == "X, 1 and 2 threads, bf16"
+    r["provenance"]["stretches"] = [stretch("cpu (X, 2 threads)")]
+    assert report.hardware(r) == "X, 2 threads, bf16"
+    del r["provenance"]["stretches"]  # a run from before stretches were recorded: its device
+    assert report.hardware({**r, "args": {}}) == "X, 2 threads"
+    r["provenance"]["stretches"] = [stretch("cpu (X, 1 thread)"), stretch("cpu (Y, 2 threads)")]
+    assert report.hardware(r) == "X, 1 thread / Y, 2 threads, bf16"
 
 
 def test_what_the_readme_says_about_balancing_and_cs_under_weight_10_holds():
