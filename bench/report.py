@@ -264,7 +264,8 @@ def setup_clause(r):
 
 
 def headline_block():
-    calibrated = {x["run"]: x for x in (read("calibrate_bn.json") or {"rows": []})["rows"] if x.get("study") == "long_run"}
+    calibrated = {x["run"]: x for x in (read("calibrate_bn.json") or {"rows": []})["rows"]
+                  if x.get("study") == "long_run"}
     labelled = []
     for name, label, *cal in HEADLINE:
         r = read(name)
