@@ -153,8 +153,8 @@ HEADLINE = [  # (results file, what it is[, its row in calibrate_bn.json]): the 
                                  "the prior work's pair with our defaults, at 1/8 of the default budget (what one "
                                  "sitting on a 2-core CPU without bf16 affords: \"Teachers\")"),
     ("default_run_r34_32k_s1.json", "the same, `--seed 1` (`--steps 1000`)"),
-    ("prior_run_r34_32k.json", "the prior work's recipe on that pair at the same budget (its flags as in the last "
-                               "rows, `--batch-size 256 --steps 125`)"),
+    ("prior_run_r34_32k.json", "the prior work's recipe on that pair at the same budget (`--batch-size 256 --steps "
+                               "125`, its other flags as in \"Reproducing the results\")"),
     ("prior_run_r34_32k_s1.json", "the same, `--seed 1` (`--steps 125`)"),
     ("default_run_aka20.json", "the default on the shared ResNet-20 (`--teacher-ckpt`), a teacher users bring"),
     ("default_run_aka20_s1.json", "the same, seed 1"),
@@ -334,9 +334,10 @@ def pair_run_block():
            f"samples, 1/{DEFAULT_BUDGET / r['samples_seen']:.3g} of the default {samples(DEFAULT_BUDGET)}) it took "
            f"{r['provenance']['wall_time_s'] / 60:.0f} minutes on {hardware(r)}"
            f"{'' if r['args'].get('bf16') else ', fp32'} ({setup_clause(r)}), and its student reached "
-           f"{pct(r['eval/acc_calibrated'])}% in plain eval mode (`results/default_run_r34_32k.json`). At its "
-           f"{r['samples_per_s']:.0f} noise samples per second, the default {samples(DEFAULT_BUDGET)} train for about "
-           f"{DEFAULT_BUDGET / r['samples_per_s'] / 3600:.1f} hours there")
+           f"{pct(r['eval/acc_calibrated'])}% in plain eval mode (`results/default_run_r34_32k.json`). Its training "
+           f"steps ran at {r['samples_per_s']:.0f} noise samples per second: the default {samples(DEFAULT_BUDGET)} "
+           f"samples would train for about {DEFAULT_BUDGET / r['samples_per_s'] / 3600:.1f} hours there, the "
+           "evaluations and the calibration on top")
     on_gpu = ("On one GPU the time is pending: no GPU run of `bench/gpu_pair.py` exists yet" if gpu is None else
               f"On one GPU, `bench/gpu_pair.py` ran our recipe at {samples(gpu['samples_seen'])} samples (batches of "
               f"{gpu['args']['batch_size']}) in {gpu['provenance']['wall_time_s'] / 60:.0f} minutes on "
@@ -543,7 +544,7 @@ def calibrate_bn_block():
     if r is None:
         return "_Not measured yet: run `python bench/calibrate_bn.py`._"
     return block(
-        f"`{r['command']}`: each student of the table above"
+        f"`{r['command']}`: each student of the table above whose run folder was still here"
         + (" and of each finished long run" if any(x.get("study") == "long_run" for x in r["rows"]) else "")
         + " from its final checkpoint, CIFAR-10 test accuracy (%) "
         f"in eval mode with its running statistics as trained, after re-estimating them on {r['batches']} batches "
@@ -1058,7 +1059,8 @@ def throughput_block():
         table("lrr", [None, "fp32", "bf16 autocast + channels_last"], rows),
         "The second measure is the difference of two medians of a full teacher forward, so its noise is a few "
         "percent of a step; the first times only the sampler's own code. Rejection's real cost is the extra teacher "
-        "compute (pools of 2B), visible in the student samples/s column of the table above.")
+        "compute (pools of 2B), visible in the student samples/s column of the table in \"CS + rejection on "
+        "CIFAR-10\".")
 
 
 def teachers_block():

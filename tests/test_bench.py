@@ -498,7 +498,8 @@ def test_the_pair_lines_say_pending_until_their_results_exist_and_then_show_them
     assert "With `--steps 1000` (32k noise samples, 1/8 of the default 256k) it took 61 minutes on EPYC, 2 threads, " \
         "fp32 (counted from the first step: the setup before it, the noise fit above all, is not in " \
         "that time)" in line and "75.0%" in line  # a run without setup_s
-    assert "At its 8 noise samples per second, the default 256k train for about 8.9 hours there." in line
+    assert ("Its training steps ran at 8 noise samples per second: the default 256k samples would train for about 8.9 "
+            "hours there, the evaluations and the calibration on top." in line)
     assert "pending: no GPU run" in line
     r34 = run(32, 61, "cpu (Xeon, 2 threads)", **{"eval/acc_calibrated": 0.75})
     r34["provenance"]["setup_s"], r34["args"]["bf16"] = 420, True
