@@ -376,9 +376,14 @@ def test_what_the_readme_says_about_calibration_on_fitted_noise_holds():
     if "acc_inverted" not in white:
         return
     pct = lambda v: round(100 * v, 1)
-    gain = lambda run: pct(rows[run]["acc_inverted"] - rows[run]["acc_running"])
+    gap = lambda run, a, b: round(pct(rows[run][b]) - pct(rows[run][a]), 1)  # as the table's printed cells differ
+    gain = lambda run: gap(run, "acc_running", "acc_inverted")
     assert [gain(f"ours20__default_fit{arm}__s{seed}") for arm in ("", "_b32", "_b64") for seed in (0, 1)] == [
-        2.6, 3.6, 3.8, 5.8, 4.0, 6.6]
+        2.6, 3.5, 3.8, 5.8, 3.9, 6.6]
+    logits_alone = [f"ours20__default_fit{arm}__s{seed}" for arm in ("", "_b32", "_b64") for seed in (0, 1)]
+    below = [gap(run, "acc_running", "acc_batchstats") for run in logits_alone]  # "eval mode stays 3.4-7.8 below"
+    assert (min(below), max(below)) == (3.4, 7.8)
+    assert all(abs(rows[run]["acc_calibrated"] - rows[run]["acc_running"]) < 0.002 for run in logits_alone)  # "< 0.2"
     assert [(pct(rows[f"ours20__default_fit_b32__s{s}"]["acc_running"]), pct(rows[f"ours20__default_fit_b32__s{s}"][
         "acc_inverted"])) for s in (0, 1)] == [(27.6, 31.4), (25.4, 31.2)]
     ours = [r for k, r in rows.items() if k.startswith("ours20__") and "_feat" not in k]  # the logits alone
@@ -418,8 +423,8 @@ def test_what_the_readme_says_about_smaller_batches_in_our_recipe_holds():
     gains = [[round(b - a, 1) for a, b in zip(pair(f"ours20__default_fit__s{seed}"),
                                               pair(f"ours20__default_fit_b32__s{seed}"))] for seed in (0, 1)]
     assert gains == [[1.9, 4.2], [1.6, 4.1]]
-    gaps = [r["eval/acc_batchstats"] - r["eval/acc_running"] for s, r in runs.items() if "_b" in s]
-    assert f"{100 * min(gaps):.1f}-{100 * max(gaps):.1f}" == "5.7-7.7"
+    gaps = [round(b - a, 1) for a, b in (pair(s) for s in runs if "_b" in s)]  # as the printed numbers give them
+    assert f"{min(gaps)}-{max(gaps)}" == "5.7-7.8"
     assert runs["ours20__default_fit_b32__s0"]["args"]["batch_size"] == 32
     of_teacher = [round(runs[f"ours20__default_fit_b32__s{seed}"][k] / runs[f"ours20__default_fit_b32__s{seed}"]
                         ["teacher/acc"], 2) for k in ("eval/acc_running", "eval/acc_batchstats") for seed in (0, 1)]
@@ -883,7 +888,7 @@ def test_what_the_readme_says_about_the_1m_long_run_holds():
     cal = rows["ours_1m"]
     assert cal["study"] == "long_run" and cal["acc_running"] == r["eval/acc_running"]
     assert pct(cal["acc_inverted"]) == 73.5 and round(cal["acc_inverted"] / teacher, 2) == 0.82
-    assert pct(cal["acc_batchstats"] - cal["acc_inverted"]) == 0.6 and pct(cal["acc_calibrated"]) == 46.4
+    assert round(pct(cal["acc_batchstats"]) - pct(cal["acc_inverted"]), 1) == 0.7 and pct(cal["acc_calibrated"]) == 46.4
     # "about 2 hours": the last process's time per step (the first one was paused for hours), over the whole budget
     resumed = r["provenance"]["resumed_at_steps"][-1]
     hours = r["provenance"]["process_wall_time_s"] / (r["args"]["steps"] - resumed) * r["args"]["steps"] / 3600
@@ -903,8 +908,8 @@ def test_what_the_readme_says_about_the_1m_long_run_holds():
     assert pct(rows["ours_512k_s1"]["acc_inverted"]) == 48.6 and rows["ours_512k_s1"]["seed"] == 1
     for k in ("eval/acc_running", "eval/acc_batchstats"):  # "both below the 1M run's own point at 512k"
         assert s1[k] < at[512_000][k] > half[k]
-    assert (pct(half["eval/acc_running"] - s1["eval/acc_running"]),
-            pct(half["eval/acc_batchstats"] - s1["eval/acc_batchstats"])) == (9.3, 5.5)
+    assert (round(pct(half["eval/acc_running"]) - pct(s1["eval/acc_running"]), 1),
+            round(pct(half["eval/acc_batchstats"]) - pct(s1["eval/acc_batchstats"]), 1)) == (9.2, 5.5)
     # the second seed of the 1M run: its snapshot at 512k, made on the AMD EPYC
     m1 = json.loads((REPO / "results" / "long_run" / "ours_1m_s1.json").read_text())
     if m1.get("finished") is False:
