@@ -12,6 +12,11 @@ import report
 from conftest import REPO
 
 
+def points(a, b):
+    """a - b in percentage points as the README prints them: the difference of the two rounded percentages."""
+    return round(round(100 * a, 1) - round(100 * b, 1), 1)
+
+
 def test_readme_tables_match_the_committed_results():
     readme = (REPO / "README.md").read_text()
     assert report.render(readme) == readme, "README.md is out of date: run python bench/report.py"
@@ -367,7 +372,7 @@ def test_what_the_readme_says_about_calibration_on_fitted_noise_holds():
     if "prior" in rows:  # the prior recipe's long run, at its 10M samples
         p, pct = rows["prior"], lambda v: round(100 * v, 1)
         text = " ".join((REPO / "README.md").read_text().split())
-        past = round(pct(p["acc_inverted"]) - pct(p["acc_batchstats"]), 1)  # as the table's cells differ
+        past = points(p["acc_inverted"], p["acc_batchstats"])  # as the table's cells differ
         assert (f"as trained it scores {pct(p['acc_running'])}% in eval mode against {pct(p['acc_batchstats'])}% with "
                 f"test-batch statistics; re-estimated on the fitted noise it reaches {pct(p['acc_calibrated'])}%, "
                 f"and on the inputs inverted from the teacher (below) {pct(p['acc_inverted'])}%, {past} points past "
@@ -376,7 +381,7 @@ def test_what_the_readme_says_about_calibration_on_fitted_noise_holds():
     if "acc_inverted" not in white:
         return
     pct = lambda v: round(100 * v, 1)
-    gap = lambda run, a, b: round(pct(rows[run][b]) - pct(rows[run][a]), 1)  # as the table's printed cells differ
+    gap = lambda run, a, b: points(rows[run][b], rows[run][a])  # as the table's printed cells differ
     gain = lambda run: gap(run, "acc_running", "acc_inverted")
     assert [gain(f"ours20__default_fit{arm}__s{seed}") for arm in ("", "_b32", "_b64") for seed in (0, 1)] == [
         2.6, 3.5, 3.8, 5.8, 3.9, 6.6]
@@ -852,7 +857,7 @@ def test_what_the_readme_says_about_the_default_run_and_the_targets_holds():
         assert f["args"]["feature_weight"] == 1 and f["args"]["seed"] == seed
         assert {k: v for k, v in f["args"].items() if k not in ("feature_weight", "out_dir")} == \
             {k: v for k, v in r["args"].items() if k not in ("feature_weight", "out_dir")}
-    assert [pct(r["eval/acc_calibrated"] - f["eval/acc_calibrated"]) for r, f in zip(runs, feat1)] == [10.3, 10.9]
+    assert [points(r["eval/acc_calibrated"], f["eval/acc_calibrated"]) for r, f in zip(runs, feat1)] == [10.3, 10.9]
     assert [round(f["provenance"]["wall_time_s"] / 60) for f in feat1] == [15, 14]
     assert [pct(f["eval/acc_calibrated"]) for f in feat1] == [73.8, 70.2]
     assert [ratio(f, "eval/acc_calibrated") for f in feat1] == [0.82, 0.78]
@@ -875,20 +880,20 @@ def test_what_the_readme_says_about_the_1m_long_run_holds():
     pct = lambda v: round(100 * v, 1)
     at = {row["samples_seen"]: row for row in r["curve"]}
     teacher = r["teacher/acc"]
-    points = (128_000, 384_000, 512_000, 1_000_000)
-    assert [pct(at[n]["eval/acc_batchstats"]) for n in points] == [31.4, 60.2, 69.2, 74.2]
+    at_points = [pct(at[n]["eval/acc_batchstats"]) for n in (128_000, 384_000, 512_000, 1_000_000)]
+    assert at_points == [31.4, 60.2, 69.2, 74.2]
     assert pct(teacher) == 89.9 and round(r["eval/acc_batchstats"] / teacher, 2) == 0.82
     assert report.kd_loss(r) == "0.34"  # the table's KD loss column
     late = [pct(row["eval/acc_running"]) for n, row in at.items() if n >= 384_000]
     assert 45 <= min(late) and max(late) < 50 and pct(r["eval/acc_running"]) == 47.4  # "45-49% from 384k on"
     assert round(r["eval/acc_running"] / teacher, 2) == 0.53
-    gap = lambda n: pct(at[n]["eval/acc_batchstats"] - at[n]["eval/acc_running"])
+    gap = lambda n: points(at[n]["eval/acc_batchstats"], at[n]["eval/acc_running"])
     assert (gap(128_000), gap(1_000_000)) == (5.7, 26.8)
     rows = {x["run"]: x for x in json.loads((REPO / "results" / "calibrate_bn.json").read_text())["rows"]}
     cal = rows["ours_1m"]
     assert cal["study"] == "long_run" and cal["acc_running"] == r["eval/acc_running"]
     assert pct(cal["acc_inverted"]) == 73.5 and round(cal["acc_inverted"] / teacher, 2) == 0.82
-    assert round(pct(cal["acc_batchstats"]) - pct(cal["acc_inverted"]), 1) == 0.7 and pct(cal["acc_calibrated"]) == 46.4
+    assert points(cal["acc_batchstats"], cal["acc_inverted"]) == 0.7 and pct(cal["acc_calibrated"]) == 46.4
     # "about 2 hours": the last process's time per step (the first one was paused for hours), over the whole budget
     resumed = r["provenance"]["resumed_at_steps"][-1]
     hours = r["provenance"]["process_wall_time_s"] / (r["args"]["steps"] - resumed) * r["args"]["steps"] / 3600
@@ -908,8 +913,8 @@ def test_what_the_readme_says_about_the_1m_long_run_holds():
     assert pct(rows["ours_512k_s1"]["acc_inverted"]) == 48.6 and rows["ours_512k_s1"]["seed"] == 1
     for k in ("eval/acc_running", "eval/acc_batchstats"):  # "both below the 1M run's own point at 512k"
         assert s1[k] < at[512_000][k] > half[k]
-    assert (round(pct(half["eval/acc_running"]) - pct(s1["eval/acc_running"]), 1),
-            round(pct(half["eval/acc_batchstats"]) - pct(s1["eval/acc_batchstats"]), 1)) == (9.2, 5.5)
+    assert (points(half["eval/acc_running"], s1["eval/acc_running"]),
+            points(half["eval/acc_batchstats"], s1["eval/acc_batchstats"])) == (9.2, 5.5)
     # the second seed of the 1M run: its snapshot at 512k, made on the AMD EPYC
     m1 = json.loads((REPO / "results" / "long_run" / "ours_1m_s1.json").read_text())
     if m1.get("finished") is False:
@@ -976,7 +981,8 @@ def test_what_the_readme_says_about_the_default_on_a_teacher_users_bring_holds()
     assert below == [False, True]  # "As trained, eval mode is below weight 1's on seed 1"
     assert [round(r["provenance"]["wall_time_s"] / 60) for r in old] == [17, 16]
     assert [round(r["train/final_loss"], 1) for r in old] == [1.7, 1.9]
-    assert [pct(r["eval/acc_calibrated"] - r["eval/acc_running"]) for r in old] == [0.8, 3.8]  # "adds only"
+    added = [points(r["eval/acc_calibrated"], r["eval/acc_running"]) for r in old]
+    assert added == [0.8, 3.7]  # "the calibration adds only", as the printed numbers differ
     ours = [load(f"default_run_feat1{s}") for s in ("", "_s1")]
     assert all(0.55 < r["train/final_loss"] < 0.65 for r in ours)  # "against 0.6 on the teacher we ship"
     mine = [load(f"default_run{s}") for s in ("", "_s1")]  # "0.85 and 0.84 against 0.94 and 0.90"
@@ -1246,8 +1252,8 @@ def test_what_the_readme_says_about_the_resnet34_pair_on_a_cpu_holds():
     assert (f"took {prior['provenance']['wall_time_s'] / 60:.0f} minutes, and its student scores "
             f"{pct(prior['eval/acc_running'])}% in eval mode and {pct(prior['eval/acc_batchstats'])}% with test-batch "
             f"statistics: ours is ahead by "
-            f"{pct(r['eval/acc_calibrated'] - prior['eval/acc_running'])} points as deployed and by "
-            f"{pct(r['eval/acc_batchstats'] - prior['eval/acc_batchstats'])} with test-batch statistics") in text
+            f"{points(r['eval/acc_calibrated'], prior['eval/acc_running'])} points as deployed and by "
+            f"{points(r['eval/acc_batchstats'], prior['eval/acc_batchstats'])} with test-batch statistics") in text
     r1 = json.loads((REPO / "results" / "default_run_r34_32k_s1.json").read_text())  # the second seed, on the Xeon
     prior1 = json.loads((REPO / "results" / "prior_run_r34_32k_s1.json").read_text())
     pair_of = lambda run: [run["args"][k] for k in ("teacher", "student", "steps", "batch_size")]
@@ -1260,8 +1266,8 @@ def test_what_the_readme_says_about_the_resnet34_pair_on_a_cpu_holds():
             f"{wall1 - train1:.0f} of BN calibration and evaluation, after {r1['provenance']['setup_s'] / 60:.0f} minutes "
             f"of setup), the prior recipe {pct(prior1['eval/acc_running'])}% in eval mode and "
             f"{pct(prior1['eval/acc_batchstats'])}% ({prior1['provenance']['wall_time_s'] / 60:.0f} minutes): ahead by "
-            f"{pct(r1['eval/acc_calibrated'] - prior1['eval/acc_running'])} and "
-            f"{pct(r1['eval/acc_batchstats'] - prior1['eval/acc_batchstats'])} points") in text
+            f"{points(r1['eval/acc_calibrated'], prior1['eval/acc_running'])} and "
+            f"{points(r1['eval/acc_batchstats'], prior1['eval/acc_batchstats'])} points") in text
     assert (f"{r1['samples_per_s'] / r['samples_per_s']:.0f} times as fast as the AMD EPYC in fp32 "
             f"({r1['samples_per_s']:.0f} against {r['samples_per_s']:.0f} noise samples per second)") in text
     assert round((wall_min - train_min) / (wall1 - train1)) == 2  # "only twice as fast"
