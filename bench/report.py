@@ -152,7 +152,8 @@ HEADLINE = [  # (results file, what it is[, its row in calibrate_bn.json]): the 
     ("default_run_r34_32k.json", "`python cs_rejection_bn.py --teacher resnet34 --dataset cifar10 --steps 1000`: "
                                  "the prior work's pair with our defaults, at 1/8 of the default budget (what one "
                                  "sitting on a 2-core CPU without bf16 affords: \"Teachers\")"),
-    ("default_run_r34_32k_s1.json", "the same, `--seed 1` (`--steps 1000`)"),
+    ("default_run_r34_32k_s1.json", "the same, `--seed 1` (`--steps 1000`; most of its time is the calibration, "
+                                    "whose inversion ran in float32 then: \"Teachers\")"),
     ("prior_run_r34_32k.json", "the prior work's recipe on that pair at the same budget (`--batch-size 256 --steps "
                                "125`, its other flags as in \"Reproducing the results\")"),
     ("prior_run_r34_32k_s1.json", "the same, `--seed 1` (`--steps 125`)"),
