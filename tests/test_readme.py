@@ -30,6 +30,10 @@ def test_reproducing_the_results_names_every_measurement_script():
     missing = [f.name for f in sorted((REPO / "bench").glob("*.py"))
                if f.name not in helpers and f"python bench/{f.name}" not in block]
     assert not missing, f"not in README 'Reproducing the results': {missing}"
+    row = next(line for line in text.splitlines() if line.startswith("| `bench/*.py` |"))  # the Scripts table's row
+    unlisted = [f.stem for f in sorted((REPO / "bench").glob("*.py"))
+                if f.name not in helpers and f"`{f.stem}`" not in row]
+    assert not unlisted, f"not in the Scripts table's bench row: {unlisted}"
     for script in ("cs_rejection_bn.py", "vit_failure_analysis.py", "bn_ablation.py", "bench/report.py"):
         assert f"python {script}" in block
 
