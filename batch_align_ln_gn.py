@@ -47,7 +47,7 @@ import common
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=common.HelpFormatter)
     # --- what to distil
     p.add_argument("--teacher", default="resnet20", choices=common.MODEL_NAMES, help="teacher architecture")
     p.add_argument("--teacher-norm", default="gn", choices=common.NORMS,
@@ -101,7 +101,9 @@ def parse_args(argv=None):
     p.add_argument("--weight-decay", type=float, default=0.0, help="weight decay")
     p.add_argument("--momentum", type=float, default=0.9, help="sgd: Nesterov momentum")
     p.add_argument("--schedule", default="cosine", choices=["constant", "cosine"], help="learning-rate schedule")
-    p.add_argument("--warmup-steps", type=int, default=50, help="linear warm-up steps (cosine schedule)")
+    p.add_argument("--warmup-steps", type=int, default=None,
+                   help="linear warm-up steps before the cosine decay (default 50, or a tenth of a run of fewer than "
+                        "500 steps)")
     # --- bookkeeping
     p.add_argument("--seed", type=int, default=0, help="seed of student init, noise and acceptance coins")
     p.add_argument("--eval-every", type=int, default=125, help="evaluate on the test split every this many steps")
@@ -126,6 +128,10 @@ def parse_args(argv=None):
     for flag in ("steps", "batch_size", "eval_every", "ckpt_every", "max_pools", "eval_batch_size"):
         if getattr(args, flag) < 1 or (flag == "batch_size" and args.batch_size < 2):
             p.error(f"--{flag.replace('_', '-')} must be at least {2 if flag == 'batch_size' else 1}")
+    if args.warmup_steps is None:
+        args.warmup_steps = min(50, args.steps // 10)
+    if not 0 <= args.warmup_steps < args.steps:  # else the run ends inside the warm-up and never decays
+        p.error(f"--warmup-steps {args.warmup_steps} must be at least 0 and fewer than --steps {args.steps}")
     if args.pool_factor < 1 or args.tau <= 0 or not 0 <= args.accept_floor <= 1:
         p.error("need --pool-factor >= 1, --tau > 0 and 0 <= --accept-floor <= 1")
     if args.lr < 0 or args.weight_decay < 0 or args.eval_subset < 0 or not 0 <= args.marginal_momentum < 1:

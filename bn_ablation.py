@@ -4,8 +4,10 @@ and which part of them (the batch mean, the batch variance, the affine parameter
 For every configuration ("point") of the teacher's BN layers this script measures, with no retraining:
   - the teacher's accuracy on real test images in that configuration (CS layers use each test batch's statistics),
   - the teacher's label histogram on Gaussian noise: normalized entropy H / log K, largest class share,
-and, for the points named in --distill-k, a short noise distillation into a fresh student (the plain CS loop of
-cs_rejection_bn.py, --balance none) with the student's accuracy and its agreement with the teacher on test images.
+and, for the points named in --distill-k / --distill-points, a short noise distillation into a fresh student with the
+student's accuracy and its agreement with the teacher on test images. That student learns as cs_rejection_bn.py's
+does with --no-fit-noise --feature-weight 0 --balance none --no-calibrate-bn (white noise, the logits alone, no
+rejection, no calibration), with Adam, a short warm-up and cosine decay, in batches of --batch-size.
 
 Sweeps (README: BatchNorm ablation): first-k (BN layers 1..k in forward order on running statistics, the rest CS; k = 0 is
 full CS, k = L eval mode), last-k, stage (one stage at a time on running statistics), components (all layers with CS
@@ -41,7 +43,7 @@ import common
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=common.HelpFormatter)
     p.add_argument("--teacher", default="resnet20", choices=common.MODEL_NAMES, help="teacher architecture")
     p.add_argument("--teacher-ckpt", default=None,
                    help="teacher checkpoint (ours or akamaster's); default teachers/<teacher>_<dataset>_bn.pt")
@@ -93,8 +95,12 @@ def parse_args(argv=None):
         args.bf16 = common.bf16_supported(args.device)
     if args.batch_size < 2 or args.probe_samples < 1 or args.steps < 1:
         p.error("need --batch-size >= 2 (CS needs a batch), --probe-samples >= 1 and --steps >= 1")
+    if args.probe_samples % args.batch_size:  # the histogram is of whole CS batches: exactly the samples it says
+        p.error(f"--probe-samples {args.probe_samples} must be a multiple of --batch-size {args.batch_size}")
     if args.lr < 0 or args.eval_batch_size < 1 or args.eval_subset < 0:
         p.error("need --lr >= 0, --eval-batch-size >= 1 and --eval-subset >= 0")
+    if "retrain" in args.sweep and args.teacher not in common.CIFAR_RESNET_DEPTHS:  # checked before any sweep runs
+        p.error(f"--sweep retrain needs a CIFAR ResNet teacher (3 stages), not {args.teacher}")
     return args
 
 
@@ -178,27 +184,42 @@ def sweep_points(sweep, names, k_list=None):
     raise ValueError(f"unknown sweep {sweep!r}")
 
 
+def check_points(args, names):
+    """One-line errors for sweep values that name no point of this teacher (its BN layers `names`), which would
+    otherwise just never run."""
+    outside = [k for k in args.k_list or () if not 0 <= k <= len(names)]
+    if outside:
+        raise common.InputError(f"--k-list {outside}: k must be 0 to {len(names)}, the teacher's BN layers")
+    named = {p for sweep in ("stage", "components") for p, _, _ in sweep_points(sweep, names)}
+    unknown = sorted(set(args.distill_points) - named)
+    if unknown:
+        raise common.InputError(f"--distill-points {unknown}: not a stage or components point of this teacher; "
+                                f"choose from {', '.join(sorted(named))}")
+
+
 def train_teacher(argv):
     """Train one teacher of the retraining arm with train_teacher.py (kept beside this file), in its own process."""
     script = Path(__file__).with_name("train_teacher.py")
     if not script.is_file():
         raise common.InputError(f"--retrain trains teachers with train_teacher.py, which is not beside {script.parent}")
-    subprocess.run([sys.executable, str(script), *argv], check=True)
+    try:
+        subprocess.run([sys.executable, str(script), *argv], check=True)
+    except subprocess.CalledProcessError as e:  # its own message is above; what it stopped, --resume continues
+        raise common.InputError(f"train_teacher.py {' '.join(argv)} failed (exit status {e.returncode})") from None
 
 
 def retrain_points(args):
     """The retraining arm (README: BatchNorm ablation): GroupNorm in place of BatchNorm in the first k stages (the stem goes
     with the first), trained by train_teacher.py with the recipe of the shipped teachers, so that k = 0 and k = 3 are
     the shipped BN and GN ResNet-20s. Returns (point name, k, checkpoint path, train_teacher.py arguments)."""
-    if args.teacher not in common.CIFAR_RESNET_DEPTHS:
-        raise SystemExit(f"--sweep retrain needs a CIFAR ResNet teacher (3 stages), not {args.teacher}")
     points = []
     for k in args.retrain_k:
         norms = ["gn"] * k + ["bn"] * (3 - k)
         norm = norms[0] if len(set(norms)) == 1 else "-".join(norms)
         path = common.REPO / "teachers" / f"{args.teacher}_{args.dataset}_{norm}.pt"
         train = ["--model", args.teacher, "--norm", norm, "--dataset", args.dataset, "--data-dir", args.data_dir,
-                 "--epochs", str(args.retrain_epochs), "--seed", "0", "--out", str(path),
+                 "--epochs", str(args.retrain_epochs), "--seed", "0", "--out", str(path), "--device", args.device,
+                 "--bf16" if args.bf16 else "--no-bf16",
                  "--resume"]  # continues a training that was stopped (from <out>.partial); else starts it
         points.append((f"gn-stages-{k}", k, path, train))
     return points
@@ -217,7 +238,8 @@ def noise_labels(teacher, configs, args, generator, shape, num_classes):
 
 
 # ======================================================================================================================
-# Boilerplate: a short noise-KD loop (duplicated from cs_rejection_bn.py, --balance none), evaluation, bookkeeping
+# Boilerplate: a short noise-KD loop (cs_rejection_bn.py's with white noise, the logits alone, no rejection and no
+# calibration), evaluation, bookkeeping
 # ======================================================================================================================
 def distill(teacher, configs, args, shape, num_classes, desc):
     """A fresh student distilled from the teacher in this BN configuration; the same seed and noise for every point."""
@@ -279,6 +301,7 @@ def main(argv=None):
     names = [n for n, _ in bn_layers(teacher)]
     if not names:
         sys.exit(f"teacher {args.teacher} has no BatchNorm layer to ablate")
+    check_points(args, names)
     teacher = teacher.to(args.device)
     teacher = teacher.to(memory_format=common.memory_format(teacher, args.bf16))
     mean, std = tinfo["mean"], tinfo["std"]

@@ -42,6 +42,14 @@ class InputError(ValueError):
     message as one line instead of a traceback (see run_main)."""
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help with each flag's default, except a None default: the flag's help says what it resolves to then (which
+    can depend on other flags), so '(default: None)' would only mislead."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def run_main(main):
     """A script's entry point: bad input ends in one line on stderr and exit status 1, an interrupt in status 130,
     neither with a traceback (the training loops say where they stopped and how to resume before they get here).
@@ -366,11 +374,9 @@ def load_state_strict(model, state, source):
 
 
 def train_recipe(name):
-    """train_teacher.py flags beyond its defaults for a teacher of this architecture (README: Teachers): AdamW for the
-    ViTs, which SGD trains poorly; for ResNet-18/34, trained for accuracy, 30 epochs with per-image crops, stored in
-    float16."""
-    if name.startswith("vit"):
-        return "--optimizer adamw --lr 1e-3 --weight-decay 0.05"
+    """train_teacher.py flags beyond its defaults for a teacher of this architecture (README: Teachers): for
+    ResNet-18/34, trained for accuracy, 30 epochs with per-image crops, stored in float16 (a ViT's AdamW is
+    train_teacher.py's default for it)."""
     return "--epochs 30 --crop image --half" if name in TV_RESNET_LAYERS else ""
 
 
@@ -379,7 +385,7 @@ def teacher_ckpt_or_exit(name, dataset, ckpt=None, data_dir="./data", norm="bn")
     not exist, exit with the train_teacher.py command that makes it."""
     if ckpt:
         return str(ckpt)
-    norm = "ln" if name.startswith("vit") else norm  # our ViTs have LayerNorm only
+    norm = "ln" if "vit" in name else norm  # our ViTs (vit_tiny, imagenet_vit_b_16) have LayerNorm only
     path = REPO / "teachers" / f"{name}_{dataset}_{norm}.pt"
     if not path.is_file():
         recipe = f" {train_recipe(name)}" if train_recipe(name) else ""

@@ -1,9 +1,10 @@
 """Train a teacher on real labelled data, the one place in this project where a model sees training images.
 
-Any model and normalization of common.build_model, on cifar10 / cifar100 / svhn from the uint8 cache. Standard
-augmentation (random crop with 4-pixel reflect padding, horizontal flip), SGD with Nesterov momentum (AdamW for ViTs),
-label smoothing, a linear warm-up (2 epochs; a tenth of a shorter run) and a linear decay to zero (one cycle): a small
-CNN gets to a good accuracy on a CPU within the hour.
+Any model and normalization of common.build_model, on cifar10 / cifar100 / svhn from the uint8 cache, or on
+imagenet100 / an ImageFolder tree (decoded at --image-size). Augmentation: random crop with 4-pixel reflect padding and
+horizontal flip. SGD with Nesterov momentum (AdamW by default for ViTs, which SGD trains poorly), label smoothing, a
+linear warm-up (2 epochs; a tenth of a shorter run) and a linear decay to zero (one cycle): a small CNN gets to a good
+accuracy on a CPU within the hour.
 The checkpoint records arch, norm, input normalization, test accuracy and the command; its sha256 is printed.
 
     python train_teacher.py --model resnet20 --norm bn --dataset cifar10 --data-dir ../shared/data \
@@ -26,6 +27,10 @@ from tqdm import tqdm
 
 import common
 
+# each optimizer's peak learning rate and weight decay where --lr / --weight-decay are not given: SGD's are the recipe
+# of the shipped CNN teachers, AdamW's that of the shipped ViT
+OPTIMIZERS = {"sgd": {"lr": 0.2, "weight_decay": 5e-4}, "adamw": {"lr": 1e-3, "weight_decay": 0.05}}
+
 
 def norm_arg(value):
     try:
@@ -36,7 +41,7 @@ def norm_arg(value):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=common.HelpFormatter)
     p.add_argument("--model", default="resnet20", choices=common.MODEL_NAMES, help="architecture")
     p.add_argument("--norm", default=None, type=norm_arg,
                    help=f"normalization layers (CNNs): {', '.join(common.NORMS)}, or one per stage of a CIFAR ResNet "
@@ -48,12 +53,14 @@ def parse_args(argv=None):
                    help="imagenet100 / folder: images are decoded at this size (CIFAR and SVHN stay at 32)")
     p.add_argument("--epochs", type=int, default=20, help="passes over the training set")
     p.add_argument("--batch-size", type=int, default=256, help="training batch size")
-    p.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"],
-                   help="sgd (Nesterov) for CNNs; adamw for ViTs, which SGD trains poorly")
-    p.add_argument("--lr", type=float, default=0.2, help="peak learning rate")
+    p.add_argument("--optimizer", default=None, choices=list(OPTIMIZERS),
+                   help="sgd (Nesterov; default for CNNs) or adamw (default for ViTs, which SGD trains poorly)")
+    defaults = lambda key: ", ".join(f"{v[key]:g} with {k}" for k, v in OPTIMIZERS.items())
+    p.add_argument("--lr", type=float, default=None, help=f"peak learning rate (default: {defaults('lr')})")
     p.add_argument("--momentum", type=float, default=0.9, help="sgd: Nesterov momentum")
-    p.add_argument("--weight-decay", type=float, default=5e-4,
-                   help="weight decay (not on norm parameters or biases; decoupled with adamw)")
+    p.add_argument("--weight-decay", type=float, default=None,
+                   help="weight decay, not on norm parameters or biases; decoupled with adamw (default: "
+                        f"{defaults('weight_decay')})")
     p.add_argument("--label-smoothing", type=float, default=0.1, help="label smoothing of the cross-entropy")
     p.add_argument("--warmup-epochs", type=float, default=None,
                    help="linear warm-up length before the linear decay (default: 2 epochs, or a tenth of the run when "
@@ -84,9 +91,14 @@ def parse_args(argv=None):
     if args.bf16 is None:
         args.bf16 = common.bf16_supported(args.device)
     args.norm = args.norm or ("ln" if "vit" in args.model else "bn")
+    args.optimizer = args.optimizer or ("adamw" if "vit" in args.model else "sgd")
+    for k in ("lr", "weight_decay"):  # the chosen optimizer's defaults, where not given
+        setattr(args, k, OPTIMIZERS[args.optimizer][k] if getattr(args, k) is None else getattr(args, k))
     common.check_model_norm(p, args.model, args.norm)  # e.g. a ViT with BatchNorm, per-stage norms for a ResNet-18
     if args.epochs < 1 or args.batch_size < 1 or args.lr <= 0 or args.ckpt_every < 1:  # --epochs 0: untrained
         p.error("need --epochs >= 1, --batch-size >= 1, --lr > 0 and --ckpt-every >= 1")
+    if not 0 <= args.label_smoothing < 1 or args.weight_decay < 0 or not 0 <= args.momentum < 1:
+        p.error("need 0 <= --label-smoothing < 1, --weight-decay >= 0 and 0 <= --momentum < 1")
     if args.warmup_epochs is None:
         args.warmup_epochs = min(2.0, args.epochs / 10)
     if not 0 <= args.warmup_epochs < args.epochs:  # else the run ends inside the warm-up: no decay, not one cycle

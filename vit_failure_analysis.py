@@ -125,7 +125,7 @@ DEFAULT_TEACHERS = ["teachers/vit_tiny_cifar10_ln.pt", "teachers/resnet20_cifar1
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=common.HelpFormatter)
     p.add_argument("--teacher-ckpts", nargs="+", default=DEFAULT_TEACHERS,
                    help="teachers to analyse, in our checkpoint format (the architecture is read from the file)")
     p.add_argument("--dataset", default="cifar10", choices=common.DATASETS, help="real images to compare with")
@@ -147,6 +147,9 @@ def parse_args(argv=None):
     common.check_device(p, args.device)
     if args.batch_size < 2 or args.probe_samples < args.batch_size or any(s < 4 or s % 4 for s in args.sizes):
         p.error("need --batch-size >= 2, --probe-samples >= --batch-size and every --sizes a multiple of 4")
+    if 32 not in args.sizes:  # the predictions are checked where noise and real images meet the model alike
+        p.error(f"--sizes {' '.join(map(str, args.sizes))} must include 32, the size at which noise is compared with "
+                "the real images")
     return args
 
 

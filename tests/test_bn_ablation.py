@@ -136,6 +136,7 @@ def test_the_retrain_sweep_trains_missing_teachers_once_and_distils_from_each(ti
     assert skipped["points"] == [] and "--retrain trains it" in capsys.readouterr().out and not calls
     res = ab.main(argv + ["--retrain"])
     assert [c[c.index("--norm") + 1] for c in calls] == ["gn-bn-bn", "gn-gn-bn"]
+    assert all(c[c.index("--device") + 1] == "cpu" and ("--bf16" in c) != ("--no-bf16" in c) for c in calls)
     assert (tmp_path / "teachers" / "resnet20_cifar10_gn-bn-bn.pt").is_file()
     rows = {r["point"]: r for r in res["points"]}
     assert list(rows) == ["retrain/gn-stages-1", "retrain/gn-stages-2"]
@@ -144,6 +145,24 @@ def test_the_retrain_sweep_trains_missing_teachers_once_and_distils_from_each(ti
     assert len(calls) == 2 and [r["point"] for r in again["points"]] == list(rows)
     with pytest.raises(common.InputError, match="trained for 1 epochs, not --retrain-epochs 3"):
         ab.main(argv + ["--retrain", "--retrain-epochs", "3"])  # a sweep never mixes teachers of other lengths
+
+
+def test_sweep_values_that_name_no_point_are_refused_in_one_line(tiny_data, tiny_teacher, tmp_path, monkeypatch):
+    argv = ["--data-dir", str(tiny_data), "--teacher-ckpt", str(tiny_teacher), "--out-dir", str(tmp_path / "runs"),
+            "--probe-samples", "32", "--batch-size", "16", "--steps", "2", "--eval-batch-size", "32"]
+    with pytest.raises(common.InputError, match=r"--k-list \[20\]: k must be 0 to 19"):
+        ab.main(argv + ["--sweep", "first-k", "--k-list", "0", "20"])
+    with pytest.raises(common.InputError, match=r"--distill-points \['cs_mean'\].*choose from .*cs-mean"):
+        ab.main(argv + ["--sweep", "components", "--distill-points", "cs_mean"])  # a typo of cs-mean
+    assert not list((tmp_path / "runs").glob("*/metrics.jsonl"))  # refused before any point ran
+    with pytest.raises(SystemExit):  # before any sweep runs, not when the sweep reaches retrain
+        ab.parse_args(["--teacher", "resnet18", "--sweep", "first-k", "retrain"])
+    with pytest.raises(SystemExit):  # the histogram is of whole CS batches: 100 samples would be 256
+        ab.parse_args(["--probe-samples", "100"])
+    monkeypatch.setattr(ab.subprocess, "run", lambda *a, **k: (_ for _ in ()).throw(
+        ab.subprocess.CalledProcessError(1, "train_teacher.py")))
+    with pytest.raises(common.InputError, match="train_teacher.py .*failed \\(exit status 1\\)"):
+        ab.train_teacher(["--model", "resnet20"])
 
 
 def test_the_report_renders_sweeps_twins_and_a_retrain_only_file(tiny_data, tiny_teacher, tmp_path, monkeypatch,

@@ -1,4 +1,5 @@
 """cs_rejection_bn.py: CS inference, the rejection sampler, and whole runs on generated data."""
+import importlib
 import json
 import math
 from pathlib import Path
@@ -538,6 +539,17 @@ def test_missing_teacher_says_which_command_makes_one(tiny_data, tmp_path, monke
     args = train_teacher.parse_args(cmd[2:])  # the command parses, and it is the README's recipe for the teacher
     assert (args.model, args.dataset, args.norm, args.epochs, args.crop, args.half) == (
         "resnet34", "cifar10", "bn", 30, "image", True)
+
+
+@pytest.mark.parametrize("script", ["cs_rejection_bn", "batch_align_ln_gn"])
+def test_the_warm_up_fits_inside_the_run_and_a_longer_one_is_refused(script):
+    parse = importlib.import_module(script).parse_args
+    assert parse(["--device", "cpu"]).warmup_steps == 50  # the default run's 8,000 steps (1,000 for batch alignment)
+    assert parse(["--device", "cpu", "--steps", "30"]).warmup_steps == 3  # a short run warms up for a tenth of it
+    assert parse(["--device", "cpu", "--steps", "30", "--warmup-steps", "0"]).warmup_steps == 0
+    for bad in ("30", "-1"):  # all warm-up, never decaying; or no schedule at all
+        with pytest.raises(SystemExit):
+            parse(["--device", "cpu", "--steps", "30", "--warmup-steps", bad])
 
 
 def test_teacher_without_batchnorm_is_refused(tiny_data, tmp_path):

@@ -21,6 +21,8 @@ def test_help_of_every_script(script):
     assert out.stdout.startswith("usage:")
     if script in SCRIPTS:  # the method scripts: seeded, and every flag has its help string
         assert "--seed" in out.stdout
+        # a default is shown, except None, which the flag's own help resolves (e.g. by the model)
+        assert "(default: None)" not in out.stdout and "(default: 0)" in out.stdout  # --seed's
 
 
 def test_train_teacher_writes_a_loadable_checkpoint_with_its_recorded_accuracy(tiny_data, tmp_path):
@@ -33,6 +35,19 @@ def test_train_teacher_writes_a_loadable_checkpoint_with_its_recorded_accuracy(t
     blob = common.load_checkpoint(out)
     assert blob["arch"] == "resnet20" and blob["norm"] == "bn" and len(blob["history"]) == 2
     assert "train_teacher.py" in blob["command"] and not out.with_suffix(".partial").exists()
+
+
+def test_train_teacher_defaults_to_adamw_for_a_vit_and_each_optimizer_to_its_own_rates(tmp_path):
+    parse = lambda *flags: train_teacher.parse_args([*flags, "--out", str(tmp_path / "t.pt"), "--device", "cpu"])
+    got = lambda a: (a.optimizer, a.lr, a.weight_decay)
+    assert got(parse("--model", "resnet20")) == ("sgd", 0.2, 5e-4)  # the shipped CNN teachers' recipe
+    assert got(parse("--model", "vit_tiny")) == ("adamw", 1e-3, 0.05)  # the shipped ViT's
+    assert got(parse("--model", "resnet20", "--optimizer", "adamw")) == ("adamw", 1e-3, 0.05)  # not SGD's lr 0.2
+    assert got(parse("--model", "vit_tiny", "--optimizer", "sgd", "--lr", "0.05")) == ("sgd", 0.05, 5e-4)
+    assert got(parse("--model", "vit_tiny", "--weight-decay", "0")) == ("adamw", 1e-3, 0.0)  # given: kept
+    for bad in (["--label-smoothing", "1"], ["--weight-decay", "-1e-4"], ["--momentum", "1.5"]):
+        with pytest.raises(SystemExit):  # one line, not a traceback from the loss or the optimizer
+            parse(*bad)
 
 
 def test_train_teacher_half_stores_float16_weights_and_the_accuracy_they_give(tiny_data, tmp_path):

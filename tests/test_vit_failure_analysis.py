@@ -109,7 +109,8 @@ def test_a_missing_teacher_is_a_clear_error(tiny_data, tmp_path):
         vfa.main(["--teacher-ckpts", str(tmp_path / "nowhere.pt"), "--data-dir", str(tiny_data)])
 
 
-@pytest.mark.parametrize("flags", [["--sizes", "30"], ["--probe-samples", "8", "--batch-size", "16"], ["--batch-size", "1"]])
+@pytest.mark.parametrize("flags", [["--sizes", "30"], ["--sizes", "16", "24"],  # no 32: nothing to compare with
+                                   ["--probe-samples", "8", "--batch-size", "16"], ["--batch-size", "1"]])
 def test_bad_flag_values_are_argument_errors(flags, capsys):
     with pytest.raises(SystemExit):
         vfa.parse_args(flags)
