@@ -102,8 +102,8 @@ def parse_args(argv=None):
     p.add_argument("--momentum", type=float, default=0.9, help="sgd: Nesterov momentum")
     p.add_argument("--schedule", default="cosine", choices=["constant", "cosine"], help="learning-rate schedule")
     p.add_argument("--warmup-steps", type=int, default=None,
-                   help="linear warm-up steps before the cosine decay (default 50, or a tenth of a run of fewer than "
-                        "500 steps)")
+                   help="linear warm-up steps before the cosine decay (default 50; a tenth of a run of 50 steps or "
+                        "fewer)")
     # --- bookkeeping
     p.add_argument("--seed", type=int, default=0, help="seed of student init, noise and acceptance coins")
     p.add_argument("--eval-every", type=int, default=125, help="evaluate on the test split every this many steps")
@@ -129,7 +129,7 @@ def parse_args(argv=None):
         if getattr(args, flag) < 1 or (flag == "batch_size" and args.batch_size < 2):
             p.error(f"--{flag.replace('_', '-')} must be at least {2 if flag == 'batch_size' else 1}")
     if args.warmup_steps is None:
-        args.warmup_steps = min(50, args.steps // 10)
+        args.warmup_steps = 50 if args.steps > 50 else args.steps // 10  # 50: every run and study arm so far
     if not 0 <= args.warmup_steps < args.steps:  # else the run ends inside the warm-up and never decays
         p.error(f"--warmup-steps {args.warmup_steps} must be at least 0 and fewer than --steps {args.steps}")
     if args.pool_factor < 1 or args.tau <= 0 or not 0 <= args.accept_floor <= 1:

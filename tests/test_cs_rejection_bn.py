@@ -545,6 +545,7 @@ def test_missing_teacher_says_which_command_makes_one(tiny_data, tmp_path, monke
 def test_the_warm_up_fits_inside_the_run_and_a_longer_one_is_refused(script):
     parse = importlib.import_module(script).parse_args
     assert parse(["--device", "cpu"]).warmup_steps == 50  # the default run's 8,000 steps (1,000 for batch alignment)
+    assert parse(["--device", "cpu", "--steps", "250"]).warmup_steps == 50  # the factor study's arms: as they ran
     assert parse(["--device", "cpu", "--steps", "30"]).warmup_steps == 3  # a short run warms up for a tenth of it
     assert parse(["--device", "cpu", "--steps", "30", "--warmup-steps", "0"]).warmup_steps == 0
     for bad in ("30", "-1"):  # all warm-up, never decaying; or no schedule at all
