@@ -50,8 +50,9 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=common.HelpFormatter)
     # --- what to distil
     p.add_argument("--teacher", default="resnet20", choices=common.MODEL_NAMES, help="teacher architecture")
-    p.add_argument("--teacher-norm", default="gn", choices=common.NORMS,
-                   help="picks the default checkpoint teachers/<teacher>_<dataset>_<norm>.pt (vit_tiny: ln)")
+    p.add_argument("--teacher-norm", default=None, choices=common.NORMS,
+                   help="the teacher's normalization: picks the default checkpoint teachers/<teacher>_<dataset>_<norm>.pt "
+                        "and builds a plain state_dict (default gn; ln for the ViTs)")
     p.add_argument("--teacher-ckpt", default=None,
                    help="teacher checkpoint (ours or akamaster's); default teachers/<teacher>_<dataset>_<teacher-norm>.pt")
     p.add_argument("--teacher-mean", type=float, nargs=3, default=None, metavar="M",
@@ -121,6 +122,7 @@ def parse_args(argv=None):
         # a run started before --feature-weight existed matched the logits alone
         return common.resume_args(p, args, Path(__file__).stem, before={"feature_weight": 0.0}, argv=argv)
     common.check_device(p, args.device)
+    args.teacher_norm = args.teacher_norm or ("ln" if "vit" in args.teacher else "gn")
     args.student = args.student or ("resnet18" if args.teacher == "resnet34" else "resnet20")
     common.check_model_norm(p, args.student, args.student_norm)  # e.g. --student vit_tiny --student-norm bn
     if args.bf16 is None:

@@ -23,6 +23,16 @@ def fresh(name, norm, seed=0):
 
 
 # --- the wrapper -----------------------------------------------------------------------------------------------------
+def test_a_vit_teacher_is_taken_as_layernorm_unless_told_otherwise(tmp_path):
+    assert ba.parse_args(["--device", "cpu"]).teacher_norm == "gn"  # the shipped GroupNorm ResNet-20
+    args = ba.parse_args(["--device", "cpu", "--teacher", "vit_tiny", "--teacher-ckpt", str(tmp_path / "vit.pt"),
+                          "--teacher-mean", "0.5", "0.5", "0.5", "--teacher-std", "0.25", "0.25", "0.25"])
+    assert args.teacher_norm == "ln"
+    torch.save(fresh("vit_tiny", None).state_dict(), tmp_path / "vit.pt")  # a plain state_dict: no norm recorded
+    teacher, info = ba.load_teacher(args, 10)
+    assert sum(isinstance(m, torch.nn.LayerNorm) for m in teacher.modules()) > 0 and info["mean"] == (0.5, 0.5, 0.5)
+
+
 def test_conv_alignment_is_batchnorm_standardization_without_parameters():
     x = torch.randn(6, 4, 5, 5) * 3 + 1
     expected = F.batch_norm(x, None, None, training=True, eps=ba.ALIGN_EPS)

@@ -404,7 +404,10 @@ def test_missing_vit_teacher_hint_names_a_command_that_works(tmp_path, monkeypat
         common.teacher_ckpt_or_exit("vit_tiny", "cifar10", norm="gn")  # batch_align's default --teacher-norm
     assert "vit_tiny_cifar10_ln.pt" in str(e.value) and "--norm ln" in str(e.value)
     cmd = str(e.value).splitlines()[1].split()
-    train_teacher.parse_args(cmd[2:])  # the suggested command parses (it would train the right model)
+    args = train_teacher.parse_args(cmd[2:])  # the suggested command parses (it would train the right model)
+    assert (args.norm, args.optimizer, args.lr) == ("ln", "adamw", 1e-3)  # the ViT recipe, not SGD's lr 0.2
+    with pytest.raises(common.InputError, match="imagenet_vit_b_16_imagenet100_ln.pt"):  # a ViT too
+        common.teacher_ckpt_or_exit("imagenet_vit_b_16", "imagenet100", norm="bn")
 
 
 def test_default_teachers_are_found_from_any_working_folder(tiny_data, tmp_path, monkeypatch):
