@@ -52,7 +52,8 @@ def parse_args(argv=None):
     p.add_argument("--teacher", default="resnet20", choices=common.MODEL_NAMES, help="teacher architecture")
     p.add_argument("--teacher-norm", default=None, choices=common.NORMS,
                    help="the teacher's normalization: picks the default checkpoint "
-                        "teachers/<teacher>_<dataset>_<norm>.pt and builds a plain state_dict (default gn; ln for ViTs)")
+                        "teachers/<teacher>_<dataset>_<norm>.pt and builds a plain state_dict (default gn; ln for "
+                        "ViTs)")
     p.add_argument("--teacher-ckpt", default=None,
                    help="teacher checkpoint (ours or akamaster's); default teachers/<teacher>_<dataset>_<teacher-norm>.pt")
     p.add_argument("--teacher-mean", type=float, nargs=3, default=None, metavar="M",
