@@ -99,6 +99,11 @@ def parse_args(argv=None):
         p.error("need --epochs >= 1, --batch-size >= 1, --lr > 0 and --ckpt-every >= 1")
     if not 0 <= args.label_smoothing < 1 or args.weight_decay < 0 or not 0 <= args.momentum < 1:
         p.error("need 0 <= --label-smoothing < 1, --weight-decay >= 0 and 0 <= --momentum < 1")
+    size = common.FIXED_SIZE.get(args.dataset, args.image_size)  # the images the model will see
+    fixed = {"vit_tiny": 32, "imagenet_vit_b_16": 224}.get(args.model)  # ViTs with a fixed number of patches
+    if fixed and size != fixed:  # else the first step fails inside the model
+        p.error(f"--model {args.model} takes {fixed} x {fixed} images; {args.dataset} gives {size} x {size}"
+                + (" (set --image-size)" if args.dataset in common.FOLDER_DATASETS else ""))
     if args.warmup_epochs is None:
         args.warmup_epochs = min(2.0, args.epochs / 10)
     if not 0 <= args.warmup_epochs < args.epochs:  # else the run ends inside the warm-up: no decay, not one cycle

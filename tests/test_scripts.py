@@ -37,7 +37,7 @@ def test_train_teacher_writes_a_loadable_checkpoint_with_its_recorded_accuracy(t
     assert "train_teacher.py" in blob["command"] and not out.with_suffix(".partial").exists()
 
 
-def test_train_teacher_defaults_to_adamw_for_a_vit_and_each_optimizer_to_its_own_rates(tmp_path):
+def test_train_teacher_resolves_its_optimizer_per_model_and_refuses_what_it_cannot_train(tmp_path):
     parse = lambda *flags: train_teacher.parse_args([*flags, "--out", str(tmp_path / "t.pt"), "--device", "cpu"])
     got = lambda a: (a.optimizer, a.lr, a.weight_decay)
     assert got(parse("--model", "resnet20")) == ("sgd", 0.2, 5e-4)  # the shipped CNN teachers' recipe
@@ -45,7 +45,10 @@ def test_train_teacher_defaults_to_adamw_for_a_vit_and_each_optimizer_to_its_own
     assert got(parse("--model", "resnet20", "--optimizer", "adamw")) == ("adamw", 1e-3, 0.05)  # not SGD's lr 0.2
     assert got(parse("--model", "vit_tiny", "--optimizer", "sgd", "--lr", "0.05")) == ("sgd", 0.05, 5e-4)
     assert got(parse("--model", "vit_tiny", "--weight-decay", "0")) == ("adamw", 1e-3, 0.0)  # given: kept
-    for bad in (["--label-smoothing", "1"], ["--weight-decay", "-1e-4"], ["--momentum", "1.5"]):
+    assert parse("--model", "vit_tiny", "--dataset", "folder", "--image-size", "32").image_size == 32  # fits
+    for bad in (["--label-smoothing", "1"], ["--weight-decay", "-1e-4"], ["--momentum", "1.5"],
+                ["--model", "vit_tiny", "--dataset", "imagenet100"],  # 224 x 224 images for a 32 x 32 ViT
+                ["--model", "imagenet_vit_b_16", "--dataset", "cifar10"]):
         with pytest.raises(SystemExit):  # one line, not a traceback from the loss or the optimizer
             parse(*bad)
 
