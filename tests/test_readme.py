@@ -22,6 +22,15 @@ def test_readme_tables_match_the_committed_results():
     assert report.render(readme) == readme, "README.md is out of date: run python bench/report.py"
 
 
+def test_what_the_readme_says_about_the_sizes_of_the_scripts_holds():
+    lines = {f.name: len(f.read_text().splitlines()) for f in REPO.glob("*.py")}
+    largest = sorted(lines, key=lines.get)[-2:]
+    assert set(largest) == {"common.py", "cs_rejection_bn.py"}  # "the longest method script" and common.py
+    assert all(2 <= lines[f] / 350 < 3 for f in largest)  # "two to three times" the aim of about 350 lines
+    text = " ".join((REPO / "README.md").read_text().split())
+    assert "the two largest files are two to three times that" in text
+
+
 def test_reproducing_the_results_names_every_measurement_script():
     text = (REPO / "README.md").read_text()
     block = text[text.index("## Reproducing the results"):]
