@@ -122,6 +122,10 @@ def test_what_the_readme_says_about_the_bn_ablation_holds():
     cs = [r["eval/acc_batchstats"] for p, r in students.items() if r["k"] != 19]
     assert len(cs) == 8 and 0.11 <= min(cs) and max(cs) <= 0.155  # 11-15%
     assert students["first-k/first-0"]["eval/acc_batchstats"] < max(cs)  # full CS is not the best
+    last7, full = students["last-k/last-7"], students["first-k/first-0"]
+    text = " ".join((REPO / "README.md").read_text().split())
+    assert (f"(last-7: entropy {last7['noise/label_entropy']:.2f}, {100 * last7['eval/acc_batchstats']:.1f}%, level "
+            "with full CS)" in text and abs(last7["eval/acc_batchstats"] - full["eval/acc_batchstats"]) < 0.005)
     retrain = REPO / "results" / "bn_ablation" / "retrain.json"
     if retrain.exists():
         by_k = {r["k"]: r for r in json.loads(retrain.read_text())["points"]}
