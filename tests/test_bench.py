@@ -26,12 +26,20 @@ import train_teacher
 from conftest import crash_after_second_save, tiny_args
 
 
-def test_gpu_speed_times_both_paths_and_names_the_device(tmp_path):
-    out = gpu_speed.main(["--device", "cpu", "--teacher", "resnet20", "--student", "resnet20", "--batch-size", "8",
-                          "--steps", "2", "--warmup", "1", "--out", str(tmp_path / "speed.json")])
+def test_gpu_speed_times_both_paths_and_names_the_device(tmp_path, monkeypatch):
+    timed, real = [], gpu_speed.timed_steps
+
+    def spy(teacher, student, batch, steps, warmup, device, fast, compiled):
+        timed.append((fast, compiled, batch, steps, warmup))
+        return real(teacher, student, batch, steps, warmup, device, fast, compiled)
+    monkeypatch.setattr(gpu_speed, "timed_steps", spy)
+    gpu_speed.main(["--device", "cpu", "--teacher", "resnet20", "--student", "resnet20", "--batch-size", "8",
+                    "--steps", "2", "--warmup", "1", "--out", str(tmp_path / "speed.json")])
     saved = json.loads((tmp_path / "speed.json").read_text())
+    assert timed == [(False, False, 8, 2, 1), (True, False, 8, 2, 1)]  # the plain fp32 loop, then the fast path
     assert saved["samples_per_s_fp32_eager"] > 0 and saved["samples_per_s_fast"] > 0
-    assert saved["speedup"] == out["speedup"] and "cpu (" in saved["provenance"]["device"]
+    assert saved["speedup"] == pytest.approx(saved["samples_per_s_fast"] / saved["samples_per_s_fp32_eager"])
+    assert "cpu (" in saved["provenance"]["device"]
 
 
 def test_student_study_test_time_statistics(tiny_data, tmp_path):

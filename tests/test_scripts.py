@@ -19,7 +19,7 @@ def test_help_of_every_script(script):
     out = subprocess.run([sys.executable, script, "--help"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("usage:")
-    if script in SCRIPTS:  # the method scripts: seeded, and every flag has its help string
+    if script in SCRIPTS:  # the method scripts: seeded (every flag's help string: tests/test_drift.py)
         assert "--seed" in out.stdout
         # a default is shown, except None, which the flag's own help resolves (e.g. by the model)
         assert "(default: None)" not in out.stdout and "(default: 0)" in out.stdout  # --seed's
