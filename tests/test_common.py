@@ -189,12 +189,22 @@ def test_label_stats():
     assert common.label_stats([1, 3])["entropy"] == pytest.approx(-(0.25 * math.log(0.25) + 0.75 * math.log(0.75)) / math.log(2))
 
 
-def test_checkpoint_round_trip_is_exact_and_atomic(tmp_path):
+def test_checkpoint_round_trip_is_exact_and_atomic(tmp_path, monkeypatch):
     state = {"w": torch.randn(3), "step": 7, "curve": [{"a": 0.5}], "gen": torch.Generator().manual_seed(1).get_state()}
     common.save_checkpoint(tmp_path / "c.pt", **state)
     back = common.load_checkpoint(tmp_path / "c.pt")
     assert torch.equal(back["w"], state["w"]) and back["step"] == 7 and back["curve"] == [{"a": 0.5}]
-    assert not list(tmp_path.glob("*.tmp"))
+    assert torch.equal(back["gen"], state["gen"]) and not list(tmp_path.glob("*.tmp"))
+
+    def dies_mid_write(payload, f):  # a crash (disk full, a kill) after part of the new file is written
+        with open(f, "wb") as out:
+            out.write(b"half a checkpoint")
+        raise OSError("no space left on device")
+    monkeypatch.setattr(torch, "save", dies_mid_write)
+    with pytest.raises(OSError):
+        common.save_checkpoint(tmp_path / "c.pt", **{**state, "step": 8})
+    monkeypatch.undo()
+    assert common.load_checkpoint(tmp_path / "c.pt")["step"] == 7  # the last good checkpoint is still whole
 
 
 def test_metrics_log_drops_rows_past_the_resumed_step(tmp_path):

@@ -444,13 +444,18 @@ def test_a_run_inverts_in_the_precision_it_trained_in(tiny_data, tiny_teacher, t
 def test_calibrate_bn_averages_the_statistics_of_its_batches_in_a_copy():
     torch.manual_seed(0)
     student = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4)).eval()
+    with torch.no_grad():  # statistics from training, which the calibration must replace, not blend with
+        student[1].running_mean.fill_(5.0), student[1].running_var.fill_(7.0), student[1].num_batches_tracked.fill_(100)
     batches = [torch.randn(6, 3, 5, 5) * 2 + 1, torch.randn(6, 3, 5, 5) - 3]
     calibrated = kd.calibrate_bn(student, batches)
     with torch.no_grad():
-        h = student[0](torch.cat(batches))
-    assert torch.allclose(calibrated[1].running_mean, h.mean(dim=(0, 2, 3)), atol=1e-5)  # equal batches: one mean
+        h = [student[0](b) for b in batches]
+    assert torch.allclose(calibrated[1].running_mean, torch.cat(h).mean(dim=(0, 2, 3)), atol=1e-5)  # equal batches
+    # the variance: the average of the batches' unbiased variances, as BatchNorm's cumulative average keeps it
+    var = torch.stack([x.var(dim=(0, 2, 3), unbiased=True) for x in h]).mean(0)
+    assert torch.allclose(calibrated[1].running_var, var, atol=1e-4)
     assert not calibrated.training and torch.equal(calibrated[0].weight, student[0].weight)
-    assert torch.equal(student[1].running_mean, torch.zeros(4))  # the student itself is not touched
+    assert torch.equal(student[1].running_mean, torch.full((4,), 5.0))  # the student itself is not touched
 
 
 def test_calibrate_bn_is_on_by_default_for_a_bn_student_and_saves_the_calibrated_one_beside(tiny_data, tiny_teacher,
