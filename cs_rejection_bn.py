@@ -142,7 +142,8 @@ def parse_args(argv=None):
             p.error(f"--{flag.replace('_', '-')} must be at least {2 if flag == 'batch_size' else 1}")
     if args.warmup_steps is None:
         args.warmup_steps = 50 if args.steps > 50 else args.steps // 10  # 50: every run and study arm so far
-    if not 0 <= args.warmup_steps < args.steps:  # else the run ends inside the warm-up and never decays
+    if args.warmup_steps < 0 or (args.schedule == "cosine" and args.warmup_steps >= args.steps):  # else the run
+        # ends inside the warm-up and never decays (a constant schedule has no warm-up)
         p.error(f"--warmup-steps {args.warmup_steps} must be at least 0 and fewer than --steps {args.steps}")
     if args.pool_factor < 1 or args.tau <= 0 or not 0 <= args.accept_floor <= 1:
         p.error("need --pool-factor >= 1, --tau > 0 and 0 <= --accept-floor <= 1")

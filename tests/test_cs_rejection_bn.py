@@ -556,6 +556,8 @@ def test_the_warm_up_fits_inside_the_run_and_a_longer_one_is_refused(script):
     for bad in ("30", "-1"):  # all warm-up, never decaying; or no schedule at all
         with pytest.raises(SystemExit):
             parse(["--device", "cpu", "--steps", "30", "--warmup-steps", bad])
+    constant = ["--device", "cpu", "--steps", "30", "--schedule", "constant", "--warmup-steps", "30"]
+    assert parse(constant).warmup_steps == 30  # a constant schedule has no warm-up: nothing to refuse
 
 
 def test_teacher_without_batchnorm_is_refused(tiny_data, tmp_path):
