@@ -123,7 +123,7 @@ def parse_args(argv=None):
         # a run started before --feature-weight existed matched the logits alone
         return common.resume_args(p, args, Path(__file__).stem, before={"feature_weight": 0.0}, argv=argv)
     common.check_device(p, args.device)
-    args.teacher_norm = args.teacher_norm or ("ln" if "vit" in args.teacher else "gn")
+    args.teacher_norm = args.teacher_norm or ("ln" if args.teacher in common.VIT_INPUT_SIZE else "gn")
     args.student = args.student or ("resnet18" if args.teacher == "resnet34" else "resnet20")
     common.check_model_norm(p, args.student, args.student_norm)  # e.g. --student vit_tiny --student-norm bn
     if args.bf16 is None:

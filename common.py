@@ -246,6 +246,7 @@ TV_RESNET_LAYERS = {"resnet18": [2, 2, 2, 2], "resnet34": [3, 4, 6, 3]}
 IMAGENET_MODELS = {"imagenet_resnet18": "resnet18", "imagenet_resnet34": "resnet34", "imagenet_resnet50": "resnet50",
                    "imagenet_vit_b_16": "vit_b_16"}  # torchvision's own, for 224 x 224 inputs (ImageNet-100, folders)
 MODEL_NAMES = sorted(CIFAR_RESNET_DEPTHS) + sorted(TV_RESNET_LAYERS) + ["vit_tiny"] + sorted(IMAGENET_MODELS)
+VIT_INPUT_SIZE = {"vit_tiny": 32, "imagenet_vit_b_16": 224}  # the ViTs (LayerNorm only), each for one image size
 
 
 def build_model(name, num_classes=10, norm=None):
@@ -261,7 +262,7 @@ def build_model(name, num_classes=10, norm=None):
         return CifarResNet(CIFAR_RESNET_DEPTHS[name], num_classes, norm or "bn")
     if name in TV_RESNET_LAYERS:
         return cifar_torchvision_resnet(TV_RESNET_LAYERS[name], num_classes, norm or "bn")
-    if name in ("vit_tiny", "imagenet_vit_b_16"):
+    if name in VIT_INPUT_SIZE:
         return ViT(num_classes) if name == "vit_tiny" else torchvision.models.vit_b_16(num_classes=num_classes)
     return getattr(torchvision.models, IMAGENET_MODELS[name])(num_classes=num_classes,  # torchvision's ImageNet
                                                               norm_layer=partial(norm_layer, norm or "bn"))  # ResNets
@@ -272,7 +273,7 @@ def model_norm_problem(name, norm):
     LayerNorm (or no norm given), per-stage norms only for the CIFAR ResNets."""
     if name not in MODEL_NAMES:
         return f"unknown model {name!r}; choose from {', '.join(MODEL_NAMES)}"
-    if name in ("vit_tiny", "imagenet_vit_b_16"):
+    if name in VIT_INPUT_SIZE:
         return None if norm in (None, "ln") else f"{name} uses LayerNorm only (norm ln); got norm {norm}"
     if norm is not None and "-" in norm:
         if name not in CIFAR_RESNET_DEPTHS:
@@ -385,7 +386,7 @@ def teacher_ckpt_or_exit(name, dataset, ckpt=None, data_dir="./data", norm="bn")
     not exist, exit with the train_teacher.py command that makes it."""
     if ckpt:
         return str(ckpt)
-    norm = "ln" if "vit" in name else norm  # our ViTs (vit_tiny, imagenet_vit_b_16) have LayerNorm only
+    norm = "ln" if name in VIT_INPUT_SIZE else norm  # our ViTs have LayerNorm only
     path = REPO / "teachers" / f"{name}_{dataset}_{norm}.pt"
     if not path.is_file():
         recipe = f" {train_recipe(name)}" if train_recipe(name) else ""

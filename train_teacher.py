@@ -90,8 +90,9 @@ def parse_args(argv=None):
     common.check_device(p, args.device)
     if args.bf16 is None:
         args.bf16 = common.bf16_supported(args.device)
-    args.norm = args.norm or ("ln" if "vit" in args.model else "bn")
-    args.optimizer = args.optimizer or ("adamw" if "vit" in args.model else "sgd")
+    vit = args.model in common.VIT_INPUT_SIZE
+    args.norm = args.norm or ("ln" if vit else "bn")
+    args.optimizer = args.optimizer or ("adamw" if vit else "sgd")
     for k in ("lr", "weight_decay"):  # the chosen optimizer's defaults, where not given
         setattr(args, k, OPTIMIZERS[args.optimizer][k] if getattr(args, k) is None else getattr(args, k))
     common.check_model_norm(p, args.model, args.norm)  # e.g. a ViT with BatchNorm, per-stage norms for a ResNet-18
@@ -100,7 +101,7 @@ def parse_args(argv=None):
     if not 0 <= args.label_smoothing < 1 or args.weight_decay < 0 or not 0 <= args.momentum < 1:
         p.error("need 0 <= --label-smoothing < 1, --weight-decay >= 0 and 0 <= --momentum < 1")
     size = common.FIXED_SIZE.get(args.dataset, args.image_size)  # the images the model will see
-    fixed = {"vit_tiny": 32, "imagenet_vit_b_16": 224}.get(args.model)  # ViTs with a fixed number of patches
+    fixed = common.VIT_INPUT_SIZE.get(args.model)  # a ViT has a fixed grid of patches
     if fixed and size != fixed:  # else the first step fails inside the model
         p.error(f"--model {args.model} takes {fixed} x {fixed} images; {args.dataset} gives {size} x {size}"
                 + (" (set --image-size)" if args.dataset in common.FOLDER_DATASETS else ""))

@@ -218,17 +218,22 @@ WALL_TIME_NOTE = ("Wall time as measured on a shared 2-core machine, from the fi
                   "bound of that span")
 
 
+def device_name(device):
+    """A recorded device string as this report writes it (records made before common.device_name wrote '1 thread'
+    say '1 threads')."""
+    return device.replace(", 1 threads)", ", 1 thread)")
+
+
 def device_of(r):
-    """Where a run ran, as its results record it (records made before common.device_name wrote '1 thread' say
-    '1 threads')."""
-    return r["provenance"]["device"].replace(", 1 threads)", ", 1 thread)")
+    """Where a run ran, as its results record it."""
+    return device_name(r["provenance"]["device"])
 
 
 def hardware(r):
     """The device a run ran on, without the host's name ('1 and 2 threads' where its sittings ran on the same CPU with
     different thread counts); ', bf16' when it ran with bf16."""
     def inside(device):
-        device = device.replace(", 1 threads)", ", 1 thread)")  # as device_of reads it
+        device = device_name(device)
         device = device.split("(", 1)[1].rsplit(")", 1)[0] if "(" in device else device
         return "CPU (name not recorded)," + device[len("cpu,"):] if device.startswith("cpu,") else device
     sittings = list(dict.fromkeys(inside(x["device"]) for x in r["provenance"].get("stretches") or [r["provenance"]]))
