@@ -368,12 +368,14 @@ def test_fit_noise_recovers_the_gaussian_a_teacher_was_calibrated_on():
     net.eval()
     before = {k: v.clone() for k, v in net.state_dict().items()}
     params, loss = kd.fit_noise(net, (3, 12, 12), 300, torch.Generator().manual_seed(0), batch_size=64, lr=0.05)
-    assert loss["noise/bn_loss_fitted"] < loss["noise/bn_loss_white"] / 5
+    # Bounds from seeds 0-2 of this setup: loss 800-3,000x lower, alpha 0, variances 3.67-4.15, covariances <= 0.55,
+    # means 0.48-0.52; each bound leaves about twice that spread.
+    assert loss["noise/bn_loss_fitted"] < loss["noise/bn_loss_white"] / 100
     cov = params["color"] @ params["color"].T
-    assert params["alpha"] < 0.5
-    assert torch.allclose(cov.diag(), torch.full((3,), 4.0), rtol=0.25)
-    assert (cov - torch.diag(cov.diag())).abs().max() < 1.0
-    assert torch.allclose(params["mean"], torch.full((3,), 0.5), atol=0.2)
+    assert params["alpha"] < 0.1
+    assert torch.allclose(cov.diag(), torch.full((3,), 4.0), rtol=0.15)
+    assert (cov - torch.diag(cov.diag())).abs().max() < 0.8
+    assert torch.allclose(params["mean"], torch.full((3,), 0.5), atol=0.05)
     assert not net.training and all(torch.equal(before[k], v) for k, v in net.state_dict().items())
     assert not any(m._forward_pre_hooks for m in net.modules())  # the fit's hooks are gone
 
