@@ -248,8 +248,11 @@ def test_long_run_snapshots_an_unfinished_arm_then_resumes_it_to_the_finished_re
             long_run.main(flags)
     with monkeypatch.context() as m:  # the calibrations themselves are tested with --calibrate-bn / calibrate_bn.py
         m.setattr(cs_rejection_bn, "fit_noise", lambda teacher, shape, steps, gen: ({}, None))  # white noise
+        made, calls, real_calibrate = [], [], cs_rejection_bn.calibrate_bn
         m.setattr(cs_rejection_bn, "invert_teacher_inputs",
-                  lambda teacher, shape, n, steps, gen, params: [common.sample_noise(16, shape, gen, **params)])
+                  lambda teacher, shape, n, steps, gen, params: made.append(common.sample_noise(16, shape, gen)) or made)
+        m.setattr(cs_rejection_bn, "calibrate_bn", lambda model, batches: calls.append(
+            (batches, real_calibrate(model, batches))) or calls[-1][1])
         long_run.main([*flags, "--snapshot", "--calibrate"])
     cal = json.loads((tmp_path / "prior.json").read_text())["calibrated"]
     ck_path = next((tmp_path / "runs" / "prior").glob("*/checkpoint.pt"))
@@ -259,7 +262,9 @@ def test_long_run_snapshots_an_unfinished_arm_then_resumes_it_to_the_finished_re
     teacher_info = common.load_teacher("resnet20", common.teacher_ckpt_or_exit("resnet20", "cifar10"))[1]
     as_trained = common.evaluate(student, x, y, teacher_info["mean"], teacher_info["std"], 256)
     assert cal["samples_seen"] == 32 and cal["acc_running"] == as_trained  # the student of the checkpoint, as it is
-    assert cal["trained_on"] == "white noise" and 0 <= cal["acc_inverted"] <= 1
+    assert cal["trained_on"] == "white noise"
+    inverted = next(model for batches, model in calls if batches is made)  # the student re-estimated on those inputs
+    assert cal["acc_inverted"] == common.evaluate(inverted, x, y, teacher_info["mean"], teacher_info["std"], 256)
     with pytest.raises(SystemExit):
         long_run.main([*flags, "--calibrate"])  # a finished arm is calibrated by bench/calibrate_bn.py
     with monkeypatch.context() as m:
