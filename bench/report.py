@@ -701,6 +701,8 @@ LONG_RUN = [  # (arm, colour in the figure, recipe): the rows of the long-run ta
     ("feat10_10m", "tab:orange", "our recipe with the stage outputs at weight 10 (the default before 30)"),
     ("default_10m", "tab:brown", "today's default recipe (the stage outputs at weight 30)"),
     ("ours", "tab:red", "our former default recipe"),
+    ("aka20_1m", "darkgreen", "today's default recipe on the shared ResNet-20 (akamaster), a teacher users bring"),
+    ("aka20_1m_s1", "limegreen", "the same, seed 1"),
     ("prior", "tab:gray", "the prior work's recipe (white noise, CS, batch 256, Adam 1e-3 constant)"),
 ]
 LONG_RUN_POINTS = [128_000 * 2 ** k for k in range(7)]  # 128k ... 8.2M; then each arm's end of budget
@@ -720,7 +722,10 @@ def long_run_block():
     runs = long_runs()
     if not any(runs.values()):
         return "_Not started yet: `python bench/long_run.py`._"
-    r0 = next(r for r in runs.values() if r)
+    brought = lambda r: r["args"].get("teacher_ckpt")  # None: the shipped teacher
+    r0 = next((r for r in runs.values() if r and not brought(r)), next(r for r in runs.values() if r))
+    others = {arm: r for arm, r in runs.items() if r and brought(r)}
+    teachers = sorted({f"{Path(r['args']['teacher_ckpt']).name}, {pct(teacher_acc(r))}%" for r in others.values()})
     heads = [samples(n) for n in LONG_RUN_POINTS]
     calibrated = {row["run"]: row for row in (read("calibrate_bn.json") or {"rows": []})["rows"]
                   if row.get("study") == "long_run"}
@@ -741,7 +746,9 @@ def long_run_block():
                      kd_loss(r)])
     return block(
         "`python bench/long_run.py --data-dir ../shared/data`: the shipped ResNet-20 "
-        f"({pct(teacher_acc(r0))}%) -> ResNet-20, "
+        f"({pct(teacher_acc(r0))}%) -> ResNet-20"
+        + (f" (the rows {', '.join(f'`{arm}`' for arm in others)}: the teacher {'; '.join(teachers)})"
+           if others else "") + ", "
         + (f"seed {r0['args']['seed']}" if len({r["args"]["seed"] for r in runs.values() if r}) == 1 else
            "seed 0 unless the row says") + ". CIFAR-10 test accuracy (%) with the student's running statistics / with "
         "test-batch statistics (batch 256) after each number of noise samples, and at the end of the arm's budget; "
@@ -772,9 +779,12 @@ def long_run_figure(path):
             label = f"{arm}" + (" (so far)" if r.get("finished") is False else "")
             curves.append((r["curve"], dict(color=color, label=label), smooth))
     fig, axes = learning_curves(curves, (14, 4.4), "KD loss (KL, nats), mean of 500 steps")
-    teacher = next(r for r in runs.values() if r)
-    for ax in axes[:2]:  # the teacher's accuracy: what the student could reach
-        ax.axhline(100 * teacher_acc(teacher), color="k", lw=0.6, ls="--")
+    colour = {arm: c for arm, c, _ in LONG_RUN}
+    lines = {r["args"].get("teacher_ckpt"): (colour[arm] if r["args"].get("teacher_ckpt") else "k", teacher_acc(r))
+             for arm, r in reversed(runs.items()) if r}  # per teacher, in the colour of its first arm (black: ours)
+    for ax in axes[:2]:  # each teacher's accuracy: what its students could reach
+        for c, acc in lines.values():
+            ax.axhline(100 * acc, color=c, lw=0.6, ls="--")
         ax.set_ylim(0, 100)
     save(fig, path, axes[0], ncol=3, bottom=0.14)
 

@@ -23,7 +23,7 @@ import report
 import student_study
 import teacher_on_noise
 import train_teacher
-from conftest import crash_after_second_save, tiny_args
+from conftest import REPO, crash_after_second_save, tiny_args
 
 
 def test_gpu_speed_times_both_paths_and_names_the_device(tmp_path, monkeypatch):
@@ -236,12 +236,16 @@ def test_long_run_snapshots_an_unfinished_arm_then_resumes_it_to_the_finished_re
     seed = lambda arm: cs_rejection_bn.parse_args(long_run.argv_of(arm, argparse.Namespace(
         samples=None, batch_size=None, data_dir="d", seed=0, eval_every=None, ckpt_every=None))).seed
     arms = ("ours_1m", "ours_1m_s1", "ours_512k", "ours_512k_s1", "ours_512k_cs7", "ours_512k_cs7_s1", "feat_512k",
-            "feat_512k_s1", "feat10_10m", "default_10m")
-    assert [seed(a) for a in arms] == [0, 1, 0, 1, 0, 1, 0, 1, 0, 0]  # own seed wins
-    weight = lambda arm: cs_rejection_bn.parse_args(long_run.argv_of(arm, argparse.Namespace(
-        samples=None, batch_size=None, data_dir="d", seed=0, eval_every=None, ckpt_every=None))).feature_weight
-    assert [weight(a) for a in arms] == [0, 0, 0, 0, 0, 0, 1, 1, 10, 30]  # the logits alone unless the arm says
+            "feat_512k_s1", "feat10_10m", "default_10m", "aka20_1m", "aka20_1m_s1")
+    assert [seed(a) for a in arms] == [0, 1, 0, 1, 0, 1, 0, 1, 0, 0, 0, 1]  # own seed wins
+    parsed = lambda arm: cs_rejection_bn.parse_args(long_run.argv_of(arm, argparse.Namespace(
+        samples=None, batch_size=None, data_dir="d", seed=0, eval_every=None, ckpt_every=None)))
+    assert [parsed(a).feature_weight for a in arms] == [0, 0, 0, 0, 0, 0, 1, 1, 10, 30, 30, 30]  # logits alone unless
     assert own("feat10_10m")[3] == own("default_10m")[3] == str(312_500)  # 10M samples in batches of 32
+    assert own("aka20_1m")[3] == str(31_250)  # 1M
+    shared = REPO.parent / "shared" / "teachers" / "akamaster_resnet20-12fca82f.th"  # the teacher users bring
+    assert [parsed(a).teacher_ckpt and (REPO / parsed(a).teacher_ckpt).resolve() for a in arms] == [None] * 10 + [
+        shared.resolve()] * 2  # named relative to the repository, where the benchmark runs
     with monkeypatch.context() as m:
         crash_after_second_save(m)
         with pytest.raises(SystemExit, match="130"):  # the interrupt, as cs_rejection_bn reports it
@@ -494,6 +498,8 @@ def test_the_long_run_table_shows_the_calibrated_student_of_finished_and_running
     write("ours_512k", run(16_000, 512_000))
     write("feat10_10m", run(312_500, 256_000, finished=False, calibrated={"samples_seen": 256_000, "acc_inverted": 0.8}))
     write("ours", run(312_500, 128_000, finished=False))  # a snapshot made without --calibrate
+    brought = run(31_250, 1_000_000, **{"teacher/acc": 0.917})
+    write("aka20_1m", {**brought, "args": {**brought["args"], "teacher_ckpt": "../shared/teachers/aka20.th"}})
     (tmp_results / "calibrate_bn.json").write_text(json.dumps({"rows": [
         {"run": "ours_512k", "study": "long_run", "samples_seen": 512_000, "acc_inverted": 0.7},
         {"run": "ours_512k", "study": "noise_fit", "samples_seen": 512_000, "acc_inverted": 0.1}]}))  # another study
@@ -502,6 +508,9 @@ def test_the_long_run_table_shows_the_calibrated_student_of_finished_and_running
     column = lambda arm: rows[arm][-2]  # "calibrated", before the KD loss
     assert (column("ours_512k"), column("feat10_10m"), column("ours"), column("prior")) == (
         "70.0", "80.0 (at 256k)", "", "")
+    # the header names the shipped teacher's accuracy, and the teacher of the rows that brought another
+    assert ("the shipped ResNet-20 (90.0%) -> ResNet-20 (the rows `aka20_1m`: the teacher aka20.th, 91.7%), "
+            in report.long_run_block())
 
 
 def test_the_pair_lines_say_pending_until_their_results_exist_and_then_show_them(tmp_results):
