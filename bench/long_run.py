@@ -24,7 +24,6 @@ alone unless the arm says, as the script did before it matched the teacher's sta
   seeds 0 and 1.
 - ours_512k, ours_512k_s1: the defaults for 512k samples (4x the default run of then), seeds 0 and 1: the budget at
   which the 1M run's student passed 0.74 of its teacher with test-batch statistics.
-- ours_512k_cs7, ours_512k_cs7_s1: the same with CS in the teacher's last 7 BN layers only.
 - feat_512k, feat_512k_s1: the stage outputs matched too (--feature-weight 1, the default before weight 10), 512k.
 - feat10_10m: our recipe with the stage outputs at weight 10 (the default before 30) for 10M samples (about 8 hours
   with bf16 on a 2-core Xeon).
@@ -58,8 +57,6 @@ ARMS = {  # name: (flags on top of the shipped teacher, budget in noise samples,
     "ours_512k": ([], 512_000, 32),
     "ours_512k_s1": (["--seed", "1"], 512_000, 32),  # its own seed wins over --seed
     "ours_1m_s1": (["--seed", "1"], 1_000_000, 32),
-    "ours_512k_cs7": (["--cs-last-layers", "7"], 512_000, 32),  # CS in the teacher's last 7 BN layers only
-    "ours_512k_cs7_s1": (["--cs-last-layers", "7", "--seed", "1"], 512_000, 32),
     "feat_512k": (["--feature-weight", "1"], 512_000, 32),  # the stage outputs matched too, at weight 1
     "feat_512k_s1": (["--feature-weight", "1", "--seed", "1"], 512_000, 32),
     "feat10_10m": (["--feature-weight", "10"], 10_000_000, 32),  # weight 10 (the default then), the prior work's budget

@@ -692,9 +692,6 @@ LONG_RUN = [  # (arm, colour in the figure, recipe): the rows of the long-run ta
     ("ours_512k", "tab:blue", "our former default recipe"),
     ("ours_512k_s1", "tab:cyan", "the same, seed 1"),
     ("ours_1m_s1", "tab:olive", "the same as `ours_1m`, seed 1"),
-    ("ours_512k_cs7", "tab:purple", "our former default recipe with CS in the last 7 BN layers "
-                                    "(`--cs-last-layers 7`)"),
-    ("ours_512k_cs7_s1", "tab:pink", "the same, seed 1"),
     ("feat_512k", "black", "our former default recipe with the stage outputs matched (`--feature-weight 1`, the "
                            "default before weight 10)"),
     ("feat_512k_s1", "dimgray", "the same, seed 1"),
