@@ -27,8 +27,8 @@ alone unless the arm says, as the script did before it matched the teacher's sta
 - feat_512k, feat_512k_s1: the stage outputs matched too (--feature-weight 1, the default before weight 10), 512k.
 - feat10_10m: our recipe with the stage outputs at weight 10 (the default before 30) for 10M samples (about 8 hours
   with bf16 on a 2-core Xeon).
-- default_10m: today's recipe (the stage outputs at weight 30) for 10M samples (about 8 hours with bf16 on a 2-core
-  Xeon: three sittings, carried from one to the next by --snapshot's pack).
+- default_10m: today's recipe (the stage outputs at weight 30) for 10M samples (about 10 hours with bf16 on a 2-core
+  Xeon, over several sittings, carried from one to the next by --snapshot's pack).
 - ours: the former defaults (the logits alone) for 10M samples.
 - aka20_1m, aka20_1m_s1: today's recipe on the shared akamaster ResNet-20 (91.7%), a teacher users bring, for 1M
   samples (4x the default run; about an hour each with bf16 on a 2-core Xeon), seeds 0 and 1.
@@ -52,7 +52,8 @@ from _runs import LOGITS_ONLY, attach_loss_curve, loss_curves, run_or_resume, un
 # the shared akamaster ResNet-20 (91.7%), named as the benchmark runs from the repository (like --data-dir
 # ../shared/data), so that a packed run resumes on another machine with the same layout
 SHARED_RESNET20 = ["--teacher", "resnet20", "--teacher-ckpt", "../shared/teachers/akamaster_resnet20-12fca82f.th"]
-ARMS = {  # name: (flags on top of the shipped teacher, budget in noise samples, batch size), run in this order
+ARMS = {  # name: (flags on top of the shipped teacher unless they name another, budget in noise samples, batch size),
+    # run in this order
     "ours_1m": ([], 1_000_000, 32),
     "ours_512k": ([], 512_000, 32),
     "ours_512k_s1": (["--seed", "1"], 512_000, 32),  # its own seed wins over --seed
@@ -60,7 +61,7 @@ ARMS = {  # name: (flags on top of the shipped teacher, budget in noise samples,
     "feat_512k": (["--feature-weight", "1"], 512_000, 32),  # the stage outputs matched too, at weight 1
     "feat_512k_s1": (["--feature-weight", "1", "--seed", "1"], 512_000, 32),
     "feat10_10m": (["--feature-weight", "10"], 10_000_000, 32),  # weight 10 (the default then), the prior work's budget
-    "default_10m": (["--feature-weight", "30"], 10_000_000, 32),  # today's default weight, named: it stays if that moves
+    "default_10m": (["--feature-weight", "30"], 10_000_000, 32),  # today's weight, named: it stays if the default moves
     "ours": ([], 10_000_000, 32),
     "aka20_1m": ([*SHARED_RESNET20, "--feature-weight", "30"], 1_000_000, 32),  # today's default, a teacher users bring
     "aka20_1m_s1": ([*SHARED_RESNET20, "--feature-weight", "30", "--seed", "1"], 1_000_000, 32),
