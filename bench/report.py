@@ -770,7 +770,9 @@ def long_run_figure(path):
     for arm, color, _ in LONG_RUN:
         r = runs[arm]
         if r:
-            loss = r.get("train_loss_curve") or []
+            # the KL term alone, as in the table (a run that matched the stage outputs without logging it apart: none)
+            feat = r["args"].get("feature_weight")
+            loss = (r.get("train_logit_loss_curve") if feat else r.get("train_loss_curve")) or []
             smooth = [(loss[i + 49][0], float(np.mean([v for _, v in loss[i:i + 50]])))
                       for i in range(0, len(loss) - 49, 25)]  # each point: the mean of 50 logged losses (500 steps)
             label = f"{arm}" + (" (so far)" if r.get("finished") is False else "")
