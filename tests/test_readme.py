@@ -1216,6 +1216,40 @@ def test_the_calibration_table_says_where_each_row_was_computed_as_far_as_rows_r
     assert report.calibrate_bn_measured_on([run("a")]) == "Where they were computed is not recorded."
 
 
+def test_what_the_readme_says_about_todays_default_at_1m_on_a_teacher_users_bring_holds():
+    runs = [json.loads((REPO / "results" / "long_run" / f"aka20_1m{s}.json").read_text()) for s in ("", "_s1")]
+    rows = {(x.get("study"), x["run"]): x
+            for x in json.loads((REPO / "results" / "calibrate_bn.json").read_text())["rows"]}
+    cal = [rows[("long_run", f"aka20_1m{s}")] for s in ("", "_s1")]
+    short = [json.loads((REPO / "results" / f"default_run_aka20{s}.json").read_text()) for s in ("", "_s1")]
+    pct, teacher = lambda v: round(100 * v, 1), runs[0]["teacher/acc"]
+    for r, c, seed in zip(runs, cal, (0, 1)):
+        a = r["args"]
+        assert r.get("finished", True) and r["samples_seen"] == a["steps"] * a["batch_size"] == 1_000_000
+        assert (a["seed"], a["feature_weight"], a["batch_size"], Path(a["teacher_ckpt"]).name) == (
+            seed, 30, 32, "akamaster_resnet20-12fca82f.th") and r["teacher/acc"] == teacher
+        assert c["samples_seen"] == r["samples_seen"]
+    at = lambda r, n: pct(next(x for x in r["curve"] if x["samples_seen"] == n)["eval/acc_batchstats"])
+    both = lambda xs, unit="%": f"{xs[0]}{unit} and {xs[1]}{unit}"
+    text = " ".join((REPO / "README.md").read_text().split())
+    minutes = [round(r["provenance"]["wall_time_s"] / 60) for r in runs]
+    assert all("Xeon" in r["provenance"]["device"] and r["args"]["bf16"] for r in runs)
+    assert (f"the shared akamaster ResNet-20, {pct(teacher)}%, `--teacher-ckpt`; 1M samples, seeds 0 and 1, "
+            f"{minutes[0]} and {minutes[1]} minutes on the 2-core Xeon with bf16" in text)
+    assert (f"the students are at {both([at(r, 256_000) for r in runs])} after 256k samples, "
+            f"{both([at(r, 512_000) for r in runs])} after 512k and {both([pct(r['eval/acc_batchstats']) for r in runs])} "
+            f"after 1M; in eval mode as trained they end at {both([pct(r['eval/acc_running']) for r in runs])}" in text)
+    ratios = [c["acc_inverted"] / teacher for c in cal]
+    aim = ("past the prior work's final ratio (0.92) on both seeds" if min(ratios) >= 0.92 else
+           "short of the prior work's final ratio (0.92) on")
+    assert (f"they deploy at {both([pct(c['acc_inverted']) for c in cal])}, {ratios[0]:.3f} and {ratios[1]:.3f} of "
+            f"the teacher, {aim}" in text)
+    assert (f"deployed at {both([pct(r['eval/acc_calibrated']) for r in short])}, "
+            f"{short[0]['eval/acc_calibrated'] / teacher:.2f} and {short[1]['eval/acc_calibrated'] / teacher:.2f} "
+            "(\"The default run's targets\")" in text)
+    assert all(r["samples_seen"] == 256_000 and r["args"]["feature_weight"] == 30 for r in short)
+
+
 def test_what_the_readme_says_about_the_finished_10m_run_of_todays_default_holds():
     r = json.loads((REPO / "results" / "long_run" / "default_10m.json").read_text())
     assert r.get("finished", True)  # a finished run's results file
