@@ -13,9 +13,14 @@ import report
 from conftest import REPO
 
 
+def pct(v):
+    """A fraction as the README prints it as a percentage."""
+    return round(100 * v, 1)
+
+
 def points(a, b):
     """a - b in percentage points as the README prints them: the difference of the two rounded percentages."""
-    return round(round(100 * a, 1) - round(100 * b, 1), 1)
+    return round(pct(a) - pct(b), 1)
 
 
 def test_readme_tables_match_the_committed_results():
@@ -428,7 +433,7 @@ def test_what_the_readme_says_about_calibration_on_fitted_noise_holds():
     white_noise = [run for run, r in rows.items() if r["trained_on"] == "white noise"]
     assert white_noise == ["aka20__prior_white__s1", "prior"]  # "one student of that budget", and the 10M one
     if "prior" in rows:  # the prior recipe's long run, at its 10M samples
-        p, pct = rows["prior"], lambda v: round(100 * v, 1)
+        p = rows["prior"]
         text = " ".join((REPO / "README.md").read_text().split())
         past = points(p["acc_inverted"], p["acc_batchstats"])  # as the table's cells differ
         assert (f"as trained it scores {pct(p['acc_running'])}% in eval mode against {pct(p['acc_batchstats'])}% with "
@@ -438,7 +443,6 @@ def test_what_the_readme_says_about_calibration_on_fitted_noise_holds():
         assert p["samples_seen"] >= 10_000_000 and p["acc_running"] < p["acc_calibrated"] < p["acc_inverted"]
     if "acc_inverted" not in white:
         return
-    pct = lambda v: round(100 * v, 1)
     gap = lambda run, a, b: points(rows[run][b], rows[run][a])  # as the table's printed cells differ
     gain = lambda run: gap(run, "acc_running", "acc_inverted")
     assert [gain(f"ours20__default_fit{arm}__s{seed}") for arm in ("", "_b32", "_b64") for seed in (0, 1)] == [
@@ -905,7 +909,6 @@ def test_what_the_readme_says_about_the_default_run_and_the_targets_holds():
         assert all(r["args"][k] == v for k, v in defaults.items()
                    if k not in ("seed", "data_dir", "out_dir", "feature_weight", "calibrate_bn", "bf16", "device"))
         assert "Intel(R) Xeon(R)" in r["provenance"]["device"]
-    pct = lambda v: round(100 * v, 1)
     ratio = lambda r, k, n=2: round(r[k] / r["teacher/acc"], n)
     assert [round(r["provenance"]["wall_time_s"] / 60, 1) for r in runs] == [12.4, 13.0]
     assert [pct(r["eval/acc_calibrated"]) for r in runs] == [84.1, 81.1]
@@ -943,7 +946,6 @@ def test_what_the_readme_says_about_the_1m_long_run_holds():
     r = json.loads(path.read_text())
     if r.get("finished") is False:
         pytest.skip("the 1M run has not finished")
-    pct = lambda v: round(100 * v, 1)
     at = {row["samples_seen"]: row for row in r["curve"]}
     teacher = r["teacher/acc"]
     at_points = [pct(at[n]["eval/acc_batchstats"]) for n in (128_000, 384_000, 512_000, 1_000_000)]
@@ -994,7 +996,6 @@ def test_what_the_readme_says_about_the_default_recipe_at_512k_holds():
     feat, logits = load("feat_512k"), load("ours_512k")
     assert feat["args"]["feature_weight"] == 1 and logits["args"].get("feature_weight", 0) == 0  # older: no flag
     assert feat["args"]["seed"] == 0
-    pct = lambda v: round(100 * v, 1)
     at = lambda r: {row["samples_seen"]: (pct(row["eval/acc_running"]), pct(row["eval/acc_batchstats"]))
                     for row in r["curve"]}
     assert [at(feat)[n] for n in (128_000, 256_000, 512_000)] == [(44.5, 65.6), (51.3, 77.1), (54.4, 81.4)]
@@ -1022,7 +1023,6 @@ def test_what_the_readme_says_about_the_default_on_a_teacher_users_bring_holds()
     import cs_rejection_bn
     defaults = vars(cs_rejection_bn.parse_args([]))
     load = lambda name: json.loads((REPO / "results" / f"{name}.json").read_text())
-    pct = lambda v: round(100 * v, 1)
     runs = {w: [load(f"default_run_aka20{tag}{s}") for s in ("", "_s1")]
             for w, tag in ((30, ""), (10, "_feat10"), (1, "_feat1"))}
     for w, pair in runs.items():
@@ -1110,7 +1110,6 @@ def test_what_the_readme_says_about_cs_in_the_last_layers_with_the_stage_outputs
     assert all(x["samples_seen"] == 128_000 and x["study"] == "noise_fit" for x in full_cal)
     # the same students: the fp32 evaluation of the calibration and the run's bf16 one differ by a tenth at most
     assert all(abs(x["acc_running"] - r["eval/acc_running"]) < 0.002 for x, r in zip(full_cal, full))
-    pct = lambda v: round(100 * v, 1)
     ahead = [points(f["acc_inverted"], c["acc_inverted"]) for f, c in zip(full_cal, cal)]
     above = [points(f["acc_inverted"], f["acc_batchstats"]) for f in full_cal]
     assert (f"deploy at {pct(full_cal[0]['acc_inverted'])}% and {pct(full_cal[1]['acc_inverted'])}%: {ahead[0]} and "
@@ -1153,7 +1152,6 @@ def test_what_the_readme_says_about_the_weight_of_the_stage_outputs_holds():
 
 
 def test_what_the_readme_says_about_the_default_on_the_shared_resnet56_holds():
-    pct = lambda v: round(100 * v, 1)
     measured = {}
     for weight, tag in ((30, ""), (10, "_feat10")):
         for seed, s in enumerate(("", "_s1")):
@@ -1222,7 +1220,7 @@ def test_what_the_readme_says_about_todays_default_at_1m_on_a_teacher_users_brin
             for x in json.loads((REPO / "results" / "calibrate_bn.json").read_text())["rows"]}
     cal = [rows[("long_run", f"aka20_1m{s}")] for s in ("", "_s1")]
     short = [json.loads((REPO / "results" / f"default_run_aka20{s}.json").read_text()) for s in ("", "_s1")]
-    pct, teacher = lambda v: round(100 * v, 1), runs[0]["teacher/acc"]
+    teacher = runs[0]["teacher/acc"]
     for r, c, seed in zip(runs, cal, (0, 1)):
         a = r["args"]
         assert r.get("finished", True) and r["samples_seen"] == a["steps"] * a["batch_size"] == 1_000_000
@@ -1253,7 +1251,7 @@ def test_what_the_readme_says_about_todays_default_at_1m_on_a_teacher_users_brin
 def test_what_the_readme_says_about_the_finished_10m_run_of_todays_default_holds():
     r = json.loads((REPO / "results" / "long_run" / "default_10m.json").read_text())
     assert r.get("finished", True)  # a finished run's results file
-    a, pct = r["args"], lambda v: round(100 * v, 1)
+    a = r["args"]
     assert (a["feature_weight"], a["batch_size"], a["seed"], a["fit_noise"]) == (30, 32, 0, True)
     assert r["samples_seen"] == a["steps"] * 32 == 10_000_000 and pct(r["teacher/acc_recorded"]) == 89.9
     teacher = r["teacher/acc_recorded"]
@@ -1300,7 +1298,6 @@ def test_what_the_readme_says_about_the_finished_10m_run_of_todays_default_holds
 
 def test_what_the_readme_says_about_the_10m_run_of_weight_10_holds():
     r = json.loads((REPO / "results" / "long_run" / "feat10_10m.json").read_text())
-    pct = lambda v: round(100 * v, 1)
     at = {row["samples_seen"]: row for row in r["curve"]}
     assert r["args"]["feature_weight"] == 10 and r["args"]["steps"] * r["args"]["batch_size"] == 10_000_000
     assert (pct(at[512_000]["eval/acc_batchstats"]), pct(at[768_000]["eval/acc_batchstats"])) == (88.5, 89.3)
@@ -1373,7 +1370,6 @@ def test_what_the_readme_says_about_the_resnet34_pair_on_a_cpu_holds():
     assert "AMD EPYC" in prov["device"] and not prov["resumed_at_steps"]
     step_s = a["batch_size"] / r["samples_per_s"]
     train_min, wall_min = r["samples_seen"] / r["samples_per_s"] / 60, prov["wall_time_s"] / 60
-    pct = lambda v: round(100 * v, 1)
     text = " ".join((REPO / "README.md").read_text().split())
     assert f"{step_s:.1f} s per step of 32" in text
     assert f"about {256_000 / r['samples_per_s'] / 3600:.0f} hours" in text  # the default budget at that rate
@@ -1418,7 +1414,7 @@ def test_what_the_readme_says_about_the_resnet34_pair_on_a_cpu_holds():
 
 def test_what_the_readme_says_about_the_prior_recipe_at_its_own_budget_holds():
     r = json.loads((REPO / "results" / "long_run" / "prior.json").read_text())
-    a, pct = r["args"], lambda v: round(100 * v, 1)
+    a = r["args"]
     assert (a["fit_noise"], a["feature_weight"], a["balance"], a["lr"], a["schedule"], a["batch_size"], a["seed"]) == \
         (False, 0.0, "none", 1e-3, "constant", 256, 0)
     assert "finished" not in r and r["samples_seen"] == a["steps"] * 256 >= 10_000_000  # the run's own final record
