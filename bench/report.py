@@ -710,6 +710,11 @@ def long_runs():
     return {arm: read(f"long_run/{arm}.json") for arm, _, _ in LONG_RUN}
 
 
+def brought_teacher(r):
+    """The checkpoint of the teacher a run brought (--teacher-ckpt), or None for the shipped teacher."""
+    return r["args"].get("teacher_ckpt")
+
+
 def teacher_acc(r):
     """The teacher's accuracy a run measured, or (a long run's snapshot) the one its checkpoint records."""
     return r.get("teacher/acc", r.get("teacher/acc_recorded"))
@@ -719,10 +724,9 @@ def long_run_block():
     runs = long_runs()
     if not any(runs.values()):
         return "_Not started yet: `python bench/long_run.py`._"
-    brought = lambda r: r["args"].get("teacher_ckpt")  # None: the shipped teacher
-    r0 = next((r for r in runs.values() if r and not brought(r)), next(r for r in runs.values() if r))
-    others = {arm: r for arm, r in runs.items() if r and brought(r)}
-    teachers = sorted({f"{Path(r['args']['teacher_ckpt']).name}, {pct(teacher_acc(r))}%" for r in others.values()})
+    r0 = next((r for r in runs.values() if r and not brought_teacher(r)), next(r for r in runs.values() if r))
+    others = {arm: r for arm, r in runs.items() if r and brought_teacher(r)}
+    teachers = sorted({f"{Path(brought_teacher(r)).name}, {pct(teacher_acc(r))}%" for r in others.values()})
     heads = [samples(n) for n in LONG_RUN_POINTS]
     calibrated = {row["run"]: row for row in (read("calibrate_bn.json") or {"rows": []})["rows"]
                   if row.get("study") == "long_run"}
@@ -779,7 +783,7 @@ def long_run_figure(path):
             curves.append((r["curve"], dict(color=color, label=label), smooth))
     fig, axes = learning_curves(curves, (14, 4.4), "KD loss (KL, nats), mean of 500 steps")
     colour = {arm: c for arm, c, _ in LONG_RUN}
-    lines = {r["args"].get("teacher_ckpt"): (colour[arm] if r["args"].get("teacher_ckpt") else "k", teacher_acc(r))
+    lines = {brought_teacher(r): (colour[arm] if brought_teacher(r) else "k", teacher_acc(r))
              for arm, r in reversed(runs.items()) if r}  # per teacher, in the colour of its first arm (black: ours)
     for ax in axes[:2]:  # each teacher's accuracy: what its students could reach
         for c, acc in lines.values():
